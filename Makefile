@@ -1,0 +1,34 @@
+# Two entry points for newcomers (see README): `make demo` and `make test`.
+# Each creates the virtual environment itself on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test env env-test clean
+
+# The main job on the embedded default: synthetic data in the real ICBHI format, made on the fly.
+demo: env
+	$(PY) -m resp_jax.main --config=configs/mscl.py:quick
+
+# The whole test suite (what CI runs).
+test: env-test
+	$(PY) -m pytest -q
+
+env: $(VENV)/.installed
+env-test: $(VENV)/.installed-test
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "resp_jax needs Python >= 3.11, found " + sys.version'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e .
+	touch $@
+
+# torch (CPU is enough) only for the weight-converter and PyTorch parity tests.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e '.[torch,dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
