@@ -1,0 +1,140 @@
+"""Every configuration field of resp_jax, with the paper's hyperparameters (SPEC 5) as defaults.
+
+Experiments (configs/ce.py, scl.py, ...) start from `get_config` and change what differs.
+Fields left as placeholders (None) are dataset- or init-dependent and are filled in one place,
+`resp_jax.defaults.resolve`, when a run starts; the resolved values are what `config.json` records.
+
+Config arguments, comma separated after the file name (`configs/mscl.py:quick,sprsound`):
+  icbhi | sprsound   the dataset (data.name);
+  quick              the README demo preset: short clips, small widths, few epochs, small batch.
+Command-line overrides come after: `--config.train.epochs=10`.
+"""
+
+from ml_collections import config_dict
+
+placeholder = config_dict.placeholder
+
+DATASETS = ("icbhi", "sprsound")
+
+
+def get_config(arg=None):
+    config = config_dict.ConfigDict()
+
+    # Training method. One-stage: 'ce' (cross-entropy), 'hybrid' (alpha CE + (1 - alpha) SupCon).
+    # Two-stage (pretrain, then a linear classifier on frozen features): 'scl' (SupCon on the
+    # heads of loss.heads; with a metadata head it is the paper's "SCL w/ metadata"), 'simclr'
+    # (NT-Xent: head 'instance'), 'mscl' (one projector per head, weighted sum).
+    config.method = "ce"
+
+    config.data = data = config_dict.ConfigDict()
+    data.name = "icbhi"            # 'icbhi' or 'sprsound'
+    data.root = ""                 # dataset root; '' = the small synthetic default dataset
+    data.tfds_dir = ""             # where prepared (TFDS) data is cached; '' = the TFDS default
+    data.skip_bad = False          # skip (and report) unreadable files instead of failing
+    data.sample_rate = 16000       # every recording is resampled to this rate (Hz)
+    data.duration = 8.0            # seconds every cycle is cut / extended to (8 s -> 251 frames)
+    data.pad = "circular"          # how short cycles are extended: 'circular' (repeat) | 'zero'
+    data.norm = "reference"        # 'reference': fixed norm_mean/std below; 'dataset': statistics
+                                   # of this dataset's min-max-ed training features
+    data.norm_mean = 0.3690        # standardisation after the batch min-max (ICBHI values,
+    data.norm_std = 0.0255         # reused for SPRSound as the reference code does)
+    data.test_split = placeholder(str)  # split reported as 'test'; None = 'test' (ICBHI),
+                                        # 'inter_test' (SPRSound)
+
+    # SpecAugment on training views only (SPEC 2.6); each view draws its own masks.
+    config.augment = augment = config_dict.ConfigDict()
+    augment.prob = 0.84            # probability of applying the whole block to a view
+    augment.freq_masks = 2         # number of frequency masks
+    augment.freq_width = 20        # mask width uniform in [0, freq_width) mel bins
+    augment.time_masks = 2         # number of time masks
+    augment.time_width = 40        # mask width uniform in [0, time_width) frames
+
+    config.model = model = config_dict.ConfigDict()
+    model.name = "cnn6"            # architecture (resp_jax.models registry)
+    model.channels = (64, 128, 256, 512)  # conv block widths; features = channels[-1]
+    model.layout = "reference"     # spectrogram orientation: 'reference' (freq, time) | 'panns'
+    model.init_from = ""           # converted PANNs encoder dir (tools/convert_panns.py);
+                                   # '' = train from scratch
+    model.proj_hidden = 512        # projector hidden width (the code; the paper's text says 128)
+    model.proj_out = 128           # projector output width
+    model.dtype = "float32"        # compute dtype: 'float32' | 'bfloat16' (BN stats, loss f32)
+    model.bn_per_view = True       # encode the two views in two calls, so BatchNorm batch
+                                   # statistics are per view (the reference); False = one call
+
+    config.loss = loss = config_dict.ConfigDict()
+    # Contrastive heads as (field, weight) pairs. A field is a metadata field ('label', 'sex',
+    # 'age_group', ...), a '+'-composite ('sex+age_group'), or 'instance' (each example its own
+    # class: SimCLR). Each head has its own projector. Ignored by 'ce'.
+    loss.heads = (("label", 1.0),)
+    loss.temperature = 0.06        # SupCon / NT-Xent temperature
+    loss.denominator = "all"       # 'all': every other view (the code) | 'negatives' (eq. 2)
+    loss.alpha = 0.5               # hybrid: alpha * CE + (1 - alpha) * SupCon
+    loss.class_weighted = placeholder(bool)  # CE weighted by 1/class frequency (training split);
+                                             # None = dataset default (ICBHI yes, SPRSound no)
+
+    config.train = train = config_dict.ConfigDict()
+    train.epochs = placeholder(int)   # None = dataset default (ICBHI 400, SPRSound 200)
+    train.batch_size = 128            # global batch, split over all devices (and hosts)
+    train.lr = placeholder(float)     # None = 1e-4 with model.init_from, 1e-3 from scratch
+    train.weight_decay = 1e-4         # L2 added to the gradient before Adam (PyTorch Adam)
+    train.b1 = 0.9                    # Adam betas
+    train.b2 = 0.999
+    train.schedule = "periodic_cosine"  # 'periodic_cosine': PyTorch CosineAnnealingLR stepped
+                                        # per epoch with T_max=cosine_t_max for all epochs (a
+                                        # cosine of period 2*T_max: the code) | 'cosine': one
+                                        # decay over all epochs (the paper's text) | 'constant'
+    train.cosine_t_max = 40           # T_max of the periodic cosine, in epochs
+    train.eta_min = 1e-6              # lowest learning rate of both cosines
+    train.seed = 0                    # seeds initialisation, shuffling, augmentation, val split
+    train.log_every = 50              # steps between host reads of the loss (progress, NaN check)
+
+    # Second stage of two-stage methods: a linear classifier on frozen encoder features
+    # (inference mode, no SpecAugment), computed once.
+    config.linear_eval = linear = config_dict.ConfigDict()
+    linear.epochs = 100
+    linear.lr = 0.1                   # Adam, no schedule
+    linear.weight_decay = 1e-4        # L2 added to the gradient, as in training
+    linear.batch_size = 128
+
+    config.eval = ev = config_dict.ConfigDict()
+    ev.selection = "test_best"        # epoch reported: 'test_best' (best test Score: the
+                                      # paper's protocol), 'val' (best Score on a patient-disjoint
+                                      # validation split carved from train), 'last'
+    ev.val_fraction = 0.2             # share of training cycles (whole patients) used for 'val'
+    ev.batch_size = 128               # global evaluation batch (padded and masked)
+
+    return apply_args(config, arg)
+
+
+def apply_args(config, arg):
+    """Applies the comma-separated config arguments (see the module docstring)."""
+    for token in [t.strip() for t in (arg or "").split(",") if t.strip()]:
+        if token in DATASETS:
+            config.data.name = token
+        elif token == "quick":
+            quick(config)
+        else:
+            raise ValueError(f"unknown config argument {token!r}; expected a comma-separated "
+                             f"subset of {DATASETS + ('quick',)}")
+    return config
+
+
+def quick(config):
+    """The README demo: a few minutes on a 2-core CPU with the synthetic default dataset.
+
+    Smaller widths, 4 s clips, batch 32 and 30 epochs with one cosine decay, and a linear
+    classifier trained at lr 1e-3 (the paper's 0.1 makes its test score jump by +-20 points
+    from epoch to epoch at these sizes); the losses, optimiser and selection stay the paper's.
+    """
+    config.data.duration = 4.0
+    config.model.channels = (16, 32, 64, 128)
+    config.model.proj_hidden = 128
+    config.model.proj_out = 64
+    config.train.batch_size = 32
+    config.train.epochs = 30
+    config.train.schedule = "cosine"
+    config.train.log_every = 10
+    config.linear_eval.lr = 1e-3
+    config.linear_eval.batch_size = 32
+    config.eval.batch_size = 64
+    return config

@@ -1,0 +1,16 @@
+"""Hybrid: alpha * CE + (1 - alpha) * SupCon in one stage (rows 'Hybrid').
+
+Arguments as in base.py, e.g. `--config=configs/hybrid.py:quick,sprsound`.
+"""
+
+import pathlib
+import runpy
+
+_base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
+
+
+def get_config(arg=None):
+    config = _base["get_config"](arg)
+    config.method = "hybrid"
+    config.loss.heads = (("label", 1.0),)
+    return config

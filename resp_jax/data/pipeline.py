@@ -1,0 +1,326 @@
+"""From prepared cycles to batches: log-mel once per run, then per epoch shuffle, two-view
+SpecAugment and normalisation in tf.data, yielded as numpy dicts.
+
+SPEC 2.3-2.6. Everything random is a pure function of (config.train.seed, epoch, batch index):
+the order comes from a numpy Generator seeded with (seed, epoch), the masks from stateless TF
+random ops, so a resumed run replays an epoch exactly and every host sees the same global
+batches (each host yields its own rows of them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from resp_jax.data import audio, features, metadata, records
+
+FEATURE_CHUNK = 64  # cycles per log-mel call (float64 STFT: ~0.4 GB transient at 8 s)
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+    """Log-mel features of one split, with the codes needed to label a batch."""
+    x: np.ndarray            # [n, 64, T] float32 log-mel (dB)
+    lo: np.ndarray           # [n] float32 per-example minimum of x (for batch min-max)
+    hi: np.ndarray           # [n] float32 per-example maximum of x
+    codes: dict              # base field -> int32 [n]
+    stem: list
+    patient: list
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.codes["label"]
+
+    @classmethod
+    def of(cls, x, codes: dict, stem=None, patient=None) -> "SplitFeatures":
+        """From a [n, 64, T] array and base-field codes (per-example extremes computed)."""
+        x = np.asarray(x, np.float32)
+        n = len(x)
+        empty = np.zeros(0, np.float32)
+        return cls(x=x, lo=x.min(axis=(1, 2)) if n else empty,
+                   hi=x.max(axis=(1, 2)) if n else empty,
+                   codes={k: np.asarray(v, np.int32) for k, v in codes.items()},
+                   stem=list(stem) if stem is not None else [""] * n,
+                   patient=list(patient) if patient is not None else [""] * n)
+
+    def take(self, rows) -> "SplitFeatures":
+        """The examples at ``rows`` (e.g. a validation split carved from training)."""
+        rows = np.asarray(rows, np.int64)
+        return SplitFeatures(x=self.x[rows], lo=self.lo[rows], hi=self.hi[rows],
+                             codes={k: v[rows] for k, v in self.codes.items()},
+                             stem=[self.stem[i] for i in rows],
+                             patient=[self.patient[i] for i in rows])
+
+
+class Features:
+    """The log-mel features of every split of a prepared dataset, computed once per run.
+
+    Each cycle is made ``config.data.duration`` s long (`audio.fit`, mode ``config.data.pad``)
+    and turned into a [64, T] log-mel with `features.logmel_tf`, in batches.
+    """
+
+    def __init__(self, prepared, config, *, chunk: int = FEATURE_CHUNK):
+        sr = int(config.data.sample_rate)
+        if sr != audio.SAMPLE_RATE:
+            raise ValueError(f"config.data.sample_rate={sr}; the log-mel is defined at "
+                             f"{audio.SAMPLE_RATE} Hz (SPEC 2.4)")
+        self.dataset = prepared.dataset
+        self.samples = int(round(float(config.data.duration) * sr))
+        if self.samples <= features.HOP:
+            raise ValueError(f"config.data.duration={config.data.duration} s is too short; "
+                             f"expected more than {features.HOP / sr} s")
+        self.frames = features.num_frames(self.samples)
+        self.pad = str(config.data.pad)
+        self.splits = {name: self._compute(split, chunk)
+                       for name, split in prepared.splits.items()}
+        self._variables = {}
+        self._field_cache = {}
+
+    @classmethod
+    def from_splits(cls, dataset: str, splits: dict, samples: int, pad: str = "circular"):
+        """Features assembled from `SplitFeatures` already computed (subsets, tests)."""
+        self = cls.__new__(cls)
+        self.dataset, self.samples, self.pad = dataset, int(samples), pad
+        self.frames = features.num_frames(self.samples)
+        for name, s in splits.items():
+            if s.x.shape[1:] != (features.N_MELS, self.frames):
+                raise ValueError(f"split {name!r} has features {s.x.shape[1:]}; expected "
+                                 f"{(features.N_MELS, self.frames)} for {samples} samples")
+        self.splits = dict(splits)
+        self._variables = {}
+        self._field_cache = {}
+        return self
+
+    def _compute(self, split, chunk: int) -> SplitFeatures:
+        n = len(split)
+        x = np.empty((n, features.N_MELS, self.frames), np.float32)
+        for a in range(0, n, chunk):
+            waves = np.stack([audio.fit(w, self.samples, self.pad)
+                              for w in split.audio[a:a + chunk]])
+            x[a:a + len(waves)] = features.logmel_tf(waves).numpy()
+        return SplitFeatures.of(x, split.codes, split.stem, split.patient)
+
+    def __getitem__(self, split: str) -> SplitFeatures:
+        try:
+            return self.splits[split]
+        except KeyError:
+            raise KeyError(f"{self.dataset} features have no split {split!r}; "
+                           f"expected one of {sorted(self.splits)}") from None
+
+    def field(self, split: str, field: str) -> np.ndarray:
+        """int32 [n] codes of a (possibly composite) metadata field; -1 unknown."""
+        key = (split, field)
+        if key not in self._field_cache:
+            metadata.check_fields(self.dataset, [field])
+            self._field_cache[key] = metadata.combine(self.dataset, field, self[split].codes)
+        return self._field_cache[key]
+
+    @functools.cached_property
+    def dataset_norm(self) -> tuple:
+        """(mean, std) of the training features after min-max over the whole training split:
+        the 'dataset' alternative to the reference constants (SPEC 2.5)."""
+        s = self["train"]
+        if not len(s):
+            raise ValueError(f"{self.dataset}: no training cycles to compute statistics from")
+        lo, hi = float(s.lo.min()), float(s.hi.max())
+        scale = 1.0 / max(hi - lo, 1e-12)
+        total = total_sq = 0.0
+        for a in range(0, len(s), FEATURE_CHUNK):
+            z = (s.x[a:a + FEATURE_CHUNK].astype(np.float64) - lo) * scale
+            total += z.sum()
+            total_sq += np.square(z).sum()
+        count = s.x.size
+        mean = total / count
+        return mean, float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+    def variable(self, split: str):
+        """The split's features as a TF variable: tf.data captures it by handle, not by value."""
+        import tensorflow as tf
+
+        if split not in self._variables:
+            with tf.device("/cpu:0"):
+                self._variables[split] = tf.Variable(self[split].x, trainable=False)
+        return self._variables[split]
+
+
+def num_batches(n: int, global_batch: int) -> int:
+    """Batches of an epoch over ``n`` cycles; the last partial one is padded, never dropped."""
+    if global_batch <= 0:
+        raise ValueError(f"global_batch must be > 0, got {global_batch}")
+    return -(-int(n) // int(global_batch))
+
+
+def class_counts(prepared, split: str) -> np.ndarray:
+    """Cycles per class in ``split`` of a `prepare.Prepared` (or `Features`)."""
+    labels = np.asarray(prepared[split].label)
+    c = len(records.CLASSES[prepared.dataset])
+    return np.bincount(labels[labels >= 0], minlength=c).astype(np.int64)
+
+
+def class_weights(counts) -> np.ndarray:
+    """1 / class frequency, normalised to sum 1 (SPEC 4); absent classes get weight 0."""
+    counts = np.asarray(counts, np.float64)
+    if not (counts > 0).any():
+        raise ValueError(f"class counts {counts.tolist()} hold no example")
+    inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    return (inv / inv.sum()).astype(np.float32)
+
+
+def norm_constants(feats: Features, config) -> tuple:
+    """(mean, std) of the standardisation after the batch min-max (SPEC 2.5)."""
+    mode = str(config.data.norm)
+    if mode == "reference":
+        return float(config.data.norm_mean), float(config.data.norm_std)
+    if mode == "dataset":
+        return feats.dataset_norm
+    raise ValueError(f"config.data.norm={mode!r}; expected 'reference' or 'dataset'")
+
+
+def _local_rows(global_batch: int, process_index: int, process_count: int) -> slice:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must lie in [0, {process_count})")
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} is not divisible by the "
+                         f"{process_count} processes")
+    local = global_batch // process_count
+    return slice(process_index * local, (process_index + 1) * local)
+
+
+def _row_table(order: np.ndarray, global_batch: int) -> np.ndarray:
+    """[num_batches, global_batch] row indices, -1 marking the padding of the last batch."""
+    nb = num_batches(len(order), global_batch)
+    rows = np.full(nb * global_batch, -1, np.int32)
+    rows[:len(order)] = order
+    return rows.reshape(nb, global_batch)
+
+
+def _label_table(feats: Features, split: str, fields: Sequence[str]) -> tuple:
+    names = ["label"] + [f for f in fields if f != "label"]
+    cols = [feats.field(split, f) for f in names]
+    table = np.stack(cols, axis=1).astype(np.int32) if len(feats[split]) else \
+        np.zeros((0, len(names)), np.int32)
+    return names, table
+
+
+def _spec_masks(u, prob: float, n_freq: int, n_time: int, freq_masks: int, freq_width: int,
+                time_masks: int, time_width: int):
+    """Keep-masks [..., F, T] from uniforms ``u`` [..., 1 + 2 * (freq_masks + time_masks)].
+
+    Per draw: the block applies with probability ``prob``; each mask has a width
+    floor(U * W) (uniform in [0, W)) and starts at floor(U' * (size - U * W)), as torchaudio's
+    masking does.
+    """
+    import tensorflow as tf
+
+    apply = u[..., 0] < prob
+    k = 1
+
+    def band(size, count, width):
+        nonlocal k
+        idx = tf.range(size, dtype=tf.float32)
+        hit = tf.zeros(tf.concat([tf.shape(u)[:-1], [size]], 0), tf.bool)
+        for _ in range(count):
+            v = u[..., k] * width
+            start = tf.floor(u[..., k + 1] * (size - v))
+            stop = start + tf.floor(v)
+            k += 2
+            hit = hit | ((idx >= start[..., None]) & (idx < stop[..., None]))
+        return hit
+
+    fhit = band(n_freq, freq_masks, float(freq_width))
+    thit = band(n_time, time_masks, float(time_width))
+    masked = (fhit[..., :, None] | thit[..., None, :]) & apply[..., None, None]
+    return tf.logical_not(masked)
+
+
+def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mean, std,
+             local: slice, augment=None, seed=None, epoch=0, skip=0) -> Iterator[dict]:
+    """The tf.data pipeline shared by training and evaluation batches."""
+    import tensorflow as tf
+
+    s = feats[split]
+    xvar = feats.variable(split) if len(s) else None
+    lo = tf.constant(s.lo if len(s) else np.zeros(1, np.float32))
+    hi = tf.constant(s.hi if len(s) else np.zeros(1, np.float32))
+    labels = tf.constant(table if len(s) else np.zeros((1, len(names)), np.int32))
+    n_freq, n_time = features.N_MELS, feats.frames
+    if augment is not None:
+        n_draws = 1 + 2 * (int(augment.freq_masks) + int(augment.time_masks))
+        base_seed = tf.constant([int(seed), int(epoch)], tf.int64)
+
+    def make(b, r):
+        real = r >= 0
+        safe = tf.maximum(r, 0)
+        mn = tf.reduce_min(tf.where(real, tf.gather(lo, safe), np.inf))
+        mx = tf.reduce_max(tf.where(real, tf.gather(hi, safe), -np.inf))
+        scale = 1.0 / tf.maximum(mx - mn, 1e-12)
+        rl, real_l = safe[local], real[local]
+        x = (tf.gather(xvar, rl) - mn) * scale            # min-max over the global batch
+        keep_row = tf.cast(real_l, tf.float32)[:, None, None]
+        out = {"mask": tf.cast(real_l, tf.float32)}
+        lab = tf.where(real_l[:, None], tf.gather(labels, rl), -1)
+        for i, name in enumerate(names):
+            out[name] = lab[:, i]
+        if augment is None:
+            out["x"] = (x - mean) / std * keep_row
+            return out
+        batch_seed = tf.random.experimental.stateless_fold_in(base_seed, b, alg="philox")
+        u = tf.random.stateless_uniform([rows.shape[1], 2, n_draws], batch_seed,
+                                        alg="philox")[local]
+        keep = _spec_masks(u, float(augment.prob), n_freq, n_time, int(augment.freq_masks),
+                           int(augment.freq_width), int(augment.time_masks),
+                           int(augment.time_width))                 # [L, 2, F, T]
+        for v in range(2):
+            view = tf.where(keep[:, v], x, 0.0)
+            out[f"view{v + 1}"] = (view - mean) / std * keep_row
+        return out
+
+    if not len(rows) or skip >= len(rows):
+        return iter(())
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(rows), dtype=np.int64), rows))
+    ds = ds.skip(skip).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(2).as_numpy_iterator()
+
+
+def train_batches(feats: Features, config, *, epoch: int, fields: Sequence[str] = ("label",),
+                  global_batch: int, skip_batches: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict]:
+    """Shuffled two-view training batches of ``epoch``: dicts of numpy arrays.
+
+    ``view1``/``view2`` [B_local, 64, T] float32 (batch min-max over the global batch's real
+    examples, SpecAugment drawn independently per example and view, standardised), ``label``
+    and one int32 [B_local] array per field (-1 unknown or padding), ``mask`` (1 real, 0
+    padding). The last batch is padded to ``global_batch``. ``skip_batches`` resumes mid-epoch.
+    """
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
+    seed = int(config.train.seed)
+    if seed < 0 or epoch < 0:
+        raise ValueError(f"train.seed ({seed}) and epoch ({epoch}) must be >= 0")
+    local = _local_rows(global_batch, process_index, process_count)
+    n = len(feats["train"])
+    order = np.random.default_rng([seed, int(epoch)]).permutation(n).astype(np.int32)
+    names, table = _label_table(feats, "train", fields)
+    mean, std = norm_constants(feats, config)
+    return _batches(feats, "train", _row_table(order, global_batch), names=names, table=table,
+                    mean=mean, std=std, local=local, augment=config.augment, seed=seed,
+                    epoch=epoch, skip=int(skip_batches))
+
+
+def eval_batches(feats: Features, config, split: str, *, fields: Sequence[str] = ("label",),
+                 global_batch: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+    """Unaugmented batches of ``split`` in file order: ``x`` (batch min-max, standardised),
+    ``label``, the fields and ``mask``, the last batch padded and masked."""
+    local = _local_rows(global_batch, process_index, process_count)
+    n = len(feats[split])
+    names, table = _label_table(feats, split, fields)
+    mean, std = norm_constants(feats, config)
+    return _batches(feats, split, _row_table(np.arange(n, dtype=np.int32), global_batch),
+                    names=names, table=table, mean=mean, std=std, local=local)

@@ -1,0 +1,297 @@
+"""Prepared datasets: 16 kHz cycles with labels and metadata codes, cached with TFDS.
+
+One TFDS builder per dataset reads the distributed files from a manual directory (the data
+root) through the readers and `audio`, and stores every cycle (cut, faded, float32, 16 kHz)
+with its label, stem, patient, cycle index and the integer code of every base metadata field.
+A second run reads the cache: no decoding, no resampling, no reader.
+
+The cache key is a fingerprint of the root's contents (relative path, size and mtime of every
+file) used as the builder config name, so changing, adding or removing a file makes a new
+prepared copy. Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
+a cached load reports them too.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from absl import logging
+
+from resp_jax.data import audio, metadata, records
+
+DEFAULT_DATA_DIR = "~/.cache/resp_jax/tfds"
+FORMAT_VERSION = "1.0.0"   # bump when what a prepared example holds changes
+_BUILDERS = {records.ICBHI: "RespJaxIcbhi", records.SPRSOUND: "RespJaxSprsound"}
+
+
+@dataclasses.dataclass
+class Split:
+    """The cycles of one split, in reader order."""
+    audio: list                 # float32 [n_i] 16 kHz cycles, fades applied
+    codes: dict                 # base field -> int32 [n] (metadata.BASE_FIELDS; -1 unknown)
+    stem: list                  # recording stem per cycle
+    patient: list               # patient id per cycle
+    index: np.ndarray           # int32 [n]: cycle position in its recording's annotations
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.codes["label"]
+
+    def take(self, rows) -> "Split":
+        """The cycles at ``rows`` (e.g. to carve a validation split)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Split(audio=[self.audio[i] for i in rows],
+                     codes={k: v[rows] for k, v in self.codes.items()},
+                     stem=[self.stem[i] for i in rows],
+                     patient=[self.patient[i] for i in rows],
+                     index=self.index[rows])
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A whole prepared dataset: its splits and what was skipped while reading it."""
+    dataset: str
+    root: str
+    splits: dict                # split name -> Split
+    skipped: list               # records.Skipped
+
+    def __getitem__(self, split: str) -> Split:
+        try:
+            return self.splits[split]
+        except KeyError:
+            raise KeyError(f"{self.dataset} has no split {split!r}; "
+                           f"expected one of {sorted(self.splits)}") from None
+
+
+def fingerprint(dataset: str, root, exclude=None) -> str:
+    """A short hash of the dataset, the prepared format and every file under ``root``
+    (relative path, size, mtime), leaving out the directory ``exclude`` (a cache inside it)."""
+    root = Path(root)
+    skip = os.path.realpath(exclude) if exclude else None
+    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{audio.SAMPLE_RATE}|{audio.FADE}".encode())
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames
+                             if os.path.realpath(os.path.join(dirpath, d)) != skip)
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            st = os.stat(full)
+            entries.append(f"{os.path.relpath(full, root)}\t{st.st_size}\t{st.st_mtime_ns}")
+    for e in sorted(entries):
+        h.update(e.encode() + b"\n")
+    return h.hexdigest()[:20]
+
+
+def _decode_recording(path: str, cycles: list) -> list:
+    """All cycles of one recording from a single decode."""
+    wave = audio.load(path)
+    return [audio.cut(wave, c.start, c.end) for c in cycles]
+
+
+def _by_recording(cycles: list) -> list:
+    groups = collections.OrderedDict()
+    for i, c in enumerate(cycles):
+        groups.setdefault(c.wav_path, []).append((i, c))
+    return list(groups.items())
+
+
+def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int) -> Iterator:
+    """(position, cycle, wave) for every cycle, recordings decoded in parallel, in order.
+
+    At most ``2 * workers`` recordings are decoded ahead of the consumer, bounding memory.
+    A recording that fails to decode is skipped (and listed) when ``skip_bad``.
+    """
+    groups = iter(_by_recording(cycles))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending = collections.deque()
+
+        def submit(count):
+            for path, items in itertools.islice(groups, count):
+                pending.append((items, pool.submit(_decode_recording, path,
+                                                   [c for _, c in items])))
+
+        submit(2 * workers)
+        while pending:
+            items, fut = pending.popleft()
+            submit(1)
+            try:
+                waves = fut.result()
+            except records.DataError as e:
+                if not skip_bad:
+                    for _, f in pending:
+                        f.cancel()
+                    raise
+                skipped.append(records.Skipped(
+                    e.path, f"{e.reason} ({len(items)} cycle(s) of this recording skipped)",
+                    e.line).to_json())
+                continue
+            for (pos, c), w in zip(items, waves):
+                yield pos, c, w
+
+
+def _builder_class(dataset: str):
+    """The TFDS builder class of ``dataset`` (defined on first use: TFDS is a slow import)."""
+    cls = _builder_classes.get(dataset)
+    if cls is not None:
+        return cls
+    import tensorflow_datasets as tfds
+    from etils import epath
+
+    class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = f"resp_jax_{dataset}"
+        # Given, so TFDS does not infer them through importlib.resources (which fails for
+        # editable installs of this package).
+        pkg_dir_path = epath.Path(os.path.dirname(os.path.abspath(__file__)))
+        code_path = epath.Path(os.path.abspath(__file__))
+        VERSION = tfds.core.Version(FORMAT_VERSION)
+        MANUAL_DOWNLOAD_INSTRUCTIONS = (
+            f"Pass the root of the distributed {dataset} files (SPEC 1) as the manual dir.")
+        DATASET = dataset
+
+        def __init__(self, *, skip_bad: bool = False, workers: int = 0, **kw):
+            self._skip_bad = skip_bad
+            self._workers = workers or max(1, min(4, os.cpu_count() or 1))
+            super().__init__(**kw)
+
+        def _info(self):
+            fields = {f: np.int32 for f in metadata.BASE_FIELDS}
+            return self.dataset_info_from_configs(
+                description=f"{dataset} respiratory cycles at {audio.SAMPLE_RATE} Hz",
+                features=tfds.features.FeaturesDict({
+                    "audio": tfds.features.Tensor(shape=(None,), dtype=np.float32,
+                                                  encoding=tfds.features.Encoding.BYTES),
+                    "stem": tfds.features.Text(),
+                    "patient": tfds.features.Text(),
+                    "index": np.int32,
+                    "order": np.int32,
+                    **fields,
+                }),
+                disable_shuffling=True,
+                metadata=tfds.core.MetadataDict(),
+            )
+
+        def _split_generators(self, dl_manager):
+            from resp_jax.data import readers
+
+            root = Path(dl_manager.manual_dir)
+            result = readers.read(dataset, root, skip_bad=self._skip_bad)
+            # Stored with the examples as JSON; extended while the splits are generated (TFDS
+            # writes the metadata after the last split).
+            skipped = [s.to_json() for s in result.skipped]
+            self.info.metadata["root"] = str(root)
+            self.info.metadata["skipped"] = skipped
+            return {split: self._generate_examples(result.split(split), skipped)
+                    for split in records.SPLITS[dataset]}
+
+        def _generate_examples(self, cycles, skipped):
+            for pos, c, wave in _decoded(cycles, self._skip_bad, skipped, self._workers):
+                if len(wave) == 0:
+                    msg = (f"cycle {c.index} ({c.start}-{c.end} s) holds no audio; expected "
+                           "start < end inside the recording")
+                    if not self._skip_bad:
+                        raise records.DataError(c.wav_path, msg)
+                    skipped.append(records.Skipped(c.wav_path, msg).to_json())
+                    continue
+                ex = {"audio": wave, "stem": c.stem, "patient": c.patient,
+                      "index": c.index, "order": pos}
+                for f in metadata.BASE_FIELDS:
+                    ex[f] = metadata.encode_base(dataset, f, getattr(c, f))
+                yield f"{pos:07d}", ex
+
+    _Builder.__name__ = _Builder.__qualname__ = _BUILDERS[dataset]
+    _Builder.__module__ = __name__
+    _builder_classes[dataset] = _Builder
+    return _Builder
+
+
+_builder_classes: dict = {}
+
+
+def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, workers: int = 0):
+    """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root``."""
+    import tensorflow_datasets as tfds
+
+    if dataset not in _BUILDERS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(_BUILDERS)}")
+    data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
+    config = tfds.core.BuilderConfig(name="r" + fingerprint(dataset, root, exclude=data_dir),
+                                     version=FORMAT_VERSION,
+                                     description=f"prepared from {root}")
+    cls = _builder_class(dataset)
+    # TFDS warns about every config not declared in the class: ours never are, by design.
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        return cls(data_dir=data_dir, config=config, skip_bad=skip_bad, workers=workers)
+    finally:
+        logging.set_verbosity(level)
+
+
+def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
+         workers: int = 0) -> Prepared:
+    """The prepared ``dataset`` of ``root``: built on first use, read from the cache after.
+
+    Bad items raise `DataError` naming the file unless ``skip_bad``; then they are listed in
+    ``Prepared.skipped`` (also on cached loads). A cache built with skipping is not used
+    silently by a run that does not skip: that run gets the first skipped item's error.
+    """
+    import tensorflow_datasets as tfds
+
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise records.DataError(root, f"dataset root not found; expected a directory with the "
+                                      f"distributed {dataset} files")
+    b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers)
+    if not b.is_prepared():
+        logging.info("preparing %s from %s into %s (decoding and resampling once)", dataset,
+                     root, b.data_dir)
+        t = time.perf_counter()
+        try:
+            b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                manual_dir=str(root)))
+        except OSError:
+            # Another process (a second host on a shared data_dir) may have finished the
+            # same copy first; TFDS then cannot move ours into place.
+            if not builder(dataset, root, data_dir=data_dir).is_prepared():
+                raise
+        logging.info("prepared %s in %.1f s", dataset, time.perf_counter() - t)
+        b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers)
+    else:
+        logging.info("reading prepared %s from %s", dataset, b.data_dir)
+    skipped = [records.Skipped(**s) for s in b.info.metadata.get("skipped", [])]
+    if skipped and not skip_bad:
+        first = skipped[0]
+        raise records.DataError(
+            first.path, f"{first.reason} ({len(skipped)} bad item(s) in {root}; set "
+                        "data.skip_bad to skip them)", first.line)
+    splits = {s: _read_split(b, s) for s in records.SPLITS[dataset]}
+    return Prepared(dataset=dataset, root=str(root), splits=splits, skipped=skipped)
+
+
+def _read_split(b, split: str) -> Split:
+    import tensorflow as tf
+
+    n = b.info.splits[split].num_examples if split in b.info.splits else 0
+    rows = []
+    if n:
+        ds = b.as_dataset(split=split, shuffle_files=False)
+        rows = list(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+        rows.sort(key=lambda r: int(r["order"]))
+    codes = {f: np.array([r[f] for r in rows], np.int32).reshape(-1)
+             for f in metadata.BASE_FIELDS}
+    return Split(audio=[r["audio"] for r in rows], codes=codes,
+                 stem=[r["stem"].decode() for r in rows],
+                 patient=[r["patient"].decode() for r in rows],
+                 index=np.array([r["index"] for r in rows], np.int32).reshape(-1))

@@ -1,0 +1,237 @@
+"""SPRSound reader: the 2022 release (SPEC 1.2) to one `Cycle` per annotated event.
+
+Two layouts are accepted: ``ROOT/{train_wav, train_json, test_wav, test_json}`` and
+``ROOT/BioCAS2022/{train2022_wav, train2022_json, test2022_wav, test2022_json}`` (or ROOT
+being the BioCAS2022 folder). A test recording is inter-patient when its JSON lies under
+``inter_test_json`` and intra-patient under ``intra_test_json``. Stems are
+``PATIENT_AGE_GENDER_LOCATION_REC`` with patient ids of varying length. Each JSON holds one
+object whose ``event_annotation`` lists unsorted events with start/end as millisecond strings;
+events are sorted by start and only those with end > start are kept (SPEC 1.2). The others
+are not bad input, so they are not errors: they are logged, and listed in ``dropped`` when the
+caller passes a list.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from absl import logging
+
+from resp_jax.data import metadata, records
+from resp_jax.data.readers import Problems, clamp_to_audio, wav_info
+
+# (base folder relative to ROOT, train wav, train json, test wav, test json)
+LAYOUTS = (
+    ("", "train_wav", "train_json", "test_wav", "test_json"),
+    ("BioCAS2022", "train2022_wav", "train2022_json", "test2022_wav", "test2022_json"),
+    ("", "train2022_wav", "train2022_json", "test2022_wav", "test2022_json"),
+)
+TEST_FOLDERS = {"inter_test_json": "inter_test", "intra_test_json": "intra_test"}
+EVENT_CLASSES = {name: i for i, name in enumerate(records.SPRSOUND_CLASSES)}
+BABY_AGE = 5.0     # baby if age < 5, kid otherwise (SPEC 1.2)
+_GENDER = {"0": "M", "1": "F"}
+_STEM_FORMAT = "PATIENT_AGE_GENDER_LOCATION_REC (e.g. 65109516_0.2_0_p1_3659)"
+_JSON_FORMAT = ('expected one JSON object {"record_annotation": ..., "event_annotation": '
+                '[{"start": "<ms>", "end": "<ms>", "type": "<class>"}, ...]}')
+
+
+def parse_stem(stem: str) -> dict:
+    """Patient, age, sex, location and recording of a stem; ValueError saying what is wrong."""
+    parts = stem.split("_")
+    if len(parts) != 5:
+        raise ValueError(f"file name {stem!r} is not {_STEM_FORMAT}")
+    patient, age_s, gender, location, rec = parts
+    try:
+        age = float(age_s)
+        if not (math.isfinite(age) and age >= 0):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"file name {stem!r}: age {age_s!r} is not a number >= 0 "
+                         f"(expected {_STEM_FORMAT})") from None
+    if gender not in _GENDER:
+        raise ValueError(f"file name {stem!r}: gender {gender!r} is not 0 (male) or 1 (female)")
+    allowed = metadata.vocab(records.SPRSOUND, "location")
+    if location not in allowed:
+        raise ValueError(f"file name {stem!r}: location {location!r} is not one of {allowed}")
+    if not patient:
+        raise ValueError(f"file name {stem!r} has an empty patient id")
+    return dict(patient=patient, age=age, sex=_GENDER[gender], location=location,
+                recording=rec)
+
+
+def age_group(age: Optional[float]) -> Optional[str]:
+    if age is None:
+        return None
+    return "baby" if age < BABY_AGE else "kid"
+
+
+def find_layout(root: Path) -> dict:
+    """The folders of the first 2022 layout found under ``root``."""
+    for base, train_wav, train_json, test_wav, test_json in LAYOUTS:
+        b = root / base if base else root
+        if (b / train_json).is_dir() or (b / test_json).is_dir():
+            folders = dict(train_wav=b / train_wav, train_json=b / train_json,
+                           test_wav=b / test_wav, test_json=b / test_json)
+            for name in ("train_json", "test_json"):
+                if not folders[name].is_dir():
+                    raise records.DataError(folders[name], "folder not found; expected the "
+                                                           f"{name} folder of this layout")
+            for sub in TEST_FOLDERS:
+                if not (folders["test_json"] / sub).is_dir():
+                    raise records.DataError(folders["test_json"] / sub, "folder not found; "
+                                            f"expected {' and '.join(TEST_FOLDERS)} in "
+                                            f"{folders['test_json']}")
+            return folders
+    names = ", ".join(f"{l[0] + '/' if l[0] else ''}{{{l[2]}, {l[4]}}}" for l in LAYOUTS)
+    raise records.DataError(root, f"no SPRSound 2022 layout found; expected {names}")
+
+
+def _json_files(folders: dict) -> list:
+    """(split or None when misplaced, path) of every annotation JSON, in path order."""
+    out = [("train", p) for p in sorted(folders["train_json"].rglob("*.json"))]
+    test = folders["test_json"]
+    for p in sorted(test.rglob("*.json")):
+        top = p.relative_to(test).parts[0]
+        out.append((TEST_FOLDERS.get(top), p))
+    return out
+
+
+def _wav_index(folder: Path) -> dict:
+    """stem -> path of every WAV under ``folder``."""
+    if not folder.is_dir():
+        raise records.DataError(folder, "folder not found; expected the recordings (.wav) "
+                                        "beside the annotation folder")
+    return {p.stem: p for p in sorted(folder.rglob("*.wav"))}
+
+
+def _ms(value) -> float:
+    """Milliseconds as written (a string such as "239", or a number) -> float."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{value!r} is not a number of milliseconds")
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = math.nan
+    if not math.isfinite(ms) or ms < 0:
+        raise ValueError(f"{value!r} is not a number of milliseconds >= 0")
+    return ms
+
+
+def _read_events(path: Path, problems: Problems, dropped: list) -> Optional[list]:
+    """(event number, start s, end s, label) sorted by start; None when the file is unusable."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        problems.bad(path, f"not a UTF-8 text file ({e}); {_JSON_FORMAT}")
+        return None
+    except json.JSONDecodeError as e:
+        problems.bad(path, f"invalid JSON ({e.msg} at column {e.colno}); {_JSON_FORMAT}",
+                     e.lineno)
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("event_annotation"), list):
+        found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        problems.bad(path, f"no 'event_annotation' list (found {found}); {_JSON_FORMAT}")
+        return None
+    events = []
+    for k, ev in enumerate(obj["event_annotation"]):
+        missing = [key for key in ("start", "end", "type")
+                   if not isinstance(ev, dict) or key not in ev]
+        if missing:
+            problems.bad(path, f"event {k} lacks {missing}; {_JSON_FORMAT}")
+            continue
+        try:
+            start, end = _ms(ev["start"]), _ms(ev["end"])
+        except ValueError as e:
+            problems.bad(path, f"event {k}: {e}; {_JSON_FORMAT}")
+            continue
+        kind = ev["type"].strip() if isinstance(ev["type"], str) else ev["type"]
+        if kind not in EVENT_CLASSES:
+            problems.bad(path, f"event {k}: unknown event type {ev['type']!r}; expected one "
+                               f"of {records.SPRSOUND_CLASSES}")
+            continue
+        if end <= start:
+            dropped.append(records.Skipped(
+                str(path), f"event {k} ({kind}, {ev['start']}-{ev['end']} ms) has end <= "
+                           "start; SPEC 1.2 keeps only events with end > start"))
+            continue
+        events.append((k, start / 1000.0, end / 1000.0, EVENT_CLASSES[kind]))
+    events.sort(key=lambda e: e[1])
+    return events
+
+
+def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
+         dropped: Optional[list] = None) -> records.ReadResult:
+    """All events of an SPRSound 2022 root: train, then inter_test, then intra_test files.
+
+    ``annotations_only`` leaves the WAV files alone (no clamping, ``wav_path`` ''). Bad input
+    raises `DataError` naming the file; with ``skip_bad`` the bad event or file is left out and
+    listed in ``ReadResult.skipped``. Events with end <= start are left out as SPEC 1.2 says:
+    logged, and appended to ``dropped`` when given.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise records.DataError(root, "dataset root not found; expected a directory with the "
+                                      "SPRSound 2022 folders")
+    folders = find_layout(root)
+    problems = Problems(skip_bad)
+    dropped_here: list = []
+    wavs = {}
+    if not annotations_only:
+        wavs = {"train": _wav_index(folders["train_wav"])}
+        wavs["test"] = _wav_index(folders["test_wav"])
+
+    by_split = {s: [] for s in records.SPLITS[records.SPRSOUND]}
+    for split, path in _json_files(folders):
+        if split is None:
+            problems.bad(path, f"JSON not under {' or '.join(TEST_FOLDERS)}; expected test "
+                               "annotations in one of those folders")
+            continue
+        try:
+            info = parse_stem(path.stem)
+        except ValueError as e:
+            problems.bad(path, str(e))
+            continue
+        events = _read_events(path, problems, dropped_here)
+        if events is None:
+            continue
+        wav_path = ""
+        if not annotations_only and events:
+            group = "train" if split == "train" else "test"
+            wav = wavs[group].get(path.stem)
+            try:
+                if wav is None:
+                    raise records.DataError(
+                        folders[f"{group}_wav"] / f"{path.stem}.wav",
+                        f"file not found; expected the recording of {path.name}")
+                duration = wav_info(wav).duration
+            except records.DataError as e:
+                problems.error(e, f"{len(events)} event(s) of {path.stem} skipped")
+                continue
+            wav_path = str(wav)
+            kept = []
+            for k, start, end, label in events:
+                span = clamp_to_audio(start, end, duration)
+                if span is None:
+                    problems.bad(path, f"event {k} ({start:.3f}-{end:.3f} s) starts at or past "
+                                       f"the end of the audio ({duration:.3f} s in "
+                                       f"{Path(wav).name}); expected events inside the recording")
+                    continue
+                kept.append((k, span[0], span[1], label))
+            events = kept
+        for index, (_, start, end, label) in enumerate(events):
+            by_split[split].append(records.Cycle(
+                dataset=records.SPRSOUND, split=split, stem=path.stem, wav_path=wav_path,
+                index=index, patient=info["patient"], start=start, end=end, label=label,
+                label_name=records.SPRSOUND_CLASSES[label], sex=info["sex"], age=info["age"],
+                age_group=age_group(info["age"]), location=info["location"]))
+
+    if dropped_here:
+        logging.warning("SPRSound: %d event(s) with end <= start left out (SPEC 1.2), e.g. %s: %s",
+                        len(dropped_here), dropped_here[0].path, dropped_here[0].reason)
+        if dropped is not None:
+            dropped.extend(dropped_here)
+    cycles = [c for s in records.SPLITS[records.SPRSOUND] for c in by_split[s]]
+    return records.ReadResult(cycles=cycles, skipped=problems.skipped)

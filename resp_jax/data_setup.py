@@ -1,0 +1,110 @@
+"""The data side of a run: prepared dataset, optional validation carve, batches on the mesh.
+
+`load(config)` is what `train.train_and_evaluate` calls; the returned `RunData` hides split
+names (logical 'train', 'val', 'test' -> the dataset's splits) and process slicing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+from absl import logging
+
+from resp_jax import defaults, parallel, selection
+from resp_jax.data import records
+
+
+@dataclasses.dataclass
+class RunData:
+    name: str                   # dataset
+    test_split: str             # the dataset split reported as 'test'
+    eval_splits: tuple          # logical splits evaluated each epoch: ('test',) or + 'val'
+    num_classes: int
+    frames: int                 # log-mel frames per example
+    class_weights: Any          # [C] float32, or None when CE is unweighted
+    skipped: int                # items the readers skipped (data.skip_bad)
+    sizes: dict                 # logical split -> number of cycles
+    config: Any
+    fields: tuple
+    features: Any               # pipeline.Features
+
+    def _split(self, split: str) -> str:
+        return self.test_split if split == "test" else split
+
+    def num_batches(self, split: str, global_batch: int) -> int:
+        from resp_jax.data import pipeline
+        return pipeline.num_batches(self.sizes[split], global_batch)
+
+    def train_batches(self, epoch: int, skip: int, mesh) -> Iterator[dict]:
+        """Augmented two-view training batches of ``epoch`` (after ``skip`` batches), on the
+        mesh; a pure function of (train.seed, epoch)."""
+        from resp_jax.data import pipeline
+        batches = pipeline.train_batches(
+            self.features, self.config, epoch=epoch, fields=self.fields,
+            global_batch=self.config.train.batch_size, skip_batches=skip,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        return parallel.prefetch(batches, mesh)
+
+    def eval_batches(self, split: str, mesh) -> Iterator[dict]:
+        """Unaugmented batches of a logical split in file order, padded and masked."""
+        from resp_jax.data import pipeline
+        batches = pipeline.eval_batches(
+            self.features, self.config, self._split(split), fields=self.fields,
+            global_batch=self.config.eval.batch_size, process_index=jax.process_index(),
+            process_count=jax.process_count())
+        return parallel.prefetch(batches, mesh)
+
+
+def load(config) -> RunData:
+    """Reads (or makes) the dataset of a resolved ``config`` and computes its features."""
+    from resp_jax.data import pipeline, prepare
+
+    name = config.data.name
+    root = config.data.root
+    if not root:  # the synthetic default (made once, cached; synthetic logs where)
+        from resp_jax.data import synthetic
+        root = str(synthetic.default_dataset(name))
+    prepared = prepare.load(name, root, data_dir=config.data.tfds_dir or None,
+                            skip_bad=config.data.skip_bad)
+    skipped = len(prepared.skipped)
+    if skipped:
+        logging.warning("%d item(s) skipped (data.skip_bad), e.g. %s", skipped,
+                        prepared.skipped[0])
+    eval_splits = ("test",)
+    if config.eval.selection == "val":
+        prepared = carve_val(prepared, config.eval.val_fraction, config.train.seed)
+        eval_splits = ("test", selection.VAL_SPLIT)
+    class_weights = None
+    if config.loss.class_weighted:
+        class_weights = np.asarray(
+            pipeline.class_weights(pipeline.class_counts(prepared, "train")), np.float32)
+    features = pipeline.Features(prepared, config)
+    test_split = config.data.test_split
+    sizes = {s: len(prepared[test_split if s == "test" else s]) for s in ("train",) + eval_splits}
+    if sizes["train"] == 0:
+        raise ValueError(f"the training split of {root} is empty")
+    frames = int(features.frames)
+    logging.info("%s: %s cycles; %d frames per example", name, sizes, frames)
+    return RunData(name=name, test_split=test_split, eval_splits=eval_splits,
+                   num_classes=len(records.CLASSES[name]), frames=frames,
+                   class_weights=class_weights, skipped=skipped, sizes=sizes, config=config,
+                   fields=defaults.fields(config), features=features)
+
+
+def carve_val(prepared, fraction: float, seed: int):
+    """A copy of ``prepared`` whose 'train' split lost whole patients to a new 'val' split
+    (`selection.val_mask`); the other splits are untouched."""
+    from resp_jax.data import prepare
+
+    train = prepared["train"]
+    in_val = selection.val_mask(train.patient, fraction, seed)
+    splits = dict(prepared.splits)
+    splits["train"] = train.take(np.flatnonzero(~in_val))
+    splits[selection.VAL_SPLIT] = train.take(np.flatnonzero(in_val))
+    logging.info("validation split: %d of %d training cycles (%d patients), seed %d",
+                 int(in_val.sum()), len(train), len(set(splits["val"].patient)), seed)
+    return prepare.Prepared(dataset=prepared.dataset, root=prepared.root, splits=splits,
+                            skipped=prepared.skipped)

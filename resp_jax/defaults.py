@@ -1,0 +1,114 @@
+"""Dataset- and init-dependent defaults, resolved in one place when a run starts (SPEC 4-5).
+
+configs/base.py leaves these fields as None; `resolve` fills them from `data.name` and
+`model.init_from` and checks the whole config, so `config.json` records what actually ran and a
+bad value fails before any data is read.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import ml_collections
+
+from resp_jax.data import metadata, records
+
+# What differs between datasets (SPEC 4, 5). Normalisation constants are the same for both
+# (the reference reuses ICBHI's) and live in configs/base.py.
+DATASET_DEFAULTS = {
+    records.ICBHI: {"epochs": 400, "class_weighted": True},
+    records.SPRSOUND: {"epochs": 200, "class_weighted": False},
+}
+LR_PRETRAINED = 1e-4   # fine-tuning AudioSet weights
+LR_SCRATCH = 1e-3
+
+ONE_STAGE = ("ce", "hybrid")
+TWO_STAGE = ("scl", "simclr", "mscl")
+METHODS = ONE_STAGE + TWO_STAGE
+INSTANCE = "instance"  # pseudo-field: each example its own class (NT-Xent)
+SELECTIONS = ("test_best", "val", "last")
+SCHEDULES = ("periodic_cosine", "cosine", "constant")
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"config.{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _positive(name: str, value) -> None:
+    if not value > 0:
+        raise ValueError(f"config.{name} must be > 0, got {value!r}")
+
+
+def heads(config) -> tuple[tuple[str, float], ...]:
+    """The contrastive heads as (field, weight) pairs; none for 'ce'."""
+    if config.method == "ce":
+        return ()
+    return tuple((str(f), float(w)) for f, w in config.loss.heads)
+
+
+def fields(config) -> tuple[str, ...]:
+    """Metadata fields the pipeline must deliver per example (the heads' fields, but 'label'
+    always and 'instance' never)."""
+    out = ["label"]
+    for f, _ in heads(config):
+        if f != INSTANCE and f not in out:
+            out.append(f)
+    return tuple(out)
+
+
+def is_two_stage(config) -> bool:
+    return config.method in TWO_STAGE
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A checked copy of ``config`` with every placeholder filled in."""
+    config = copy.deepcopy(config)  # field types (and placeholders' types) kept
+    name = config.data.name
+    _choice("data.name", name, records.DATASETS)
+    _choice("method", config.method, METHODS)
+    _choice("eval.selection", config.eval.selection, SELECTIONS)
+    _choice("train.schedule", config.train.schedule, SCHEDULES)
+    _choice("loss.denominator", config.loss.denominator, ("all", "negatives"))
+    _choice("data.pad", config.data.pad, ("circular", "zero"))
+    _choice("data.norm", config.data.norm, ("reference", "dataset"))
+    _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+
+    defaults = DATASET_DEFAULTS[name]
+    if config.train.epochs is None:
+        config.train.epochs = defaults["epochs"]
+    if config.loss.class_weighted is None:
+        config.loss.class_weighted = defaults["class_weighted"]
+    if config.train.lr is None:
+        config.train.lr = LR_PRETRAINED if config.model.init_from else LR_SCRATCH
+    if config.data.test_split is None:
+        config.data.test_split = records.TEST_SPLIT[name]
+    _choice("data.test_split", config.data.test_split,
+            [s for s in records.SPLITS[name] if s != "train"])
+
+    for key in ("train.epochs", "train.batch_size", "train.lr", "linear_eval.batch_size",
+                "eval.batch_size", "data.duration", "loss.temperature", "train.log_every"):
+        section, field = key.split(".")
+        _positive(key, config[section][field])
+    if is_two_stage(config):
+        _positive("linear_eval.epochs", config.linear_eval.epochs)
+    if not 0 < config.eval.val_fraction < 1:
+        raise ValueError(f"config.eval.val_fraction must lie in (0, 1), got "
+                         f"{config.eval.val_fraction!r}")
+    if not 0 <= config.loss.alpha <= 1:
+        raise ValueError(f"config.loss.alpha must lie in [0, 1], got {config.loss.alpha!r}")
+
+    hs = heads(config)
+    if config.method != "ce" and not hs:
+        raise ValueError(f"method {config.method!r} needs at least one contrastive head in "
+                         "config.loss.heads, e.g. (('label', 1.0),)")
+    names = [f for f, _ in hs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"config.loss.heads names a field twice: {names}")
+    if config.method == "simclr" and names != [INSTANCE]:
+        raise ValueError(f"method 'simclr' uses the single head ({INSTANCE!r}, 1.0), got {names}")
+    if config.method == "hybrid" and INSTANCE in names:
+        raise ValueError("method 'hybrid' combines CE with supervised heads; 'instance' "
+                         "belongs to 'simclr'")
+    metadata.check_fields(name, [f for f in names if f != INSTANCE])
+    return config

@@ -1,0 +1,363 @@
+"""CNN6 encoder (PANNs architecture), its heads, and the converted-weights format (SPEC 3, 7).
+
+The encoder maps log-mel spectrograms ``x [batch, mel, frames]`` to ``[batch, channels[-1]]``
+features: 4 blocks of 5x5 convolution (stride 1, padding 2, no bias) -> BatchNorm -> ReLU ->
+2x2 average pooling (floor, as ``torch.nn.functional.avg_pool2d``), then a global pool.
+
+Two orientations of the spectrogram image exist (SPEC 3):
+
+- ``'reference'`` (default; the paper's code): the image is (freq, time) = (H, W). After the
+  blocks: mean over time, then max + mean over frequency.
+- ``'panns'`` (how PANNs trained the AudioSet weights): the image is (time, freq). After the
+  blocks: mean over frequency, then max + mean over time.
+
+In both cases the pooled image is reduced with "mean over W, then max + mean over H", and a
+converted PyTorch kernel ``(out, in, kh, kw)`` becomes the flax kernel ``(kh, kw, in, out)``.
+
+BatchNorm follows PyTorch's numbers: momentum 0.1 in PyTorch terms (0.9 in flax terms: new
+running = 0.9 * old + 0.1 * batch), eps 1e-5, two-pass variance. One difference remains: flax
+updates the running variance with the biased batch variance, PyTorch with the unbiased one:
+a factor n / (n - 1), n = batch x height x width at that layer (at least 8 x 31 x batch at the
+last block for 8 s inputs), so negligible for real batches.
+
+Converted encoders live in a directory holding ``encoder.json`` (format, channels, layout,
+provenance) and ``state/`` (an orbax checkpoint of ``{'params', 'batch_stats'}``); write one
+with :func:`save_encoder` (tools/convert_panns.py does) and read it with :func:`load_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_CHANNELS = (64, 128, 256, 512)
+LAYOUTS = ("reference", "panns")
+BN_MOMENTUM = 0.9  # flax convention; PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+
+ENCODER_FORMAT = 1
+META_FILE = "encoder.json"
+STATE_DIR = "state"
+
+
+def _check_channels(channels: Sequence[int]) -> tuple[int, ...]:
+    channels = tuple(channels)
+    if not channels or not all(isinstance(c, (int, np.integer)) and c > 0 for c in channels):
+        raise ValueError(
+            f"channels must be a non-empty sequence of positive ints, got {channels!r}")
+    return tuple(int(c) for c in channels)
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def _head_key(head: str) -> str:
+    return head.replace("+", "_")
+
+
+def head_module_name(head: str) -> str:
+    """Submodule name of the projector for ``head`` (a metadata field such as 'sex+age_group')."""
+    return "proj_" + _head_key(head)
+
+
+def _torch_linear_init(fan_in: int):
+    """PyTorch's default nn.Linear init: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    # kaiming_uniform(a=sqrt(5)) == variance_scaling(1/3, fan_in, uniform): bound 1/sqrt(fan_in).
+    kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    return kernel_init, bias_init
+
+
+def _dense(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
+    kernel_init, bias_init = _torch_linear_init(fan_in)
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=kernel_init, bias_init=bias_init, name=name)
+
+
+class ConvBlock(nn.Module):
+    """Conv 5x5 (xavier_uniform, as PANNs) -> BatchNorm (scale 1, bias 0) -> ReLU -> avg pool."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        x = nn.Conv(self.features, (5, 5), strides=(1, 1), padding=2, use_bias=False,
+                    kernel_init=nn.initializers.xavier_uniform(),
+                    dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
+        # Statistics and running averages stay float32 even when dtype is bfloat16.
+        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                         epsilon=BN_EPSILON, use_fast_variance=False,
+                         dtype=self.dtype, param_dtype=jnp.float32, name="bn")(x, mask=mask)
+        x = nn.relu(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class CNN6Encoder(nn.Module):
+    """CNN6 feature extractor: ``x [B, mel, frames]`` -> ``[B, channels[-1]]`` float32.
+
+    ``mask [B]`` (1 real, 0 padding) keeps padded rows out of the BatchNorm batch statistics in
+    training mode; it has no effect in inference mode (``train=False``), which uses the running
+    statistics. Rows with mask 0 still get (meaningless) outputs.
+    """
+
+    channels: Sequence[int] = DEFAULT_CHANNELS
+    layout: str = "reference"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        channels = _check_channels(self.channels)
+        layout = _check_layout(self.layout)
+        x = jnp.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(f"CNN6Encoder expects log-mel x of shape [batch, mel, frames], "
+                             f"got shape {x.shape}")
+        smallest = 2 ** len(channels)
+        if x.shape[1] < smallest or x.shape[2] < smallest:
+            raise ValueError(f"CNN6Encoder with {len(channels)} pooling blocks needs at least "
+                             f"{smallest} mel bins and {smallest} frames, got shape {x.shape}")
+        bn_mask = None
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            if mask.shape != (x.shape[0],):
+                raise ValueError(f"mask must have shape [batch] = {(x.shape[0],)}, "
+                                 f"got {mask.shape}")
+            bn_mask = (mask > 0).reshape(-1, 1, 1, 1)
+
+        image = x[..., None]  # (B, freq, time, 1): H = freq, W = time
+        if layout == "panns":
+            image = jnp.swapaxes(image, 1, 2)  # (B, time, freq, 1)
+        for i, features in enumerate(channels, start=1):
+            image = ConvBlock(features, dtype=self.dtype, name=f"conv_block{i}")(
+                image, train, bn_mask)
+        # Global pooling in float32: mean over W, then max + mean over H.
+        image = image.astype(jnp.float32).mean(axis=2)
+        return image.max(axis=1) + image.mean(axis=1)
+
+
+class Projector(nn.Module):
+    """Contrastive head Linear(hidden) -> ReLU -> Linear(out); PyTorch default Linear init.
+
+    Output is not L2-normalised (the losses do that) and is float32.
+    """
+
+    hidden: int = 512
+    out: int = 128
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        h = _dense(self.hidden, features.shape[-1], self.dtype, "hidden")(features)
+        h = nn.relu(h)
+        z = _dense(self.out, self.hidden, self.dtype, "out")(h)
+        return z.astype(jnp.float32)
+
+
+class Classifier(nn.Module):
+    """Linear classifier on encoder features; PyTorch default Linear init; float32 logits."""
+
+    num_classes: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        logits = _dense(self.num_classes, features.shape[-1], self.dtype, "linear")(features)
+        return logits.astype(jnp.float32)
+
+
+class Model(nn.Module):
+    """Encoder + linear classifier + one projector per contrastive head (M-SCL has several).
+
+    Submodules: ``encoder``, ``classifier``, ``proj_<head>`` with '+' in the head name
+    replaced by '_' (e.g. head 'sex+age_group' -> ``proj_sex_age_group``). Outputs are keyed by
+    the head names as given. All outputs are float32 whatever ``dtype`` the computation uses.
+    """
+
+    channels: Sequence[int] = DEFAULT_CHANNELS
+    layout: str = "reference"
+    num_classes: int = 4
+    heads: Sequence[str] = ()
+    proj_hidden: int = 512
+    proj_out: int = 128
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        names = [head_module_name(h) for h in self.heads]
+        if len(set(names)) != len(names) or not all(self.heads):
+            raise ValueError(f"head names must be non-empty and distinct after replacing '+' "
+                             f"with '_', got {tuple(self.heads)!r}")
+        self.encoder = CNN6Encoder(self.channels, self.layout, self.dtype)
+        self.classifier = Classifier(self.num_classes, self.dtype)
+        # A dict attribute named 'proj' gives the submodules the names 'proj_<key>'.
+        self.proj = {_head_key(h): Projector(self.proj_hidden, self.proj_out, self.dtype)
+                     for h in self.heads}
+
+    def encode(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        return self.encoder(x, train, mask)
+
+    def classify(self, features: jax.Array) -> jax.Array:
+        return self.classifier(features)
+
+    def project(self, features: jax.Array, head: str) -> jax.Array:
+        key = _head_key(head)
+        if key not in self.proj:
+            raise KeyError(f"no projector for head {head!r}; heads are {tuple(self.heads)!r}")
+        return self.proj[key](features)
+
+    def __call__(self, x: jax.Array, train: bool,
+                 mask: jax.Array | None = None) -> dict[str, Any]:
+        features = self.encode(x, train, mask)
+        return {
+            "features": features,
+            "logits": self.classify(features),
+            "proj": {head: self.project(features, head) for head in self.heads},
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Converted encoders on disk.
+
+
+def encoder_shapes(channels: Sequence[int] = DEFAULT_CHANNELS) -> dict[str, Any]:
+    """``{'params', 'batch_stats'}`` of ``jax.ShapeDtypeStruct`` for an encoder (no compute)."""
+    channels = _check_channels(channels)
+    side = 2 ** len(channels)
+    x = jax.ShapeDtypeStruct((1, side, side), jnp.float32)
+    return jax.eval_shape(
+        lambda x: CNN6Encoder(channels).init(jax.random.key(0), x, train=False), x)
+
+
+def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        out["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
+    return out
+
+
+def _differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
+    """Every missing / unexpected / wrong-shape entry of ``got`` against ``expected``."""
+    want, have = _flat(expected), _flat(got)
+    diffs = [f"missing {k} (shape {tuple(want[k].shape)})" for k in sorted(want.keys() - have)]
+    diffs += [f"unexpected {k}" for k in sorted(have.keys() - want)]
+    for k in sorted(want.keys() & have.keys()):
+        shape = tuple(np.shape(have[k]))
+        if shape != tuple(want[k].shape):
+            diffs.append(f"{k}: shape {shape}, expected {tuple(want[k].shape)}")
+    return diffs
+
+
+def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
+                 meta: Mapping[str, Any], *, overwrite: bool = False) -> Path:
+    """Writes encoder ``variables`` ({'params', 'batch_stats'}) and ``meta`` atomically.
+
+    ``meta`` needs ``channels`` and may hold ``layout`` (default 'reference') and any
+    JSON-serialisable provenance (e.g. ``source``). Everything is written to a temporary
+    directory beside ``directory`` and renamed into place, so a failure leaves nothing behind.
+    An existing non-empty ``directory`` is an error unless ``overwrite``.
+    """
+    import orbax.checkpoint as ocp
+
+    channels = _check_channels(meta["channels"])
+    layout = _check_layout(meta.get("layout", "reference"))
+    variables = {k: variables[k] for k in variables}
+    diffs = _differences(encoder_shapes(channels), variables)
+    if diffs:
+        raise ValueError(f"variables do not fit a CNN6 encoder with channels {channels}:\n  "
+                         + "\n  ".join(diffs))
+    state = jax.tree.map(lambda a: np.asarray(a, dtype=np.float32), variables)
+    record = {**meta, "format": ENCODER_FORMAT, "architecture": "cnn6",
+              "channels": list(channels), "layout": layout}
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"  # fails before anything is written
+
+    directory = Path(directory).absolute()
+    if directory.exists() and not overwrite and not (directory.is_dir()
+                                                     and not any(directory.iterdir())):
+        raise FileExistsError(f"{directory} already exists and is not empty "
+                              "(choose another directory or overwrite it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / STATE_DIR, state)
+        (tmp / META_FILE).write_text(text)
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.rename(directory, old / directory.name)
+            os.rename(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def encoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """The checked contents of ``directory/encoder.json`` (channels, layout, provenance)."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a converted CNN6 encoder: {path} not found "
+                                "(create one with tools/convert_panns.py)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != ENCODER_FORMAT or meta.get("architecture") != "cnn6":
+        raise ValueError(f"{path}: expected format {ENCODER_FORMAT} and architecture 'cnn6', got "
+                         f"format {meta.get('format')!r}, architecture "
+                         f"{meta.get('architecture')!r}")
+    try:
+        meta["channels"] = _check_channels(meta.get("channels") or ())
+        _check_layout(meta.get("layout"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return meta
+
+
+def load_pretrained(directory: str | os.PathLike, *, layout: str | None = None,
+                    dtype: Any = jnp.float32) -> tuple[CNN6Encoder, dict[str, Any]]:
+    """Reads an encoder written by :func:`save_encoder` / tools/convert_panns.py.
+
+    Returns ``(encoder, {'params', 'batch_stats'})``; ``encoder.apply(variables, x,
+    train=False)`` maps ``x [B, mel, frames]`` to ``[B, channels[-1]]``. ``layout`` overrides
+    the stored orientation (the weights are the same in both).
+    """
+    import orbax.checkpoint as ocp
+
+    meta = encoder_meta(directory)
+    state_dir = (Path(directory) / STATE_DIR).absolute()
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(state_dir)
+    except Exception as e:  # orbax raises many types; name the directory
+        raise ValueError(f"{state_dir}: cannot read the orbax checkpoint: {e}") from e
+    restored = {k: restored[k] for k in restored}
+    diffs = _differences(encoder_shapes(meta["channels"]), restored)
+    if diffs:
+        raise ValueError(f"{state_dir} does not fit a CNN6 encoder with channels "
+                         f"{meta['channels']}:\n  " + "\n  ".join(diffs))
+    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), restored)
+    encoder = CNN6Encoder(meta["channels"], layout or meta["layout"], dtype)
+    _check_layout(encoder.layout)
+    return encoder, variables

@@ -1,0 +1,52 @@
+"""Optimiser and learning-rate schedules of the reference code (SPEC 5).
+
+PyTorch's Adam with ``weight_decay`` adds wd * param to the gradient before the moment
+estimates (L2 regularisation, not AdamW's decoupled decay): here `add_decayed_weights` runs
+before `scale_by_adam`. eps 1e-8 is added to sqrt(v_hat), as PyTorch does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax.numpy as jnp
+import optax
+
+
+def epoch_lr(config, epoch):
+    """Learning rate during (0-based) ``epoch``; works on ints and traced arrays.
+
+    'periodic_cosine' is PyTorch's CosineAnnealingLR(T_max, eta_min) stepped once per epoch
+    and never reset: its recursive update equals the closed form below for every epoch, also
+    past T_max, so the rate falls for T_max epochs, rises for T_max, and so on (period
+    2 T_max). 'cosine' is one decay with T_max = train.epochs. 'constant' is train.lr.
+    """
+    base, low = config.train.lr, config.train.eta_min
+    if config.train.schedule == "constant":
+        return base + 0 * epoch
+    t_max = config.train.cosine_t_max if config.train.schedule == "periodic_cosine" \
+        else config.train.epochs
+    cos = jnp.cos(math.pi * jnp.asarray(epoch, jnp.float32) / t_max)
+    return low + (base - low) * (1 + cos) / 2
+
+
+def schedule(config, steps_per_epoch: int) -> Callable:
+    """Per-step schedule: the rate of the epoch the step belongs to (optax counts from 0)."""
+    if steps_per_epoch <= 0:
+        raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+    return lambda step: epoch_lr(config, step // steps_per_epoch)
+
+
+def adam_l2(learning_rate, weight_decay: float, b1: float = 0.9,
+            b2: float = 0.999) -> optax.GradientTransformation:
+    """PyTorch ``Adam(lr, betas=(b1, b2), weight_decay=wd)``."""
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8),
+                       optax.scale_by_learning_rate(learning_rate))
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The training optimiser of ``config`` (resolved: train.lr set)."""
+    return adam_l2(schedule(config, steps_per_epoch), config.train.weight_decay,
+                   config.train.b1, config.train.b2)

@@ -1,0 +1,52 @@
+"""What the command lines share: naming run directories, running one experiment, the result
+line. Kept apart from resp_jax.main and resp_jax.sweep, which each define absl flags."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from absl import logging
+
+
+def config_name(spec: str) -> str:
+    """'configs/mscl.py:quick,sprsound' -> 'mscl-quick-sprsound'."""
+    path, _, arg = spec.partition(":")
+    parts = [Path(path).stem] + [a.strip() for a in arg.split(",") if a.strip()]
+    return "-".join(parts)
+
+
+def default_workdir(spec: str, now: float | None = None, kind: str = "") -> Path:
+    """runs/<config name>[-kind]-<YYYYmmdd-HHMMSS> (local time ``now``, default: now)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return Path("runs") / "-".join(p for p in (config_name(spec), kind, stamp) if p)
+
+
+def summary_line(results: dict) -> str:
+    test = results["test"]
+    line = (f"test ({results['test_split']}): Sp {test['sp']:.2f}  Se {test['se']:.2f}  "
+            f"Score {test['score']:.2f}  HS {test['hs']:.2f}")
+    if "sprsound_score" in test:
+        line += f"  SPRSound score {test['sprsound_score']:.2f}"
+    return (f"{line}  [{results['method']} on {results['dataset']}, selection "
+            f"{results['selection']}, epoch {results['epoch']}]")
+
+
+def run(config, workdir) -> int:
+    """Trains in ``workdir`` and prints the result line; returns the process exit status:
+    0 done, 1 the loss became NaN/inf, 128 + signal number after SIGINT/SIGTERM."""
+    import jax
+
+    from resp_jax import train
+    try:
+        results = train.train_and_evaluate(config, workdir)
+    except train.Interrupted as e:
+        logging.warning("%s", e)
+        return 128 + e.signum
+    except train.NonFiniteLoss as e:
+        logging.error("%s", e)
+        return 1
+    if jax.process_index() == 0:
+        print(summary_line(results), flush=True)
+        print(f"outputs in {workdir}", flush=True)
+    return 0

@@ -1,0 +1,136 @@
+"""Runs one experiment over several seeds and tabulates mean +- std (the paper's 10 runs).
+
+    python -m resp_jax.sweep --config=configs/mscl.py --seeds=10 --workdir=DIR [--config.x=...]
+
+Seed k (0-based) trains with train.seed = config.train.seed + k in DIR/seed_<k>. Seeds run one
+after another; rerunning the same command skips finished seeds (their results.json exists)
+and resumes an interrupted one from its checkpoint. DIR/summary.md and DIR/summary.json hold the
+table in the layout of SPEC 8; std is the population standard deviation (numpy's default).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config, as for resp_jax.main.", lock_config=True)
+_SEEDS = flags.DEFINE_integer("seeds", 10, "Number of seeds (runs).", lower_bound=1)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Sweep directory; seed k runs in <workdir>/seed_<k>. Default: "
+    "runs/<config name>-sweep-<YYYYmmdd-HHMMSS>.")
+flags.mark_flags_as_required(["config"])
+
+METRICS = ("sp", "se", "score", "hs", "sprsound_score")
+HEADERS = {"sp": "Sp", "se": "Se", "score": "Score", "hs": "HS",
+           "sprsound_score": "SPRSound score"}
+
+
+def method_label(config) -> str:
+    """The SPEC 8 row name of a config (e.g. 'M-SCL w/ sex+age & class, AudioSet')."""
+    heads = tuple(f for f, _ in config.loss.heads)
+    names = {
+        ("ce", None): "CE", ("hybrid", ("label",)): "Hybrid",
+        ("scl", ("label",)): "SCL", ("simclr", ("instance",)): "SimCLR (no labels)",
+        ("scl", ("sex+age_group",)): "SCL w/ sex+age (no class)",
+        ("scl", ("sex+age_group+label",)): "SCL w/ sex+age+class, one head",
+        ("mscl", ("label", "sex+age_group")): "M-SCL w/ sex+age & class",
+    }
+    key = (config.method, None if config.method == "ce" else heads)
+    name = names.get(key, f"{config.method} [{', '.join(heads)}]")
+    return f"{name}, {'AudioSet' if config.model.init_from else 'scratch'}"
+
+
+def summarize(runs: list[dict], label: str) -> dict:
+    """Mean and population std of each metric over ``runs`` (results.json contents)."""
+    keys = [m for m in METRICS if all(m in r["test"] for r in runs)]
+    table = {}
+    for m in keys:
+        values = np.array([r["test"][m] for r in runs], np.float64)
+        table[m] = {"mean": float(values.mean()), "std": float(values.std()),
+                    "values": values.tolist()}
+    first = runs[0]
+    return {"method": label, "dataset": first["dataset"], "test_split": first["test_split"],
+            "selection": first["selection"], "runs": len(runs),
+            "seeds": [r["seed"] for r in runs], "epochs": [r["epoch"] for r in runs],
+            "metrics": table}
+
+
+def markdown(summary: dict) -> str:
+    keys = list(summary["metrics"])
+    cells = [f"{summary['metrics'][k]['mean']:.2f} ± {summary['metrics'][k]['std']:.2f}"
+             for k in keys]
+    lines = [
+        f"# {summary['method']} on {summary['dataset']} ({summary['test_split']})",
+        "",
+        f"{summary['runs']} runs (seeds {summary['seeds']}), model selection "
+        f"`{summary['selection']}`; mean ± population std, in percent.",
+        "",
+        "| method | " + " | ".join(HEADERS[k] for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+        f"| {summary['method']} | " + " | ".join(cells) + " |",
+        "",
+        "| seed | epoch | " + " | ".join(HEADERS[k] for k in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for i, (seed, epoch) in enumerate(zip(summary["seeds"], summary["epochs"])):
+        values = " | ".join(f"{summary['metrics'][k]['values'][i]:.2f}" for k in keys)
+        lines.append(f"| {seed} | {epoch} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_sweep(config, seeds: int, workdir) -> tuple[int, dict | None]:
+    """Runs the missing seeds; returns (exit status, summary or None when a run stopped)."""
+    from resp_jax import logging_utils, runner
+    workdir = Path(workdir)
+    runs = []
+    for k in range(seeds):
+        rundir = workdir / f"seed_{k}"
+        done = rundir / "results.json"
+        if not done.exists():
+            seeded = copy.deepcopy(config)
+            seeded.train.seed = config.train.seed + k
+            logging.info("seed %d/%d (train.seed=%d) in %s", k + 1, seeds, seeded.train.seed,
+                         rundir)
+            status = runner.run(seeded, rundir)
+            if status:
+                return status, None
+        else:
+            logging.info("seed %d/%d already done: %s", k + 1, seeds, done)
+        runs.append(json.loads(done.read_text()))
+    summary = summarize(runs, method_label(config))
+    import jax
+    if jax.process_index() == 0:
+        logging_utils.write_json(workdir / "summary.json", summary)
+        (workdir / "summary.md").write_text(markdown(summary))
+    return 0, summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from resp_jax import parallel, runner
+    parallel.initialize()
+    workdir = _WORKDIR.value
+    if workdir is None:
+        import jax
+        if jax.process_count() > 1:
+            raise app.UsageError("several hosts: pass the same --workdir to every process")
+        spec = config_flags.get_config_filename(flags.FLAGS["config"])
+        workdir = runner.default_workdir(spec, kind="sweep")
+    status, summary = run_sweep(_CONFIG.value, _SEEDS.value, workdir)
+    if summary is not None:
+        print(markdown(summary), flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    app.run(main)

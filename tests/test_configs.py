@@ -1,0 +1,135 @@
+"""Experiment configs: they load, resolve the dataset defaults, and take command-line overrides."""
+
+import json
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from resp_jax import defaults
+from train_helpers import CONFIGS, EXPERIMENTS, load_config
+
+REQUIRED = ("data.name", "data.root", "data.duration", "data.pad", "model.channels",
+            "model.layout", "model.init_from", "train.epochs", "train.batch_size", "train.lr",
+            "train.seed", "linear_eval.epochs", "eval.selection")
+
+
+def _get(config, dotted):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def _parse(argv):
+    """Parses argv with a fresh flag set, exactly as resp_jax.main does."""
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_resolves_on_both_datasets(name):
+    for dataset, epochs, weighted, test_split in (("icbhi", 400, True, "test"),
+                                                  ("sprsound", 200, False, "inter_test")):
+        config = load_config(name, dataset)
+        for field in REQUIRED:
+            _get(config, field)  # exists
+        resolved = defaults.resolve(config)
+        assert resolved.data.name == dataset
+        assert resolved.train.epochs == epochs
+        assert resolved.loss.class_weighted is weighted
+        assert resolved.data.test_split == test_split
+        assert resolved.train.lr == 1e-3  # from scratch
+        json.loads(resolved.to_json())  # config.json is writable
+        assert config.train.epochs is None  # resolve copies; the original keeps placeholders
+
+
+def test_experiment_heads_are_the_papers():
+    heads = {name: tuple(load_config(name).loss.heads) for name in EXPERIMENTS}
+    assert load_config("ce").method == "ce"
+    assert heads["scl"] == (("label", 1.0),) and load_config("scl").method == "scl"
+    assert heads["hybrid"] == (("label", 1.0),) and load_config("hybrid").method == "hybrid"
+    assert heads["simclr"] == (("instance", 1.0),)
+    assert heads["scl_meta"] == (("sex+age_group", 1.0),)
+    assert heads["scl_composite"] == (("sex+age_group+label", 1.0),)
+    assert heads["mscl"] == (("label", 0.75), ("sex+age_group", 0.25))
+    assert load_config("mscl").method == "mscl"
+
+
+def test_paper_defaults():
+    c = load_config("mscl")
+    assert (c.train.batch_size, c.train.weight_decay, c.loss.temperature, c.loss.alpha) == \
+        (128, 1e-4, 0.06, 0.5)
+    assert (c.train.schedule, c.train.cosine_t_max, c.train.eta_min) == \
+        ("periodic_cosine", 40, 1e-6)
+    assert (c.linear_eval.epochs, c.linear_eval.lr, c.linear_eval.weight_decay) == \
+        (100, 0.1, 1e-4)
+    assert (c.data.duration, c.data.norm_mean, c.data.norm_std, c.augment.prob) == \
+        (8.0, 0.3690, 0.0255, 0.84)
+    assert c.model.channels == (64, 128, 256, 512) and c.model.bn_per_view
+    assert c.eval.selection == "test_best" and c.loss.denominator == "all"
+
+
+def test_pretrained_weights_lower_the_learning_rate():
+    config = load_config("scl")
+    config.model.init_from = "/weights/cnn6"
+    assert defaults.resolve(config).train.lr == 1e-4
+    config.train.lr = 3e-4  # an explicit rate wins
+    assert defaults.resolve(config).train.lr == 3e-4
+
+
+def test_quick_preset_and_arguments_combine():
+    config = load_config("mscl", "quick,sprsound")
+    assert config.data.name == "sprsound"
+    assert config.train.epochs < 50 and config.data.duration < 8
+    assert config.model.channels[-1] < 512 and config.train.batch_size < 128
+    assert config.method == "mscl"
+    with pytest.raises(ValueError, match="unknown config argument 'fast'"):
+        load_config("mscl", "fast")
+
+
+def test_command_line_overrides():
+    config = _parse(["prog", f"--config={CONFIGS}/mscl.py:quick",
+                     "--config.train.epochs=7", "--config.data.name=sprsound",
+                     "--config.model.channels=(4,8,8,16)",
+                     "--config.loss.heads=(('label',0.25),('sex+age_group',0.75))",
+                     "--config.train.lr=0.002"])
+    assert config.train.epochs == 7 and config.train.lr == 0.002
+    assert config.model.channels == (4, 8, 8, 16)
+    assert config.loss.heads == (("label", 0.25), ("sex+age_group", 0.75))
+    resolved = defaults.resolve(config)
+    assert resolved.data.name == "sprsound" and not resolved.loss.class_weighted
+
+
+def test_command_line_rejects_unknown_fields_and_wrong_types():
+    with pytest.raises(AttributeError, match='Did you mean "epochs"'):
+        _parse(["prog", f"--config={CONFIGS}/ce.py", "--config.train.epoch=3"])
+    with pytest.raises(flags.Error, match="batch_size"):
+        _parse(["prog", f"--config={CONFIGS}/ce.py", "--config.train.batch_size=big"])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("method", "byol", "config.method must be one of"),
+    ("data.name", "esc50", "config.data.name must be one of"),
+    ("eval.selection", "best", "config.eval.selection must be one of"),
+    ("train.schedule", "step", "config.train.schedule must be one of"),
+    ("loss.heads", (("label", 1.0), ("label", 0.5)), "names a field twice"),
+    ("loss.heads", (("weight", 1.0),), "metadata field 'weight'"),
+    ("train.batch_size", 0, "config.train.batch_size must be > 0"),
+    ("eval.val_fraction", 1.5, "val_fraction must lie in"),
+])
+def test_bad_values_fail_before_running(field, value, message):
+    config = load_config("mscl")
+    section, _, key = field.rpartition(".")
+    target = config[section] if section else config
+    target[key] = value
+    with pytest.raises((ValueError, KeyError), match=message):
+        defaults.resolve(config)
+
+
+def test_fields_the_pipeline_delivers():
+    assert defaults.fields(defaults.resolve(load_config("mscl"))) == ("label", "sex+age_group")
+    assert defaults.fields(defaults.resolve(load_config("simclr"))) == ("label",)
+    assert defaults.fields(defaults.resolve(load_config("ce"))) == ("label",)

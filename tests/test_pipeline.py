@@ -1,0 +1,333 @@
+"""The tf.data pipeline: features, normalisation, SpecAugment statistics, determinism, resume,
+padding and multi-host slicing (SPEC 2.3-2.6)."""
+
+import librosa
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from resp_jax.data import audio, metadata, pipeline, prepare, records
+
+SR = 16000
+MEAN, STD = 0.3690, 0.0255
+
+
+def make_config(**over):
+    """The config fields the pipeline reads (configs/base.py holds the real ones)."""
+    cfg = ConfigDict({
+        "data": {"duration": 2.0, "pad": "circular", "sample_rate": SR, "norm": "reference",
+                 "norm_mean": MEAN, "norm_std": STD},
+        "augment": {"prob": 0.84, "freq_masks": 2, "freq_width": 20, "time_masks": 2,
+                    "time_width": 40},
+        "train": {"seed": 0},
+    })
+    for key, value in over.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    return cfg
+
+
+def make_split(n, seed):
+    """n distinct noisy cycles of 0.3-3 s with varied metadata codes."""
+    rng = np.random.default_rng(seed)
+    waves = []
+    for i in range(n):
+        length = int(rng.integers(int(0.3 * SR), 3 * SR))
+        t = np.arange(length) / SR
+        w = rng.standard_normal(length) * 0.05 + 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t)
+        waves.append(audio.cut(w.astype(np.float32), 0, length / SR))
+    codes = {
+        "label": np.arange(n) % 4,
+        "sex": np.array([0, 1, -1])[np.arange(n) % 3],
+        "age_group": (np.arange(n) // 2) % 2,
+        "device": np.arange(n) % 4, "location": np.arange(n) % 7, "mode": np.arange(n) % 2,
+        "diagnosis": np.arange(n) % 8,
+    }
+    return prepare.Split(audio=waves, codes={k: v.astype(np.int32) for k, v in codes.items()},
+                         stem=[f"{100 + i}_1b1_Al_sc_Meditron" for i in range(n)],
+                         patient=[str(100 + i // 2) for i in range(n)],
+                         index=np.zeros(n, np.int32))
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare.Prepared(dataset=records.ICBHI, root="/nowhere",
+                            splits={"train": make_split(13, 0), "test": make_split(6, 1)},
+                            skipped=[])
+
+
+@pytest.fixture(scope="module")
+def feats(prepared):
+    return pipeline.Features(prepared, make_config())
+
+
+def librosa_logmel(wave):
+    mel = librosa.feature.melspectrogram(
+        y=wave.astype(np.float64), sr=SR, n_fft=1024, hop_length=512, center=True,
+        pad_mode="reflect", power=2.0, n_mels=64, fmin=50, fmax=2000, htk=True, norm=None)
+    return 10 * np.log10(np.maximum(mel, 1e-10))
+
+
+def minmax_standardise(x, mean=MEAN, std=STD):
+    return ((x - x.min()) / (x.max() - x.min()) - mean) / std
+
+
+def row_of(view, x_all, mean=MEAN, std=STD):
+    """Which feature row an unaugmented view came from (min-max is affine per batch)."""
+    z = (view * std + mean).ravel()
+    corr = [np.corrcoef(z, r.ravel())[0, 1] for r in x_all]
+    assert max(corr) > 0.999999
+    return int(np.argmax(corr))
+
+
+# ---------------------------------------------------------------- features
+
+
+def test_features_are_logmel_of_fitted_cycles(prepared, feats):
+    assert feats.frames == 63 and feats["train"].x.shape == (13, 64, 63)
+    for i in (0, 5, 12):
+        ref = librosa_logmel(audio.fit(prepared["train"].audio[i], 2 * SR, "circular"))
+        np.testing.assert_allclose(feats["train"].x[i], ref, atol=0.01)
+    zero = pipeline.Features(prepared, make_config(data__pad="zero", data__duration=1.5))
+    assert zero.frames == 1 + 24000 // 512
+    ref = librosa_logmel(audio.fit(prepared["test"].audio[2], 24000, "zero"))
+    np.testing.assert_allclose(zero["test"].x[2], ref, atol=0.01)
+
+
+def test_features_reject_other_sample_rates(prepared):
+    with pytest.raises(ValueError, match="sample_rate"):
+        pipeline.Features(prepared, make_config(data__sample_rate=8000))
+
+
+# ---------------------------------------------------------------- evaluation batches
+
+
+def test_eval_batches_in_order_padded_and_normalised(prepared, feats):
+    batches = list(pipeline.eval_batches(feats, make_config(), "test",
+                                         fields=("label", "sex+age_group"), global_batch=4))
+    assert len(batches) == pipeline.num_batches(6, 4) == 2
+    x = feats["test"].x
+    sa = metadata.combine("icbhi", "sex+age_group", prepared["test"].codes)
+    for b, rows in zip(batches, (slice(0, 4), slice(4, 6))):
+        real = len(range(6)[rows])
+        assert set(b) == {"x", "label", "sex+age_group", "mask"}
+        assert b["x"].shape == (4, 64, 63) and b["x"].dtype == np.float32
+        np.testing.assert_array_equal(b["mask"], [1] * real + [0] * (4 - real))
+        # Min-max over the batch's real examples only, then the reference constants.
+        np.testing.assert_allclose(b["x"][:real], minmax_standardise(x[rows]), atol=2e-4)
+        assert (b["x"][real:] == 0).all()
+        np.testing.assert_array_equal(b["label"][:real], prepared["test"].label[rows])
+        np.testing.assert_array_equal(b["sex+age_group"][:real], sa[rows])
+        assert (b["label"][real:] == -1).all() and (b["sex+age_group"][real:] == -1).all()
+        assert b["label"].dtype == np.int32
+
+
+def test_dataset_normalisation(feats):
+    x = feats["train"].x.astype(np.float64)
+    z = (x - x.min()) / (x.max() - x.min())
+    mean, std = feats.dataset_norm
+    assert mean == pytest.approx(z.mean(), rel=1e-9) and std == pytest.approx(z.std(), rel=1e-9)
+    cfg = make_config(data__norm="dataset")
+    b = next(pipeline.eval_batches(feats, cfg, "train", global_batch=13))
+    np.testing.assert_allclose(b["x"], minmax_standardise(feats["train"].x, mean, std),
+                               atol=2e-4 * 0.0255 / std)
+
+
+# ---------------------------------------------------------------- training batches
+
+
+def _epoch(feats, cfg, epoch, **kw):
+    kw.setdefault("global_batch", 4)
+    return list(pipeline.train_batches(feats, cfg, epoch=epoch, **kw))
+
+
+def test_each_epoch_is_a_shuffled_cover_of_the_training_split(prepared, feats):
+    cfg = make_config(augment__prob=0.0)
+    orders = []
+    for epoch in (0, 1):
+        batches = _epoch(feats, cfg, epoch, fields=("label", "sex"))
+        assert len(batches) == 4
+        rows = []
+        for b in batches:
+            np.testing.assert_array_equal(b["view1"], b["view2"])  # prob 0: no masks
+            for k in range(4):
+                if b["mask"][k]:
+                    r = row_of(b["view1"][k], feats["train"].x)
+                    assert b["label"][k] == prepared["train"].label[r]
+                    assert b["sex"][k] == prepared["train"].codes["sex"][r]
+                    rows.append(r)
+        assert sorted(rows) == list(range(13))
+        orders.append(rows)
+    assert orders[0] != orders[1]
+    np.testing.assert_array_equal(batches[-1]["mask"], [1, 0, 0, 0])  # 13 = 3*4 + 1
+    assert (batches[-1]["view1"][1:] == 0).all() and (batches[-1]["label"][1:] == -1).all()
+
+
+def test_minmax_uses_real_examples_of_the_padded_batch(feats):
+    cfg = make_config(augment__prob=0.0)
+    for b in _epoch(feats, cfg, 3, global_batch=5):   # 13 = 2*5 + 3
+        z = b["view1"][b["mask"] == 1] * STD + MEAN
+        assert z.min() == pytest.approx(0.0, abs=1e-5)
+        assert z.max() == pytest.approx(1.0, abs=1e-5)
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+def _differs(a, b):
+    return any(not np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+
+
+def test_deterministic_in_seed_and_epoch(feats):
+    cfg = make_config()
+    first = _epoch(feats, cfg, 2)
+    _assert_same(first, _epoch(feats, cfg, 2))
+    _assert_same(first, _epoch(pipeline.Features.from_splits("icbhi", feats.splits, 2 * SR),
+                               cfg, 2))
+    assert _differs(first, _epoch(feats, cfg, 3))
+    assert _differs(first, _epoch(feats, make_config(train__seed=1), 2))
+
+
+def test_skip_batches_replays_the_rest_of_the_epoch(feats):
+    cfg = make_config()
+    full = _epoch(feats, cfg, 5)
+    _assert_same(full[2:], _epoch(feats, cfg, 5, skip_batches=2))
+    assert _epoch(feats, cfg, 5, skip_batches=len(full)) == []
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_hosts_reassemble_the_global_batch(feats, kind):
+    cfg = make_config()
+
+    def run(index, count):
+        if kind == "train":
+            return _epoch(feats, cfg, 1, fields=("label", "sex+age_group"), global_batch=6,
+                          process_index=index, process_count=count)
+        return list(pipeline.eval_batches(feats, cfg, "train", fields=("label",),
+                                          global_batch=6, process_index=index,
+                                          process_count=count))
+
+    whole = run(0, 1)
+    parts = [run(i, 3) for i in range(3)]
+    for p in parts:
+        assert all(len(b["mask"]) == 2 for b in p)
+    joined = [{k: np.concatenate([p[i][k] for p in parts]) for k in whole[i]}
+              for i in range(len(whole))]
+    _assert_same(whole, joined)
+    with pytest.raises(ValueError, match="divisible"):
+        run(0, 4)
+
+
+# ---------------------------------------------------------------- SpecAugment
+
+
+def _reference_mask_counts(size, count, width, n, rng):
+    """Monte Carlo of SPEC 2.6, written independently: masked bins of `count` masks."""
+    hit = np.zeros((n, size), bool)
+    idx = np.arange(size)
+    for _ in range(count):
+        v = rng.random(n) * width
+        start = np.floor(rng.random(n) * (size - v))
+        hit |= (idx >= start[:, None]) & (idx < start[:, None] + np.floor(v)[:, None])
+    return hit.sum(axis=1)
+
+
+def _runs(flags):
+    """Lengths of the runs of True in a 1-D boolean array."""
+    padded = np.concatenate([[False], flags, [False]]).astype(int)
+    d = np.diff(padded)
+    return np.nonzero(d == -1)[0] - np.nonzero(d == 1)[0]
+
+
+@pytest.fixture(scope="module")
+def mask_draws():
+    """Masks of 2 x 2000 views over flat features (every cell 0.5 after the min-max, except
+    the min cell (0, 0) and the max cell (0, 1)), so a masked cell is exactly the fill value."""
+    n, frames = 2000, 94                                 # 3 s
+    x = np.full((n, 64, frames), 1.0, np.float32)
+    x[:, 0, 0], x[:, 0, 1] = 0.0, 2.0
+    codes = {f: np.zeros(n, np.int32) for f in metadata.BASE_FIELDS}
+    f = pipeline.Features.from_splits("icbhi", {"train": pipeline.SplitFeatures.of(x, codes)},
+                                      3 * SR)
+    out = {"view1": [], "view2": []}
+    for b in pipeline.train_batches(f, make_config(), epoch=0, global_batch=500):
+        for v in out:
+            out[v].append(b[v])
+    views = np.stack([np.concatenate(out["view1"]), np.concatenate(out["view2"])], axis=1)
+    fill, keep = (0.0 - MEAN) / STD, (0.5 - MEAN) / STD
+    body = views.copy()
+    body[:, :, 0, :2] = keep                                 # the extreme cells say nothing
+    assert np.all(np.isclose(body, fill, atol=1e-3) | np.isclose(body, keep, atol=1e-3))
+    return np.isclose(body, fill, atol=1e-3)                 # [n, 2, 64, T] masked
+
+
+def test_specaugment_masks_are_bands_with_spec_widths(mask_draws):
+    m = mask_draws
+    fmask = m[..., 2:].all(axis=-1)            # [n, 2, 64]: freq bins masked across time
+    tmask = m[..., 1:, :].all(axis=-2)         # [n, 2, T]
+    # Every masked cell is explained by a frequency band or a time band (fill 0 = min).
+    explained = fmask[..., :, None] | tmask[..., None, :]
+    explained[..., 0, :2] = m[..., 0, :2]      # the two extreme cells were overwritten
+    np.testing.assert_array_equal(m, explained)
+    for masks, width in ((fmask, 20), (tmask, 40)):
+        flat = masks.reshape(-1, masks.shape[-1])
+        for row in flat:
+            runs = _runs(row)
+            assert len(runs) <= 2 and runs.sum() <= 2 * (width - 1)
+        assert flat.sum(axis=1).max() > width - 1    # overlapping pairs do happen
+
+
+def test_specaugment_probability_and_width_statistics(mask_draws):
+    m = mask_draws
+    fcount = m[..., 2:].all(axis=-1).sum(-1).ravel()
+    tcount = m[..., 1:, :].all(axis=-2).sum(-1).ravel()
+    applied = (fcount + tcount) > 0
+    # A drawn block is invisible only if all four widths are 0 (probability 1/640000).
+    p = applied.mean()
+    assert abs(p - 0.84) < 0.025, p          # binomial sd 0.0058 over 4000 views: 4.3 sd
+    rng = np.random.default_rng(0)
+    for counts, size, width in ((fcount, 64, 20), (tcount, 94, 40)):
+        ref = _reference_mask_counts(size, 2, width, 200_000, rng)
+        got = counts[applied]
+        sd = ref.std() / np.sqrt(len(got))
+        assert abs(got.mean() - ref.mean()) < 4.5 * sd, (got.mean(), ref.mean(), sd)
+        assert abs((got == 0).mean() - (ref == 0).mean()) < 0.02
+
+
+def test_specaugment_draws_are_independent(mask_draws):
+    m = mask_draws
+    fcount = m[..., 2:].all(axis=-1).sum(-1)           # [n, 2]
+    tcount = m[..., 1:, :].all(axis=-2).sum(-1)
+    applied = (fcount + tcount) > 0
+    n = len(applied)
+    # Two views of a cycle: independent draws (agreement of the apply flags p^2 + (1-p)^2).
+    agree = (applied[:, 0] == applied[:, 1]).mean()
+    assert abs(agree - (0.84**2 + 0.16**2)) < 0.04
+    for a, b in ((fcount[:, 0], fcount[:, 1]), (tcount[:, 0], tcount[:, 1]),
+                 (fcount[:-1, 0], fcount[1:, 0]), (tcount[:-1, 1], tcount[1:, 1])):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 4 / np.sqrt(n)   # views; neighbours in a batch
+    # Patterns are not repeated across examples of a batch or across views.
+    pats = m[:500, 0].reshape(500, -1)
+    both = applied[:500, 0]
+    assert len({p.tobytes() for p in pats[both]}) > 0.95 * both.sum()
+    assert (m[:, 0] != m[:, 1]).any(axis=(1, 2)).mean() > 0.7
+
+
+# ---------------------------------------------------------------- class weights
+
+
+def test_class_counts_and_weights(prepared):
+    np.testing.assert_array_equal(pipeline.class_counts(prepared, "train"), [4, 3, 3, 3])
+    w = pipeline.class_weights([2063, 1215, 501, 363])    # ICBHI official train (SPEC 4)
+    np.testing.assert_allclose(w, [0.0800, 0.1358, 0.3295, 0.4547], atol=1.5e-4)
+    assert w.sum() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(pipeline.class_weights([2, 0, 2]), [0.5, 0, 0.5])
+
+
+def test_num_batches():
+    assert [pipeline.num_batches(n, 4) for n in (0, 1, 4, 5, 8)] == [0, 1, 1, 2, 2]

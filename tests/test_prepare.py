@@ -1,0 +1,180 @@
+"""Prepared datasets (TFDS): cycles as the readers and `audio` define them, cache reuse and
+invalidation, bad audio, skipped items surviving the cache."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from resp_jax.data import audio, metadata, prepare, readers, records, synthetic
+from resp_jax.data.records import DataError
+
+
+@pytest.fixture(scope="module")
+def icbhi_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("icbhi") / "root"
+    synthetic.write_icbhi(root, recordings=4, seed=0)
+    return root
+
+
+@pytest.fixture
+def fresh_root(icbhi_root, tmp_path):
+    """A private copy of the synthetic dataset that a test may damage."""
+    root = tmp_path / "root"
+    shutil.copytree(icbhi_root, root)
+    return root
+
+
+def _wavs(root):
+    return sorted(root.rglob("*.wav"))
+
+
+def _forbid(monkeypatch, *names):
+    def fail(*args, **kwargs):
+        raise AssertionError("a cached load must not read or decode the distributed files")
+    for module, name in names:
+        monkeypatch.setattr(module, name, fail)
+
+
+def _assert_same(a, b):
+    assert a.dataset == b.dataset and a.skipped == b.skipped
+    assert a.splits.keys() == b.splits.keys()
+    for s in a.splits:
+        x, y = a[s], b[s]
+        assert x.stem == y.stem and x.patient == y.patient
+        np.testing.assert_array_equal(x.index, y.index)
+        for f in metadata.BASE_FIELDS:
+            np.testing.assert_array_equal(x.codes[f], y.codes[f])
+        assert len(x.audio) == len(y.audio)
+        for u, v in zip(x.audio, y.audio):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_prepared_cycles_are_cut_from_16k_recordings(icbhi_root, tmp_path):
+    p = prepare.load("icbhi", icbhi_root, data_dir=tmp_path / "tfds")
+    result = readers.read("icbhi", icbhi_root)
+    assert p.skipped == [] and set(p.splits) == set(records.SPLITS["icbhi"])
+    assert sum(len(s) for s in p.splits.values()) == len(result.cycles) > 0
+    decoded = {}
+    for split in records.SPLITS["icbhi"]:
+        cycles, s = result.split(split), p[split]
+        assert len(s) == len(cycles)
+        assert s.stem == [c.stem for c in cycles] and s.patient == [c.patient for c in cycles]
+        np.testing.assert_array_equal(s.index, [c.index for c in cycles])
+        for f in metadata.BASE_FIELDS:
+            assert s.codes[f].dtype == np.int32
+            np.testing.assert_array_equal(
+                s.codes[f], [metadata.encode_base("icbhi", f, getattr(c, f)) for c in cycles])
+        for c, wave in zip(cycles, s.audio):
+            if c.wav_path not in decoded:
+                decoded[c.wav_path] = audio.load(c.wav_path)
+            assert wave.dtype == np.float32
+            np.testing.assert_array_equal(wave, audio.cut(decoded[c.wav_path], c.start, c.end))
+
+
+def test_second_load_reads_the_cache(icbhi_root, tmp_path, monkeypatch):
+    first = prepare.load("icbhi", icbhi_root, data_dir=tmp_path / "tfds")
+    _forbid(monkeypatch, (audio, "load"), (readers, "read"), (sf, "read"))
+    _assert_same(first, prepare.load("icbhi", icbhi_root, data_dir=tmp_path / "tfds"))
+
+
+def test_cache_inside_the_data_root_is_reused(fresh_root, monkeypatch):
+    first = prepare.load("icbhi", fresh_root, data_dir=fresh_root / "cache")
+    _forbid(monkeypatch, (audio, "load"), (readers, "read"))
+    _assert_same(first, prepare.load("icbhi", fresh_root, data_dir=fresh_root / "cache"))
+
+
+def test_changed_file_invalidates_the_cache(fresh_root, tmp_path, monkeypatch):
+    data_dir = tmp_path / "tfds"
+    first = prepare.load("icbhi", fresh_root, data_dir=data_dir)
+    key = prepare.fingerprint("icbhi", fresh_root)
+    wav = _wavs(fresh_root)[0]
+    info = sf.info(wav)
+    quieter = sf.read(wav, dtype="float64")[0] * 0.5
+    sf.write(wav, np.concatenate([quieter, quieter[:100]]), info.samplerate,
+             subtype=info.subtype)
+    assert prepare.fingerprint("icbhi", fresh_root) != key
+    calls = []
+    real_load = audio.load
+    monkeypatch.setattr(audio, "load", lambda *a, **k: calls.append(a) or real_load(*a, **k))
+    second = prepare.load("icbhi", fresh_root, data_dir=data_dir)
+    assert calls, "a changed file must be decoded again"
+    split = next(s for s in second.splits if wav.stem in second[s].stem)
+    i = second[split].stem.index(wav.stem)
+    assert not np.array_equal(first[split].audio[i], second[split].audio[i])
+    # Adding a file changes the key too.
+    key = prepare.fingerprint("icbhi", fresh_root)
+    (fresh_root / "notes.txt").write_text("x")
+    assert prepare.fingerprint("icbhi", fresh_root) != key
+
+
+def test_bad_audio_is_named_or_skipped_and_counted(fresh_root, tmp_path, monkeypatch):
+    data_dir = tmp_path / "tfds"
+    bad = _wavs(fresh_root)[1]
+    data = bad.read_bytes()
+    bad.write_bytes(data[:len(data) // 3])          # truncated copy
+    with pytest.raises(DataError) as err:
+        prepare.load("icbhi", fresh_root, data_dir=data_dir)
+    assert bad.name in str(err.value)
+
+    p = prepare.load("icbhi", fresh_root, data_dir=data_dir, skip_bad=True)
+    assert p.skipped and all(isinstance(s, records.Skipped) for s in p.skipped)
+    assert any(bad.name in s.path for s in p.skipped)
+    assert all(bad.stem not in p[s].stem for s in p.splits)
+    assert sum(len(s) for s in p.splits.values()) > 0
+
+    # The skipped items survive the cache; a run that does not skip still gets the error.
+    _forbid(monkeypatch, (audio, "load"), (readers, "read"))
+    again = prepare.load("icbhi", fresh_root, data_dir=data_dir, skip_bad=True)
+    assert again.skipped == p.skipped
+    with pytest.raises(DataError) as err:
+        prepare.load("icbhi", fresh_root, data_dir=data_dir)
+    assert bad.name in str(err.value) and "skip_bad" in str(err.value)
+
+
+def test_recording_failing_to_decode_is_skipped_with_its_cycles(icbhi_root, tmp_path,
+                                                                monkeypatch):
+    """A file whose header passes the readers' checks but whose decoding fails."""
+    bad = _wavs(icbhi_root)[2]
+    real_load = audio.load
+
+    def load(path, *a, **k):
+        if os.fspath(path) == str(bad):
+            raise DataError(path, "corrupt sample data; expected a PCM WAV recording")
+        return real_load(path, *a, **k)
+
+    monkeypatch.setattr(audio, "load", load)
+    with pytest.raises(DataError, match=bad.name):
+        prepare.load("icbhi", icbhi_root, data_dir=tmp_path / "tfds")
+    p = prepare.load("icbhi", icbhi_root, data_dir=tmp_path / "tfds", skip_bad=True)
+    n_bad = sum(c.wav_path == str(bad) for c in readers.read("icbhi", icbhi_root).cycles)
+    assert [s.path for s in p.skipped] == [str(bad)]
+    assert f"{n_bad} cycle(s)" in p.skipped[0].reason
+    total = sum(len(s) for s in p.splits.values())
+    assert total == len(readers.read("icbhi", icbhi_root).cycles) - n_bad
+
+
+def test_missing_root_is_named(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        prepare.load("icbhi", tmp_path / "nowhere", data_dir=tmp_path / "tfds")
+
+
+def test_sprsound_builder(tmp_path):
+    root = tmp_path / "spr"
+    synthetic.write_sprsound(root, recordings=6, seed=0)
+    p = prepare.load("sprsound", root, data_dir=tmp_path / "tfds")
+    result = readers.read("sprsound", root)
+    assert set(p.splits) == {"train", "inter_test", "intra_test"}
+    for split in p.splits:
+        cycles = result.split(split)
+        assert p[split].stem == [c.stem for c in cycles]
+        np.testing.assert_array_equal(p[split].label, [c.label for c in cycles])
+    assert sum(len(s) for s in p.splits.values()) == len(result.cycles) > 0
+
+
+def test_default_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    b = prepare.builder("icbhi", tmp_path)
+    assert str(b.data_dir).startswith(str(tmp_path / ".cache" / "resp_jax" / "tfds") + "/")

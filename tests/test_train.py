@@ -1,0 +1,399 @@
+"""Training steps, optimiser, schedule, linear evaluation and the whole run on tiny data."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resp_jax import checkpoint, data_setup, defaults, losses, optim, parallel, selection, train
+from train_helpers import CONFIGS, EXPERIMENTS, ROOT, cli_overrides, tiny_config
+from train_helpers import tiny_icbhi  # noqa: F401  (fixture)
+
+FRAMES = 32
+
+
+def _batch(seed=0, batch=8, real=8, frames=FRAMES):
+    rng = np.random.default_rng(seed)
+    return {
+        "view1": rng.normal(size=(batch, 64, frames)).astype(np.float32),
+        "view2": rng.normal(size=(batch, 64, frames)).astype(np.float32),
+        "label": np.array([0, 1, 2, 3, 0, 1, 2, 3][:batch], np.int32),
+        "sex+age_group": np.array([0, 1, 2, 3, 0, -1, 2, 1][:batch], np.int32),
+        "sex+age_group+label": rng.integers(0, 16, batch).astype(np.int32),
+        "mask": (np.arange(batch) < real).astype(np.float32),
+    }
+
+
+def _setup(name, mesh, **overrides):
+    config = defaults.resolve(tiny_config(name, **overrides))
+    model = train.build_model(config, 4)
+    tx = optim.make_optimizer(config, steps_per_epoch=10)
+    state = train.create_train_state(config, model, tx, FRAMES, mesh)
+    step = train.make_train_step(model, tx, config, np.array([.1, .2, .3, .4], np.float32),
+                                 mesh)
+    return config, model, state, step
+
+
+def _fields(config, batch):
+    keep = ("view1", "view2", "mask") + defaults.fields(config)
+    return {k: batch[k] for k in keep}
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return parallel.make_mesh(jax.devices()[:1])
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_method_step_lowers_its_loss_on_a_fixed_batch(name, mesh):
+    config, model, state, step = _setup(name, mesh)
+    batch = parallel.to_global(_fields(config, _batch()), mesh)
+    history = []
+    for _ in range(6):
+        state, m = step(state, batch)
+        history.append(float(m["loss"]))
+    assert all(np.isfinite(history))
+    assert history[-1] < history[0] - 0.05, history
+    assert int(state.step) == 6
+    expected_terms = {"ce"} if name == "ce" else {f"supcon/{f}" for f, _ in config.loss.heads}
+    if name == "hybrid":
+        expected_terms.add("ce")
+    assert set(m) == expected_terms | {"loss", "count"}
+    assert float(m["count"]) == 8
+
+
+def test_two_stage_state_has_no_classifier_one_stage_has_no_projector(mesh):
+    _, _, scl_state, _ = _setup("mscl", mesh)
+    assert set(scl_state.params) == {"encoder", "proj_label", "proj_sex_age_group"}
+    _, _, ce_state, _ = _setup("ce", mesh)
+    assert set(ce_state.params) == {"encoder", "classifier"}
+    _, _, hybrid_state, _ = _setup("hybrid", mesh)
+    assert set(hybrid_state.params) == {"encoder", "classifier", "proj_label"}
+
+
+def test_encoder_starts_from_converted_weights(mesh, tmp_path):
+    from resp_jax.models import cnn6
+    channels = (4, 8, 8, 16)
+    encoder = cnn6.CNN6Encoder(channels)
+    variables = encoder.init(jax.random.PRNGKey(7), jnp.zeros((1, 64, FRAMES)), train=False)
+    variables = {"params": variables["params"],
+                 "batch_stats": jax.tree.map(lambda a: a + 0.5, variables["batch_stats"])}
+    cnn6.save_encoder(tmp_path / "enc", variables, {"channels": channels})
+    config, _, state, _ = _setup("mscl", mesh, model__init_from=str(tmp_path / "enc"))
+    assert config.train.lr == 1e-4  # fine-tuning rate chosen automatically
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(
+            {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]})):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match=r"channels \(4, 8, 8, 16\), but config.model.channels "
+                                         r"is \(4, 8, 8, 32\)"):
+        _setup("mscl", mesh, model__init_from=str(tmp_path / "enc"),
+               model__channels=(4, 8, 8, 32))
+
+
+def test_hybrid_and_mscl_losses_are_the_papers_combinations(mesh):
+    """The step's loss equals alpha CE + (1 - alpha) SupCon (hybrid) and the weighted head sum
+    (M-SCL), recomputed here from the model outputs with resp_jax.losses."""
+    b = _batch()
+    for name in ("hybrid", "mscl"):
+        config, model, state, _ = _setup(name, mesh)
+        fn = train.loss_fn(model, config, np.array([.1, .2, .3, .4], np.float32))
+        loss, (_, terms) = fn(state.params, state.batch_stats, b)
+        v = {"params": state.params, "batch_stats": state.batch_stats}
+        enc = lambda x, v=v, model=model: model.apply(v, x, True, b["mask"], method="encode",
+                                                        mutable=["batch_stats"])
+        f1, upd = enc(b["view1"])
+        f2, _ = model.apply({"params": state.params, **upd}, b["view2"], True, b["mask"],
+                            method="encode", mutable=["batch_stats"])
+        feats = jnp.concatenate([f1, f2])
+        z = {h: model.apply({"params": state.params}, feats, h, method="project")
+             for h, _ in config.loss.heads}
+        if name == "hybrid":
+            logits = model.apply({"params": state.params}, feats, method="classify")
+            want = losses.hybrid(logits, z["label"], b["label"], b["mask"],
+                                 jnp.array([.1, .2, .3, .4]), alpha=0.5)
+        else:
+            want = 0.75 * losses.supcon(z["label"], b["label"], b["mask"], 0.06) + \
+                0.25 * losses.supcon(z["sex+age_group"], b["sex+age_group"], b["mask"], 0.06)
+        np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mscl", "ce"])
+def test_padding_rows_do_not_change_the_step(name, mesh):
+    """Padded rows (mask 0) take no part: their contents cannot change loss or state."""
+    config, _, state_a, step = _setup(name, mesh)
+    _, _, state_b, _ = _setup(name, mesh)
+    a, b = _batch(real=5), _batch(real=5)
+    rng = np.random.default_rng(9)
+    for key in ("view1", "view2"):
+        b[key][5:] = 100 * rng.normal(size=b[key][5:].shape)
+    b["label"][5:] = 0
+    state_a, ma = step(state_a, parallel.to_global(_fields(config, a), mesh))
+    state_b, mb = step(state_b, parallel.to_global(_fields(config, b), mesh))
+    assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-6)
+    assert float(ma["count"]) == 5
+    for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_bn_statistics_per_view_follow_the_reference(mesh):
+    """With bn_per_view the encoder runs once per view, so the running statistics take two
+    momentum-0.1 updates per step; with one call, one update over both views."""
+    b = _batch()
+    stats = {}
+    for per_view in (True, False):
+        config, model, state, step = _setup("scl", mesh, model__bn_per_view=per_view)
+        kernel = np.asarray(state.params["encoder"]["conv_block1"]["conv"]["kernel"])
+        new, _ = step(state, parallel.to_global(_fields(config, b), mesh))  # donates state
+        stats[per_view] = np.asarray(new.batch_stats["encoder"]["conv_block1"]["bn"]["mean"])
+    # conv_block1's batch mean is the conv output's mean: compute it independently (numpy).
+    def conv_mean(x):
+        pad = np.pad(x, ((0, 0), (2, 2), (2, 2)))
+        out = np.zeros(kernel.shape[-1])
+        for i in range(5):
+            for j in range(5):
+                out += pad[:, i:i + 64, j:j + FRAMES].mean() * kernel[i, j, 0]
+        return out
+    m1, m2 = conv_mean(b["view1"]), conv_mean(b["view2"])
+    np.testing.assert_allclose(stats[True], 0.9 * (0.1 * m1) + 0.1 * m2, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(stats[False], 0.1 * (m1 + m2) / 2, rtol=1e-3, atol=1e-6)
+
+
+def test_adam_l2_matches_pytorch_adam_with_weight_decay():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 3)).astype(np.float32)
+    target = rng.normal(size=(5,)).astype(np.float32)
+    w0 = rng.normal(size=(3,)).astype(np.float32)
+
+    tw = torch.tensor(w0, requires_grad=True)
+    opt = torch.optim.Adam([tw], lr=0.01, betas=(0.9, 0.999), weight_decay=0.1)
+    for _ in range(20):
+        opt.zero_grad()
+        loss = ((torch.tensor(a) @ tw - torch.tensor(target)) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+    tx = optim.adam_l2(0.01, 0.1)
+    w = jnp.asarray(w0)
+    state = tx.init(w)
+    grad = jax.grad(lambda w: jnp.mean((a @ w - target) ** 2))
+    for _ in range(20):
+        updates, state = tx.update(grad(w), state, w)
+        w = w + updates
+    np.testing.assert_allclose(np.asarray(w), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_periodic_cosine_is_pytorchs_cosine_annealing_stepped_per_epoch():
+    torch = pytest.importorskip("torch")
+    config = defaults.resolve(tiny_config("scl", epochs=30, train__lr=1e-3,
+                                          train__cosine_t_max=4))
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4, eta_min=1e-6)
+    expected = []
+    for _ in range(30):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    per_step = optim.schedule(config, steps_per_epoch=3)
+    got = [float(per_step(3 * e + k)) for e in range(30) for k in range(3)]
+    np.testing.assert_allclose(got, np.repeat(expected, 3), rtol=1e-5)
+    assert max(expected[8:]) > 0.99e-3  # it rises again after T_max: a periodic cosine
+
+
+def test_single_cosine_decays_once_over_all_epochs():
+    config = defaults.resolve(tiny_config("scl", epochs=10, train__lr=1e-3,
+                                          train__schedule="cosine"))
+    lrs = [float(optim.epoch_lr(config, e)) for e in range(10)]
+    assert lrs[0] == pytest.approx(1e-3) and all(np.diff(lrs) < 0)
+    assert lrs[-1] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + math.cos(math.pi * 9 / 10)) / 2)
+
+
+def test_validation_split_is_patient_disjoint_and_seeded():
+    patients = np.repeat([f"p{i}" for i in range(20)], np.arange(1, 21))  # 210 cycles
+    a = selection.val_mask(patients, 0.2, seed=1)
+    assert a.sum() >= 0.2 * len(patients) and a.sum() < 0.2 * len(patients) + 20
+    assert not set(patients[a]) & set(patients[~a])  # no patient on both sides
+    np.testing.assert_array_equal(a, selection.val_mask(patients, 0.2, seed=1))
+    assert not np.array_equal(a, selection.val_mask(patients, 0.2, seed=2))
+    assert (~selection.val_mask(["x", "y"], 0.99, seed=0)).any()  # training keeps a patient
+    with pytest.raises(ValueError, match="at least 2 training patients"):
+        selection.val_mask(["x", "x"], 0.2, seed=0)
+
+
+def test_selector_protocols():
+    runs = [{"test": {"score": 50.0}, "val": {"score": 60.0}},
+            {"test": {"score": 70.0}, "val": {"score": 55.0}},
+            {"test": {"score": 65.0}, "val": {"score": 60.0}}]  # a val tie: keep epoch 1
+    chosen = {}
+    for protocol in selection.PROTOCOLS:
+        sel = selection.Selector(protocol)
+        for epoch, r in enumerate(runs, start=1):
+            sel.update(epoch, r)
+        sel = selection.Selector.from_state_dict(json.loads(json.dumps(sel.state_dict())))
+        chosen[protocol] = (sel.best["epoch"], sel.best["test"]["score"])
+    assert chosen == {"test_best": (2, 70.0), "val": (1, 50.0), "last": (3, 65.0)}
+    with pytest.raises(KeyError, match="needs 'val' metrics"):
+        selection.Selector("val").update(1, {"test": {"score": 1.0}})
+
+
+# ------------------------------------------------------------------------------------------
+# Whole runs on a tiny synthetic ICBHI dataset
+
+
+def _run_config(name, data, **overrides):
+    config = tiny_config(name, **overrides)
+    config.data.root, config.data.tfds_dir = str(data["root"]), str(data["tfds"])
+    return config
+
+
+def _lines(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_icbhi, tmp_path_factory):
+    """An uninterrupted M-SCL run (2 pretraining epochs, 3 linear epochs)."""
+    workdir = tmp_path_factory.mktemp("baseline")
+    train.TRACE_COUNTS.clear()
+    results = train.train_and_evaluate(_run_config("mscl", tiny_icbhi), workdir)
+    return workdir, results, dict(train.TRACE_COUNTS)
+
+
+def test_two_stage_run_writes_every_output(baseline):
+    workdir, results, traces = baseline
+    assert results["cycles"]["train"] % 8  # so the last batch of an epoch is padded ...
+    assert traces["train_step"] == 1  # ... and still one compilation for every step
+    lines = _lines(workdir)
+    assert [(l["stage"], l["epoch"], l["split"]) for l in lines] == \
+        [("pretrain", 1, "train"), ("pretrain", 2, "train")] + \
+        [("linear", e, s) for e in (1, 2, 3) for s in ("train", "test")]
+    tests = [l for l in lines if l["split"] == "test"]
+    for l in tests:
+        assert set(l) >= {"epoch", "stage", "split", "loss", "sp", "se", "score", "hs"}
+        assert l["score"] == pytest.approx((l["sp"] + l["se"]) / 2)
+    best = max(tests, key=lambda l: l["score"])  # test_best: the paper's protocol
+    assert results["selection"] == "test_best" and results["stage"] == "linear"
+    assert results["epoch"] == best["epoch"]
+    assert results["test"] == {k: best[k] for k in ("loss", "sp", "se", "score", "hs")}
+    assert json.loads((workdir / "results.json").read_text()) == results
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["train"]["lr"] == 1e-3 and config["loss"]["class_weighted"] is True
+    assert config["data"]["test_split"] == "test"
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert checkpoint.Checkpoints(workdir).latest_step(checkpoint.BEST) == results["epoch"]
+
+
+def test_one_stage_run_with_validation_selection(tiny_icbhi, tmp_path):
+    train.TRACE_COUNTS.clear()
+    results = train.train_and_evaluate(
+        _run_config("ce", tiny_icbhi, epochs=3, eval__selection="val"), tmp_path)
+    assert train.TRACE_COUNTS["train_step"] == 1 and train.TRACE_COUNTS["eval_step"] == 1
+    lines = _lines(tmp_path)
+    assert {(l["stage"], l["split"]) for l in lines} == {("train", s)
+                                                          for s in ("train", "test", "val")}
+    val = [l for l in lines if l["split"] == "val"]
+    chosen = max(val, key=lambda l: l["score"])  # ties: the first
+    assert results["selection"] == "val" and results["epoch"] == chosen["epoch"]
+    test_then = next(l for l in lines if l["split"] == "test" and l["epoch"] == chosen["epoch"])
+    assert results["test"]["score"] == test_then["score"]
+    assert results["val"]["score"] == chosen["score"]
+
+
+def test_last_epoch_selection(tiny_icbhi, tmp_path):
+    results = train.train_and_evaluate(
+        _run_config("hybrid", tiny_icbhi, epochs=2, eval__selection="last"), tmp_path)
+    last = [l for l in _lines(tmp_path) if l["split"] == "test"][-1]
+    assert results["epoch"] == 2 and results["test"]["score"] == last["score"]
+
+
+def _signal_at(monkeypatch, epoch, batch, signum=signal.SIGTERM):
+    """Sends ``signum`` to this process while batch ``batch`` of ``epoch`` is being read."""
+    original = data_setup.RunData.train_batches
+
+    def batches(self, epoch_, skip, mesh):
+        for i, b in enumerate(original(self, epoch_, skip, mesh)):
+            if (epoch_, skip + i) == (epoch, batch):
+                os.kill(os.getpid(), signum)
+            yield b
+
+    monkeypatch.setattr(data_setup.RunData, "train_batches", batches)
+
+
+def test_sigterm_saves_mid_epoch_and_resume_matches(baseline, tiny_icbhi, tmp_path,
+                                                    monkeypatch):
+    base_dir, base_results, _ = baseline
+    _signal_at(monkeypatch, epoch=1, batch=3)
+    with pytest.raises(train.Interrupted, match="checkpoint saved") as info:
+        train.train_and_evaluate(_run_config("mscl", tiny_icbhi), tmp_path)
+    assert info.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    config = defaults.resolve(_run_config("mscl", tiny_icbhi))
+    with checkpoint.Checkpoints(tmp_path) as ckpts:
+        step, meta = ckpts.latest_step(), ckpts.meta()
+    assert meta["epoch"] == 1 and 0 < meta["batch"] <= 3  # inside the second epoch
+    assert not (tmp_path / "results.json").exists()
+    monkeypatch.undo()
+    results = train.train_and_evaluate(config, tmp_path)  # the same command again
+    assert results == base_results
+    assert _lines(tmp_path) == _lines(base_dir)
+    assert step > 0
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_icbhi, tmp_path, monkeypatch):
+    """From the second epoch on the loss is NaN (injected: a label outside the classes, which
+    the cross-entropy turns into NaN under jit). Inf inputs would not do: XLA's CPU max/min
+    (ReLU, max pooling) drop NaNs."""
+    original = data_setup.RunData.train_batches
+
+    def poisoned(self, epoch, skip, mesh):
+        for b in original(self, epoch, skip, mesh):
+            if epoch == 1:
+                b = dict(b, label=jnp.full_like(b["label"], 99))
+            yield b
+
+    monkeypatch.setattr(data_setup.RunData, "train_batches", poisoned)
+    config = _run_config("ce", tiny_icbhi, epochs=3)
+    with pytest.raises(train.NonFiniteLoss,
+                       match=r"training loss became nan in epoch 2 .*last good checkpoint is "
+                             r".*ckpt/last/\d+"):
+        train.train_and_evaluate(config, tmp_path)
+    with checkpoint.Checkpoints(tmp_path) as ckpts:
+        meta = ckpts.meta()
+    assert meta["epoch"] == 1 and meta["batch"] == 0  # the end of the first (good) epoch
+    assert not (tmp_path / "results.json").exists()
+    assert [l["epoch"] for l in _lines(tmp_path)] == [1, 1]  # train + test of epoch 1
+
+
+def test_sigkill_then_same_command_ends_like_an_uninterrupted_run(baseline, tiny_icbhi,
+                                                                  tmp_path):
+    base_dir, base_results, _ = baseline
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "resp_jax.main", f"--config={CONFIGS}/mscl.py",
+               f"--workdir={workdir}"] + cli_overrides(_run_config("mscl", tiny_icbhi))
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")  # as conftest
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    last = workdir / "ckpt" / "last"
+    deadline = time.time() + 240
+    while not (last.is_dir() and any(p.name.isdigit() for p in last.iterdir())):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert not (workdir / "results.json").exists(), "the run ended before it was killed"
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resuming from" in done.stderr
+    assert json.loads((workdir / "results.json").read_text()) == base_results
+    assert _lines(workdir) == _lines(base_dir)
