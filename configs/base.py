@@ -29,7 +29,8 @@ def get_config(arg=None):
     config.data = data = config_dict.ConfigDict()
     data.name = "icbhi"            # 'icbhi' or 'sprsound'
     data.root = ""                 # dataset root; '' = the small synthetic default dataset
-    data.tfds_dir = ""             # where prepared (TFDS) data is cached; '' = the TFDS default
+    data.tfds_dir = ""             # where prepared (TFDS) data is cached;
+                                   # '' = ~/.cache/resp_jax/tfds
     data.skip_bad = False          # skip (and report) unreadable files instead of failing
     data.sample_rate = 16000       # every recording is resampled to this rate (Hz)
     data.duration = 8.0            # seconds every cycle is cut / extended to (8 s -> 251 frames)

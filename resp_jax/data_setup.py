@@ -77,15 +77,18 @@ def load(config) -> RunData:
     if config.eval.selection == "val":
         prepared = carve_val(prepared, config.eval.val_fraction, config.train.seed)
         eval_splits = ("test", selection.VAL_SPLIT)
+    test_split = config.data.test_split
+    sizes = {s: len(prepared[test_split if s == "test" else s]) for s in ("train",) + eval_splits}
+    for split, n in sizes.items():
+        if n == 0:
+            raise ValueError(f"{root}: the {test_split if split == 'test' else split!r} split "
+                             f"of this {name} dataset has no cycles; training needs cycles in "
+                             "'train' and in the split it reports")
     class_weights = None
     if config.loss.class_weighted:
         class_weights = np.asarray(
             pipeline.class_weights(pipeline.class_counts(prepared, "train")), np.float32)
-    features = pipeline.Features(prepared, config)
-    test_split = config.data.test_split
-    sizes = {s: len(prepared[test_split if s == "test" else s]) for s in ("train",) + eval_splits}
-    if sizes["train"] == 0:
-        raise ValueError(f"the training split of {root} is empty")
+    features = pipeline.Features(prepared, config)  # log-mel of every cycle, once per run
     frames = int(features.frames)
     logging.info("%s: %s cycles; %d frames per example", name, sizes, frames)
     return RunData(name=name, test_split=test_split, eval_splits=eval_splits,
