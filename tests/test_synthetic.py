@@ -111,7 +111,8 @@ def test_icbhi_sounds_carry_their_labels(small_icbhi):
 
 def test_labels_correlate_with_demographics(defaults):
     def p_value(dataset, field):
-        result = readers.read(dataset, defaults / f"{dataset}-v1", annotations_only=True)
+        root = defaults / f"{dataset}-{synthetic.CACHE_VERSION}"
+        result = readers.read(dataset, root, annotations_only=True)
         values = sorted({getattr(c, field) for c in result.cycles} - {None})
         table = np.zeros((len(values), len(records.CLASSES[dataset])))
         for c in result.cycles:
@@ -213,14 +214,14 @@ def test_sprsound_layouts_splits_and_format(tmp_path, layout):
 
 
 def test_default_dataset_is_made_once_and_cached(defaults, caplog):
-    icbhi_root = defaults / "icbhi-v1"
+    icbhi_root = defaults / f"icbhi-{synthetic.CACHE_VERSION}"
     assert (icbhi_root / ".complete").is_file()
     result = icbhi.read(icbhi_root)
-    assert 40 <= len({c.stem for c in result.cycles}) <= 60
-    assert 300 <= len(result.cycles) <= 500
+    assert len({c.stem for c in result.cycles}) == synthetic.DEFAULT_DATASET_RECORDINGS["icbhi"]
+    assert 1000 <= len(result.cycles) <= 1700
     counts = np.bincount([c.label for c in result.split("train")], minlength=4)
     assert counts.min() >= 0.08 * counts.sum()      # no class starved
-    spr = sprsound.read(defaults / "sprsound-v1")
+    spr = sprsound.read(defaults / f"sprsound-{synthetic.CACHE_VERSION}")
     assert {c.label for c in spr.split("train")} == set(range(7))
     assert not [p for p in defaults.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
@@ -235,7 +236,7 @@ def test_default_dataset_is_made_once_and_cached(defaults, caplog):
 
 
 def test_default_dataset_replaces_an_incomplete_leftover(tmp_path):
-    leftover = tmp_path / "sprsound-v1"
+    leftover = tmp_path / f"sprsound-{synthetic.CACHE_VERSION}"
     leftover.mkdir()
     (leftover / "junk.txt").write_text("half written")
     root = synthetic.default_dataset("sprsound", cache_dir=tmp_path)

@@ -43,9 +43,12 @@ from absl import logging
 from resp_jax.data import icbhi, readers, records
 
 CACHE_DIR = "~/.cache/resp_jax/synthetic"
-CACHE_VERSION = "v1"   # bump when the generator's output changes
+CACHE_VERSION = "v2"   # bump when the generator's output changes
 _COMPLETE = ".complete"
 DEFAULT_RECORDINGS = {records.ICBHI: 48, records.SPRSOUND: 60}
+# The main job's default dataset (default_dataset): large enough (~1300 ICBHI cycles) that the
+# demo's contrastive pretraining has something to learn from, small enough to make in seconds.
+DEFAULT_DATASET_RECORDINGS = {records.ICBHI: 160, records.SPRSOUND: 60}
 SUBTYPES = ("PCM_16", "PCM_24", "PCM_32")
 SPRSOUND_RATE = 8000
 
@@ -592,7 +595,7 @@ def write(dataset: str, out, **kw) -> Path:
 def default_dataset(dataset: str, cache_dir=None) -> Path:
     """The small synthetic dataset used when no data root is given: made once, then reused.
 
-    It lives in ``<cache_dir>/<dataset>-v1`` (``cache_dir`` defaults to
+    It lives in ``<cache_dir>/<dataset>-<CACHE_VERSION>`` (``cache_dir`` defaults to
     ~/.cache/resp_jax/synthetic) and is written to a temporary folder, checked with the
     reader, then renamed into place, so a crash or a concurrent run never leaves half of one.
     """
@@ -605,7 +608,7 @@ def default_dataset(dataset: str, cache_dir=None) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
         tmp.chmod(0o755)   # mkdtemp makes it private; the cache is an ordinary folder
         try:
-            write(dataset, tmp, recordings=DEFAULT_RECORDINGS[dataset], seed=0)
+            write(dataset, tmp, recordings=DEFAULT_DATASET_RECORDINGS[dataset], seed=0)
             readers.read(dataset, tmp)   # never cache something the reader rejects
             (tmp / _COMPLETE).write_text(CACHE_VERSION + "\n")
             if target.exists():          # an incomplete leftover from a crashed run
