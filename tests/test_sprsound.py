@@ -9,11 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from resp_jax.data import records, sprsound
-
-LAYOUTS = {"plain": ("", "train_wav", "train_json", "test_wav", "test_json"),
-           "biocas": ("BioCAS2022", "train2022_wav", "train2022_json", "test2022_wav",
-                      "test2022_json")}
+from resp_jax.data import records, sprsound, synthetic
 
 # stem -> (split, events); the patient ids have different lengths.
 RECORDINGS = {
@@ -41,14 +37,7 @@ def write_wav(path: Path, seconds: float = 3.0, sr: int = 8000, subtype: str = "
 def make_root(tmp_path: Path, layout: str = "plain", recordings: dict = RECORDINGS,
               wavs: bool = True) -> Path:
     root = tmp_path / "spr"
-    base, train_wav, train_json, test_wav, test_json = LAYOUTS[layout]
-    b = root / base if base else root
-    dirs = {"train": (b / train_wav, b / train_json),
-            "inter_test": (b / test_wav, b / test_json / "inter_test_json"),
-            "intra_test": (b / test_wav, b / test_json / "intra_test_json")}
-    for w, j in dirs.values():
-        w.mkdir(parents=True, exist_ok=True)
-        j.mkdir(parents=True, exist_ok=True)
+    dirs = synthetic.sprsound_split_dirs(root, layout, create=True)
     for stem, (split, events) in recordings.items():
         w, j = dirs[split]
         doc = {"record_annotation": "CAS & DAS", "event_annotation": events}
@@ -59,11 +48,8 @@ def make_root(tmp_path: Path, layout: str = "plain", recordings: dict = RECORDIN
 
 
 def paths(root: Path, stem: str, split: str = "train", layout: str = "plain"):
-    base, train_wav, train_json, test_wav, test_json = LAYOUTS[layout]
-    b = root / base if base else root
-    if split == "train":
-        return b / train_wav / f"{stem}.wav", b / train_json / f"{stem}.json"
-    return b / test_wav / f"{stem}.wav", b / test_json / f"{split}_json" / f"{stem}.json"
+    wav_dir, json_dir = synthetic.sprsound_split_dirs(root, layout)[split]
+    return wav_dir / f"{stem}.wav", json_dir / f"{stem}.json"
 
 
 @pytest.mark.parametrize("layout", ["plain", "biocas"])

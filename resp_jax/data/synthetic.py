@@ -495,6 +495,20 @@ SPRSOUND_LAYOUTS = {
 }
 
 
+def sprsound_split_dirs(root, layout: str = "plain", *, create: bool = False) -> dict:
+    """split -> (wav folder, json folder) of a SPRSound 2022 root in ``layout``."""
+    base, train_wav, train_json, test_wav, test_json = SPRSOUND_LAYOUTS[layout]
+    b = Path(root) / base if base else Path(root)
+    dirs = {"train": (b / train_wav, b / train_json),
+            "inter_test": (b / test_wav, b / test_json / "inter_test_json"),
+            "intra_test": (b / test_wav, b / test_json / "intra_test_json")}
+    if create:
+        for wav_dir, json_dir in dirs.values():
+            wav_dir.mkdir(parents=True, exist_ok=True)
+            json_dir.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
 def _record_annotation(classes: list) -> str:
     cas = any(c in ("Rhonchi", "Wheeze", "Stridor", "Wheeze+Crackle") for c in classes)
     das = any("Crackle" in c for c in classes)
@@ -514,14 +528,7 @@ def write_sprsound(out, *, recordings: int = DEFAULT_RECORDINGS[records.SPRSOUND
     if layout not in SPRSOUND_LAYOUTS:
         raise ValueError(f"layout={layout!r}; expected one of {tuple(SPRSOUND_LAYOUTS)}")
     out = _fresh(out)
-    base, train_wav, train_json, test_wav, test_json = SPRSOUND_LAYOUTS[layout]
-    b = out / base if base else out
-    dirs = {"train": (b / train_wav, b / train_json),
-            "inter_test": (b / test_wav, b / test_json / "inter_test_json"),
-            "intra_test": (b / test_wav, b / test_json / "intra_test_json")}
-    for wav_dir, json_dir in dirs.values():
-        wav_dir.mkdir(parents=True, exist_ok=True)
-        json_dir.mkdir(parents=True, exist_ok=True)
+    dirs = sprsound_split_dirs(out, layout, create=True)
 
     rng = np.random.default_rng(seed)
     n_patients = max(3, round(recordings / 3))
