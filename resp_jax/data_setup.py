@@ -30,6 +30,7 @@ class RunData:
     config: Any
     fields: tuple
     features: Any               # pipeline.Features
+    norm: tuple                 # (mean, std) of the standardisation after the batch min-max
 
     def _split(self, split: str) -> str:
         return self.test_split if split == "test" else split
@@ -94,7 +95,8 @@ def load(config) -> RunData:
     return RunData(name=name, test_split=test_split, eval_splits=eval_splits,
                    num_classes=len(records.CLASSES[name]), frames=frames,
                    class_weights=class_weights, skipped=skipped, sizes=sizes, config=config,
-                   fields=defaults.fields(config), features=features)
+                   fields=defaults.fields(config), features=features,
+                   norm=tuple(float(v) for v in pipeline.norm_constants(features, config)))
 
 
 def carve_val(prepared, fraction: float, seed: int):

@@ -22,6 +22,21 @@ def default_workdir(spec: str, now: float | None = None, kind: str = "") -> Path
     return Path("runs") / "-".join(p for p in (config_name(spec), kind, stamp) if p)
 
 
+def method_label(config) -> str:
+    """The SPEC 8 row name of a config (e.g. 'M-SCL w/ sex+age & class, AudioSet')."""
+    heads = tuple(f for f, _ in config.loss.heads)
+    names = {
+        ("ce", None): "CE", ("hybrid", ("label",)): "Hybrid",
+        ("scl", ("label",)): "SCL", ("simclr", ("instance",)): "SimCLR (no labels)",
+        ("scl", ("sex+age_group",)): "SCL w/ sex+age (no class)",
+        ("scl", ("sex+age_group+label",)): "SCL w/ sex+age+class, one head",
+        ("mscl", ("label", "sex+age_group")): "M-SCL w/ sex+age & class",
+    }
+    key = (config.method, None if config.method == "ce" else heads)
+    name = names.get(key, f"{config.method} [{', '.join(heads)}]")
+    return f"{name}, {'AudioSet' if config.model.init_from else 'scratch'}"
+
+
 def summary_line(results: dict) -> str:
     test = results["test"]
     line = (f"test ({results['test_split']}): Sp {test['sp']:.2f}  Se {test['se']:.2f}  "

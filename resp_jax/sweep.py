@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from resp_jax.runner import method_label  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, as for resp_jax.main.", lock_config=True)
 _SEEDS = flags.DEFINE_integer("seeds", 10, "Number of seeds (runs).", lower_bound=1)
@@ -32,21 +34,6 @@ flags.mark_flags_as_required(["config"])
 METRICS = ("sp", "se", "score", "hs", "sprsound_score")
 HEADERS = {"sp": "Sp", "se": "Se", "score": "Score", "hs": "HS",
            "sprsound_score": "SPRSound score"}
-
-
-def method_label(config) -> str:
-    """The SPEC 8 row name of a config (e.g. 'M-SCL w/ sex+age & class, AudioSet')."""
-    heads = tuple(f for f, _ in config.loss.heads)
-    names = {
-        ("ce", None): "CE", ("hybrid", ("label",)): "Hybrid",
-        ("scl", ("label",)): "SCL", ("simclr", ("instance",)): "SimCLR (no labels)",
-        ("scl", ("sex+age_group",)): "SCL w/ sex+age (no class)",
-        ("scl", ("sex+age_group+label",)): "SCL w/ sex+age+class, one head",
-        ("mscl", ("label", "sex+age_group")): "M-SCL w/ sex+age & class",
-    }
-    key = (config.method, None if config.method == "ce" else heads)
-    name = names.get(key, f"{config.method} [{', '.join(heads)}]")
-    return f"{name}, {'AudioSet' if config.model.init_from else 'scratch'}"
 
 
 def summarize(runs: list[dict], label: str) -> dict:

@@ -398,7 +398,9 @@ def train_and_evaluate(config, workdir) -> dict:
                "selection": selector.protocol, "stage": "linear" if two_stage else "train",
                "epoch": best["epoch"], "test": best["test"], "test_split": data.test_split,
                "init_from": config.model.init_from or None, "cycles": data.sizes,
-               "skipped": data.skipped}
+               "skipped": data.skipped,
+               # what standardised the inputs (resp_jax.predict reuses it on new recordings)
+               "norm": list(data.norm)}
     if "val" in best:
         results["val"] = best["val"]
     if jax.process_index() == 0:

@@ -28,6 +28,11 @@ def _batch(seed=0, batch=8, real=8, frames=FRAMES):
         "label": np.array([0, 1, 2, 3, 0, 1, 2, 3][:batch], np.int32),
         "sex+age_group": np.array([0, 1, 2, 3, 0, -1, 2, 1][:batch], np.int32),
         "sex+age_group+label": rng.integers(0, 16, batch).astype(np.int32),
+        "device": np.array([0, 0, 1, 1, 2, 2, 3, -1][:batch], np.int32),
+        "location": np.array([0, 1, 2, 3, 4, 5, 6, 0][:batch], np.int32),
+        "mode": np.array([0, 1, 0, 1, 0, 1, 0, 1][:batch], np.int32),
+        "diagnosis": np.array([0, 2, 2, 3, -1, 5, 2, 7][:batch], np.int32),
+        "sex": np.array([0, 1, 1, 0, -1, 0, 1, 1][:batch], np.int32),
         "mask": (np.arange(batch) < real).astype(np.float32),
     }
 
@@ -98,12 +103,19 @@ def test_encoder_starts_from_converted_weights(mesh, tmp_path):
                model__channels=(4, 8, 8, 32))
 
 
+MANY_HEADS = (("label", 0.4), ("mode", 0.3), ("diagnosis", 0.2), ("sex", 0.1))
+
+
 def test_hybrid_and_mscl_losses_are_the_papers_combinations(mesh):
     """The step's loss equals alpha CE + (1 - alpha) SupCon (hybrid) and the weighted head sum
-    (M-SCL), recomputed here from the model outputs with resp_jax.losses."""
+    (M-SCL, any number of metadata heads from the config alone), recomputed here from the
+    model outputs with resp_jax.losses."""
     b = _batch()
-    for name in ("hybrid", "mscl"):
-        config, model, state, _ = _setup(name, mesh)
+    for name, overrides in (("hybrid", {}), ("mscl", {}), ("mscl_device_location", {}),
+                            ("mscl", {"loss__heads": MANY_HEADS})):
+        config, model, state, _ = _setup(name, mesh, **overrides)
+        assert set(state.params) == {"encoder"} | ({"classifier"} if name == "hybrid" else set()) \
+            | {"proj_" + h.replace("+", "_") for h, _ in config.loss.heads}
         fn = train.loss_fn(model, config, np.array([.1, .2, .3, .4], np.float32))
         loss, (_, terms) = fn(state.params, state.batch_stats, b)
         v = {"params": state.params, "batch_stats": state.batch_stats}
@@ -120,8 +132,9 @@ def test_hybrid_and_mscl_losses_are_the_papers_combinations(mesh):
             want = losses.hybrid(logits, z["label"], b["label"], b["mask"],
                                  jnp.array([.1, .2, .3, .4]), alpha=0.5)
         else:
-            want = 0.75 * losses.supcon(z["label"], b["label"], b["mask"], 0.06) + \
-                0.25 * losses.supcon(z["sex+age_group"], b["sex+age_group"], b["mask"], 0.06)
+            want = sum(w * losses.supcon(z[h], b[h], b["mask"], 0.06)
+                       for h, w in config.loss.heads)
+            assert set(terms) == {f"supcon/{h}" for h, _ in config.loss.heads}
         np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
 
 

@@ -8,7 +8,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 TINY_RECORDINGS = 12
-EXPERIMENTS = ("ce", "scl", "hybrid", "simclr", "scl_meta", "scl_composite", "mscl")
+EXPERIMENTS = ("ce", "scl", "hybrid", "simclr", "scl_meta", "scl_composite", "mscl",
+               "mscl_device_location")
 
 
 def load_config(name: str, arg=None):
@@ -64,3 +65,24 @@ def tiny_icbhi(tmp_path_factory):
         synthetic.write_icbhi(root, recordings=TINY_RECORDINGS, seed=0)
         (base / "done").touch()
     return {"root": root, "tfds": tfds_dir}
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tiny_icbhi, tmp_path_factory):
+    """Two finished tiny runs on the tiny ICBHI dataset, made once per session:
+    'mscl' (configs/mscl_device_location.py: three heads, linear evaluation) and
+    'ce' (one stage, patient-disjoint validation split, so curves have train/val/test)."""
+    from resp_jax import train
+
+    base = tmp_path_factory.getbasetemp() / "trained_runs"
+    runs = {}
+    for key, name, overrides in (("mscl", "mscl_device_location", {}),
+                                 ("ce", "ce", {"eval__selection": "val"})):
+        workdir = base / key
+        if not (workdir / "results.json").exists():
+            config = tiny_config(name, epochs=2, **overrides)
+            config.data.root = str(tiny_icbhi["root"])
+            config.data.tfds_dir = str(tiny_icbhi["tfds"])
+            train.train_and_evaluate(config, workdir)
+        runs[key] = workdir
+    return runs

@@ -20,20 +20,35 @@ FADE = 1000  # samples: 1/16 s at 16 kHz (SPEC 2.2)
 
 
 def load(path, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Reads a recording as mono float32 at ``sr`` Hz (channels averaged, soxr HQ resampling).
+    """Reads a dataset recording as mono float32 at ``sr`` Hz (channels averaged, soxr HQ).
 
     A missing, empty, truncated or non-WAV file raises `DataError` naming the file (the same
     header checks the readers make, `readers.wav_info`).
     """
     path = os.fspath(path)
     readers.wav_info(path)
+    return _decode(path, sr, readers.EXPECTED_WAV)
+
+
+ANY_AUDIO = "a sound file that libsndfile reads (WAV, FLAC, OGG, AIFF, ...)"
+
+
+def load_any(path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Like `load` for a recording from outside the datasets: any format, sample rate, bit
+    depth or channel count that soundfile reads; `DataError` naming the file otherwise."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(path, f"file not found; expected {ANY_AUDIO}")
+    return _decode(path, sr, ANY_AUDIO)
+
+
+def _decode(path: str, sr: int, expected: str) -> np.ndarray:
     try:
         wave, rate = sf.read(path, dtype="float32", always_2d=True)
-    except sf.SoundFileError as e:
-        raise DataError(path, f"unreadable audio ({e}); expected "
-                              f"{readers.EXPECTED_WAV}") from None
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise DataError(path, f"unreadable audio ({e}); expected {expected}") from None
     if wave.shape[0] == 0:
-        raise DataError(path, f"WAV file without samples; expected {readers.EXPECTED_WAV}")
+        raise DataError(path, f"audio file without samples; expected {expected}")
     wave = wave.mean(axis=1, dtype=np.float32) if wave.shape[1] > 1 else wave[:, 0]
     if rate != sr:
         wave = soxr.resample(wave, rate, sr, quality="HQ")

@@ -198,6 +198,13 @@ def _read_annotation(path: Path, problems: Problems) -> Optional[list]:
     return cycles
 
 
+def read_annotation_file(path) -> list:
+    """(start s, end s, label) of every cycle line of one ``<stem>.txt``, in file order;
+    `DataError` naming the file and line for anything malformed."""
+    return [(start, end, label) for _, _, start, end, label in
+            _read_annotation(Path(path), Problems(skip_bad=False))]
+
+
 def _annotation_dir(root: Path) -> tuple:
     """(folder, sorted annotation files) from ROOT/ICBHI_final_database, else ROOT itself."""
     for folder in (root / AUDIO_DIR, root):

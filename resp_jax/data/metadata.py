@@ -31,6 +31,11 @@ _VOCABS = {
 BASE_FIELDS = ("label",) + tuple(_VOCABS)
 
 
+def dataset_fields(dataset: str) -> tuple:
+  """The base fields defined for ``dataset`` ('label' first)."""
+  return tuple(f for f in BASE_FIELDS if f == "label" or dataset in _VOCABS[f])
+
+
 def vocab(dataset: str, field: str) -> tuple:
   """The values of a base field, in code order."""
   if field == "label":
@@ -38,7 +43,7 @@ def vocab(dataset: str, field: str) -> tuple:
   try:
     return _VOCABS[field][dataset]
   except KeyError:
-    known = [f for f in BASE_FIELDS if f == "label" or dataset in _VOCABS[f]]
+    known = list(dataset_fields(dataset))
     raise KeyError(
         f"metadata field {field!r} is not defined for dataset {dataset!r}; "
         f"expected one of {known} or a '+'-joined composite of them") from None

@@ -29,6 +29,7 @@ class SplitFeatures:
     codes: dict              # base field -> int32 [n]
     stem: list
     patient: list
+    index: np.ndarray | None = None  # int32 [n]: cycle position in its recording
 
     def __len__(self) -> int:
         return len(self.x)
@@ -38,7 +39,7 @@ class SplitFeatures:
         return self.codes["label"]
 
     @classmethod
-    def of(cls, x, codes: dict, stem=None, patient=None) -> "SplitFeatures":
+    def of(cls, x, codes: dict, stem=None, patient=None, index=None) -> "SplitFeatures":
         """From a [n, 64, T] array and base-field codes (per-example extremes computed)."""
         x = np.asarray(x, np.float32)
         n = len(x)
@@ -47,7 +48,8 @@ class SplitFeatures:
                    hi=x.max(axis=(1, 2)) if n else empty,
                    codes={k: np.asarray(v, np.int32) for k, v in codes.items()},
                    stem=list(stem) if stem is not None else [""] * n,
-                   patient=list(patient) if patient is not None else [""] * n)
+                   patient=list(patient) if patient is not None else [""] * n,
+                   index=np.asarray(index if index is not None else np.arange(n), np.int32))
 
     def take(self, rows) -> "SplitFeatures":
         """The examples at ``rows`` (e.g. a validation split carved from training)."""
@@ -55,7 +57,8 @@ class SplitFeatures:
         return SplitFeatures(x=self.x[rows], lo=self.lo[rows], hi=self.hi[rows],
                              codes={k: v[rows] for k, v in self.codes.items()},
                              stem=[self.stem[i] for i in rows],
-                             patient=[self.patient[i] for i in rows])
+                             patient=[self.patient[i] for i in rows],
+                             index=None if self.index is None else self.index[rows])
 
 
 class Features:
@@ -104,7 +107,7 @@ class Features:
             waves = np.stack([audio.fit(w, self.samples, self.pad)
                               for w in split.audio[a:a + chunk]])
             x[a:a + len(waves)] = features.logmel_tf(waves).numpy()
-        return SplitFeatures.of(x, split.codes, split.stem, split.patient)
+        return SplitFeatures.of(x, split.codes, split.stem, split.patient, split.index)
 
     def __getitem__(self, split: str) -> SplitFeatures:
         try:

@@ -35,6 +35,27 @@ def read(dataset: str, root, **kw) -> records.ReadResult:
     raise ValueError(f"unknown dataset {dataset!r}; expected one of {records.DATASETS}")
 
 
+ANNOTATION_FORMATS = {".txt": records.ICBHI, ".json": records.SPRSOUND}
+
+
+def read_annotation(path) -> tuple:
+    """One recording's annotation file, ICBHI ``.txt`` or SPRSound ``.json`` (by extension):
+    ``(dataset, [(start s, end s, label)], [dropped records.Skipped])``. Labels index
+    ``records.CLASSES[dataset]``."""
+    path = os.fspath(path)
+    dataset = ANNOTATION_FORMATS.get(os.path.splitext(path)[1].lower())
+    if dataset is None:
+        raise records.DataError(path, "unknown annotation format; expected an ICBHI cycle "
+                                      "file (.txt) or a SPRSound event file (.json)")
+    if not os.path.isfile(path):
+        raise records.DataError(path, "file not found; expected an annotation file")
+    if dataset == records.ICBHI:
+        from resp_jax.data import icbhi
+        return dataset, icbhi.read_annotation_file(path), []
+    from resp_jax.data import sprsound
+    return (dataset, *sprsound.read_event_file(path))
+
+
 class Problems:
     """Collects bad input: raises at once by default, records and continues with ``skip_bad``."""
 

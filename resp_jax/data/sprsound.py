@@ -162,6 +162,15 @@ def _read_events(path: Path, problems: Problems, dropped: list) -> Optional[list
     return events
 
 
+def read_event_file(path) -> tuple:
+    """``([(start s, end s, label)] sorted by start, [dropped events])`` of one event JSON;
+    `DataError` naming the file for anything malformed. Dropped events (end <= start, which
+    SPEC 1.2 leaves out) are returned as `records.Skipped` for the caller to report."""
+    dropped: list = []
+    events = _read_events(Path(path), Problems(skip_bad=False), dropped)
+    return [(start, end, label) for _, start, end, label in events], dropped
+
+
 def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
          dropped: Optional[list] = None) -> records.ReadResult:
     """All events of an SPRSound 2022 root: train, then inter_test, then intra_test files.

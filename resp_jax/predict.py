@@ -1,0 +1,173 @@
+"""Command line: classify the breathing cycles of new recordings with a trained run.
+
+    python -m resp_jax.predict --workdir=DIR --wav=FILE [--annotations=FILE] [--csv=OUT]
+    python -m resp_jax.predict --workdir=DIR --wav=FILE [--window=8] [--hop=4] [--csv=OUT]
+
+With ``--annotations`` (an ICBHI ``.txt`` cycle file or a SPRSound ``.json`` event file) each
+annotated cycle is classified, and its annotated class is printed beside the prediction;
+without, the recording is cut into windows of ``--window`` seconds (default: the run's
+``data.duration``) every ``--hop`` seconds, the last one ending at the end of the recording.
+Several recordings: repeat ``--wav`` (and ``--annotations``, in the same order).
+
+Prints one JSON object per cycle or window (wav, index, start, end, predicted, probabilities,
+annotated) on stdout, and with ``--csv`` writes the same as CSV. Any format, sample rate, bit
+depth or channel count that soundfile reads is accepted (channels are averaged, audio is
+resampled to 16 kHz); cycles are preprocessed as the run's evaluation preprocessed them
+(`resp_jax.trained`), including the batch min-max over up to ``eval.batch_size`` cycles.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+
+def windows(duration: float, window: float, hop: float) -> list:
+    """(start, end) of windows of ``window`` s every ``hop`` s over ``duration`` s: as many
+    as needed for the last to reach the end (it may be shorter than ``window``; a recording
+    shorter than one window gives one window over all of it)."""
+    if window <= 0 or hop <= 0:
+        raise ValueError(f"window ({window}) and hop ({hop}) must be > 0 seconds")
+    count = 1 + max(0, math.ceil(round((duration - window) / hop, 9)))
+    return [(k * hop, min(k * hop + window, duration)) for k in range(count)]
+
+
+def segments(wav: str, annotations: str | None, window: float, hop: float,
+             dataset: str) -> tuple:
+    """``(wave at 16 kHz, rows)`` of one recording: a row per cycle or window, with its
+    start, end and (annotations) annotated class name; cycles starting past the end of the
+    audio are left out with a warning that names them."""
+    from resp_jax.data import audio, readers, records
+
+    wave = audio.load_any(wav)
+    duration = len(wave) / audio.SAMPLE_RATE
+    if annotations is None:
+        return wave, [{"start": a, "end": b} for a, b in windows(duration, window, hop)]
+    kind, cycles, dropped = readers.read_annotation(annotations)
+    for d in dropped:
+        logging.warning("%s: %s (left out)", d.path, d.reason)
+    rows, past = [], []
+    for k, (start, end, label) in enumerate(cycles):
+        clamped = readers.clamp_to_audio(start, end, duration)
+        if clamped is None:
+            past.append(k)
+            continue
+        row = {"start": clamped[0], "end": clamped[1],
+               "annotated": records.CLASSES[kind][label]}
+        if kind == dataset:
+            row["label"] = label
+        rows.append(row)
+    if past:
+        logging.warning("%s: %d annotated cycle(s) start after the end of %s (%.2f s) and are "
+                        "left out: cycles %s (0-based, in file order)", annotations, len(past),
+                        wav, duration, past)
+    if not rows:
+        raise ValueError(f"{annotations}: no annotated cycle lies within {wav}")
+    return wave, rows
+
+
+def predict(run, wavs: list, annotations: list | None = None, window: float | None = None,
+            hop: float | None = None) -> list:
+    """One dict per cycle or window of every recording (see the module docstring)."""
+    from resp_jax.data import audio
+
+    if annotations and len(annotations) != len(wavs):
+        raise ValueError(f"{len(wavs)} --wav but {len(annotations)} --annotations; give one "
+                         "annotation file per recording, in the same order, or none")
+    window = float(window or run.config.data.duration)
+    hop = float(hop or window / 2)
+    out = []
+    for i, wav in enumerate(wavs):
+        wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
+                              run.dataset)
+        cuts = [audio.cut(wave, r["start"], r["end"]) for r in rows]
+        result = run.classify_waves(cuts, [r.get("label", -1) for r in rows])
+        for k, (row, p) in enumerate(zip(rows, result["probabilities"])):
+            record = {"wav": wav, "index": k, "start": round(row["start"], 4),
+                      "end": round(row["end"], 4),
+                      "predicted": run.classes[int(p.argmax())],
+                      "probabilities": {c: round(float(v), 6) for c, v in zip(run.classes, p)}}
+            if "annotated" in row:
+                record["annotated"] = row["annotated"]
+            out.append(record)
+    return out
+
+
+def write_csv(path: str, records: list, classes) -> None:
+    annotated = any("annotated" in r for r in records)
+    columns = (["wav", "index", "start", "end", "predicted"] + (["annotated"] if annotated else [])
+               + [f"p_{c}" for c in classes])
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in records:
+            row = [r["wav"], r["index"], r["start"], r["end"], r["predicted"]]
+            row += [r.get("annotated", "")] if annotated else []
+            writer.writerow(row + [r["probabilities"][c] for c in classes])
+
+
+def summary(records: list, run) -> str | None:
+    """Sp / Se / Score over annotated cycles whose classes are the run's (else None)."""
+    from resp_jax import metrics
+
+    index = {c: i for i, c in enumerate(run.classes)}
+    pairs = [(index[r["annotated"]], index[r["predicted"]]) for r in records
+             if r.get("annotated") in index]
+    if not pairs or len(pairs) != len(records):
+        return None
+    s = metrics.summarize([a for a, _ in pairs], [b for _, b in pairs], dataset=run.dataset)
+    return (f"{len(pairs)} annotated cycles: Sp {s['sp']:.2f}  Se {s['se']:.2f}  "
+            f"Score {s['score']:.2f}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from resp_jax import trained
+    from resp_jax.data.records import DataError
+
+    try:
+        run = trained.load(FLAGS.workdir)
+        records = predict(run, FLAGS.wav, FLAGS.annotations, FLAGS.window, FLAGS.hop)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in records:
+        print(json.dumps(r), flush=True)
+    if FLAGS.csv:
+        write_csv(FLAGS.csv, records, run.classes)
+        logging.info("wrote %d rows to %s", len(records), FLAGS.csv)
+    line = summary(records, run)
+    if line:
+        print(line, file=sys.stderr)
+    return 0
+
+
+def _define_flags() -> None:
+    """The command's flags (defined only when it runs, so the modules import together)."""
+    flags.DEFINE_string("workdir", None, "A finished run (resp_jax.main --workdir).")
+    flags.DEFINE_multi_string("wav", None, "Recording(s) to classify (repeat the flag).")
+    flags.DEFINE_multi_string(
+        "annotations", None, "Cycle annotations per --wav, in the same order: ICBHI .txt or "
+        "SPRSound .json. Without them, sliding windows are classified.")
+    flags.DEFINE_float("window", None, "Window length in seconds (no annotations); "
+                       "default: the run's data.duration.", lower_bound=0.1)
+    flags.DEFINE_float("hop", None, "Seconds between window starts (no annotations); "
+                       "default: half the window.", lower_bound=0.01)
+    flags.DEFINE_string("csv", None, "Also write the predictions to this CSV file.")
+    flags.mark_flags_as_required(["workdir", "wav"])
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,156 @@
+"""A finished run loaded back for inference: its resolved config, model and selected weights.
+
+`resp_jax.predict`, `resp_jax.embed` and `resp_jax.report` read a workdir through `load`, so
+they rebuild the model with `train.build_model`, restore `ckpt/best` (the epoch that model
+selection chose, classifier included) and preprocess with the run's own `pipeline` code: a
+cycle is fitted, turned into a log-mel, min-maxed over its evaluation batch and standardised
+exactly as the run's evaluation did. Inference runs on one local device.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resp_jax.data import records
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    workdir: Path
+    config: ml_collections.ConfigDict  # the resolved config the run recorded (config.json)
+    results: dict                      # results.json: selected epoch, test metrics, norm
+    model: Any                         # unbound flax model (train.build_model)
+    variables: dict                    # {'params', 'batch_stats'} of the selected epoch
+
+    @property
+    def dataset(self) -> str:
+        return self.config.data.name
+
+    @property
+    def classes(self) -> tuple:
+        return records.CLASSES[self.dataset]
+
+    @functools.cached_property
+    def _forward(self):
+        model = self.model
+
+        def forward(variables, x):
+            feats = model.apply(variables, x, False, method="encode")
+            logits = model.apply({"params": variables["params"]}, feats, method="classify")
+            return feats, jax.nn.softmax(logits, axis=-1)
+
+        return jax.jit(forward)
+
+    def outputs(self, batches: Iterable[dict]) -> dict:
+        """Encoder features [n, D], class probabilities [n, C], predictions [n] and labels
+        [n] of evaluation batches (``x``, ``label``, ``mask``), padding rows dropped."""
+        feats, probs, labels = [], [], []
+        for b in batches:
+            f, p = self._forward(self.variables, jnp.asarray(b["x"]))
+            keep = np.asarray(b["mask"]) > 0
+            feats.append(np.asarray(f)[keep])
+            probs.append(np.asarray(p)[keep])
+            labels.append(np.asarray(b["label"])[keep])
+        width = int(self.config.model.channels[-1])
+        feats = np.concatenate(feats) if feats else np.zeros((0, width), np.float32)
+        probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
+        return {"features": feats, "probabilities": probs,
+                "prediction": probs.argmax(axis=-1).astype(np.int32),
+                "label": np.concatenate(labels) if labels else np.zeros(0, np.int32)}
+
+    def inference_config(self) -> ml_collections.ConfigDict:
+        """The run's config with the standardisation it used written out as constants, so
+        inputs that are not the run's dataset are standardised the same way."""
+        config = copy.deepcopy(self.config)
+        norm = self.results.get("norm")
+        if norm is None and config.data.norm != "reference":
+            raise ValueError(f"{self.workdir / RESULTS_FILE} has no 'norm' entry (written by "
+                             "runs since resp_jax 0.1), and this run standardised with its "
+                             "dataset's statistics (data.norm='dataset'): train it again")
+        if norm is not None:
+            config.data.norm = "reference"
+            config.data.norm_mean, config.data.norm_std = (float(v) for v in norm)
+        return config
+
+    def classify_waves(self, waves: Sequence[np.ndarray], labels=None) -> dict:
+        """`outputs` for 16 kHz cycles from any recording (e.g. cut with `audio.cut`), fitted
+        to the run's duration and batched ``eval.batch_size`` at a time in the given order.
+        ``labels`` (int, -1 unknown) are passed through."""
+        from resp_jax.data import pipeline, prepare
+
+        n = len(waves)
+        labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
+        split = prepare.Split(audio=list(waves), codes={"label": labels}, stem=[""] * n,
+                              patient=[""] * n, index=np.arange(n, dtype=np.int32))
+        config = self.inference_config()
+        feats = pipeline.Features(prepare.Prepared(self.dataset, "", {"new": split}, []),
+                                  config)
+        return self.outputs(pipeline.eval_batches(feats, config, "new",
+                                                  global_batch=config.eval.batch_size))
+
+    def split_outputs(self, data, split: str) -> dict:
+        """`outputs` of a split of the run's dataset (``data`` from `data_setup.load`), with
+        the stem, patient, cycle index and every base metadata code of each cycle."""
+        from resp_jax.data import pipeline
+
+        name = data.test_split if split == "test" else split
+        if name not in data.features.splits:
+            raise ValueError(f"split {split!r} not in this {self.dataset} run; expected one of "
+                             f"{sorted(set(data.features.splits) | {'test'})}")
+        out = self.outputs(pipeline.eval_batches(data.features, self.config, name,
+                                                 global_batch=self.config.eval.batch_size))
+        s = data.features[name]
+        out.update(split=name, stem=np.asarray(s.stem), patient=np.asarray(s.patient),
+                   index=np.asarray(s.index), codes=dict(s.codes))
+        return out
+
+
+def read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: {path.parent} is not a finished resp_jax run ({what} is "
+            f"missing). Train first with python -m resp_jax.main --workdir={path.parent}; "
+            "the same command finishes an interrupted run")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from e
+
+
+def load(workdir) -> TrainedRun:
+    """The selected model of the finished run in ``workdir`` (see the module docstring)."""
+    from resp_jax import checkpoint, train
+    from resp_jax.data import audio, features
+
+    workdir = Path(workdir)
+    config = ml_collections.ConfigDict(read_json(workdir / CONFIG_FILE, "its config"))
+    results = read_json(workdir / RESULTS_FILE, "the results of the finished run")
+    model = train.build_model(config, len(records.CLASSES[config.data.name]))
+    frames = features.num_frames(int(round(config.data.duration * audio.SAMPLE_RATE)))
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                            jax.ShapeDtypeStruct((1, features.N_MELS, frames), jnp.float32))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          dict(shapes))
+    if not (workdir / "ckpt" / checkpoint.BEST).is_dir():
+        raise FileNotFoundError(f"{workdir}/ckpt/{checkpoint.BEST} not found: no selected "
+                                "model was saved in this run directory")
+    with checkpoint.Checkpoints(workdir) as ckpts:
+        restored = ckpts.restore(checkpoint.BEST, target)
+    if restored is None:
+        raise FileNotFoundError(f"{ckpts.path(checkpoint.BEST)} holds no checkpoint")
+    return TrainedRun(workdir=workdir, config=config, results=results, model=model,
+                      variables=restored[0])
