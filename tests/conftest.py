@@ -12,6 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never touch a GPU
 
+import resp_jax  # noqa: E402,F401  (sets XLA's CPU flags before JAX starts a backend)
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 2)
