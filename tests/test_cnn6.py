@@ -56,8 +56,9 @@ def _numpy_forward(variables, x, layout, train=False, mask=None):
         if train:
             real = image[rows]
             mean, var = real.mean(axis=(0, 1, 2)), real.var(axis=(0, 1, 2))
+            unbiased = real.var(axis=(0, 1, 2), ddof=1)  # PyTorch's running-variance update
             new_stats[block] = {"bn": {"mean": 0.9 * s["bn"]["mean"] + 0.1 * mean,
-                                       "var": 0.9 * s["bn"]["var"] + 0.1 * var}}
+                                       "var": 0.9 * s["bn"]["var"] + 0.1 * unbiased}}
         else:
             mean, var = s["bn"]["mean"], s["bn"]["var"]
         image = (image - mean) / np.sqrt(var + 1e-5) * p["bn"]["scale"] + p["bn"]["bias"]
@@ -145,6 +146,49 @@ def test_mask_keeps_padding_out_of_batch_statistics():
     _, unmasked_stats = encoder.apply(variables, padded, train=True, mutable=["batch_stats"])
     assert not np.allclose(unmasked_stats["batch_stats"]["conv_block1"]["bn"]["mean"],
                            want_stats["batch_stats"]["conv_block1"]["bn"]["mean"], rtol=1e-2)
+
+
+def test_batchnorm_matches_pytorch_batchnorm2d():
+    """Outputs, running statistics (momentum 0.1, unbiased variance) and input gradients of
+    cnn6.BatchNorm equal torch.nn.BatchNorm2d's on the real rows; padded rows change nothing."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x = rng.normal(2.0, 3.0, size=(6, 5, 7, 3)).astype(np.float32)  # NHWC
+    mask = np.array([1, 1, 0, 1, 1, 0], np.float32)
+    x[mask == 0] = 1e3 * rng.normal(size=x[mask == 0].shape)  # padding: large, finite
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    bn = cnn6.BatchNorm()
+    variables = bn.init(jax.random.key(0), x, train=False)
+    variables = {"params": {"scale": np.array([0.5, 1.0, 2.0], np.float32),
+                            "bias": np.array([0.1, -0.2, 0.3], np.float32)},
+                 "batch_stats": {"mean": np.array([0.2, 0.0, -0.1], np.float32),
+                                 "var": np.array([1.5, 0.8, 1.0], np.float32)}}
+
+    def loss(x):
+        y, updates = bn.apply(variables, x, True, mask, mutable=["batch_stats"])
+        return jnp.sum(y * upstream * mask[:, None, None, None]), (y, updates)
+
+    (_, (y, updates)), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
+
+    ref = torch.nn.BatchNorm2d(3)  # momentum 0.1, eps 1e-5
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(variables["params"]["scale"]))
+        ref.bias.copy_(torch.tensor(variables["params"]["bias"]))
+        ref.running_mean.copy_(torch.tensor(variables["batch_stats"]["mean"]))
+        ref.running_var.copy_(torch.tensor(variables["batch_stats"]["var"]))
+    real = torch.tensor(x[mask > 0].transpose(0, 3, 1, 2), requires_grad=True)
+    out = ref.train()(real)
+    (out * torch.tensor(upstream[mask > 0].transpose(0, 3, 1, 2))).sum().backward()
+    _close(np.asarray(y)[mask > 0], out.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-5)
+    _close(updates["batch_stats"]["mean"], ref.running_mean.numpy(), rtol=1e-5)
+    _close(updates["batch_stats"]["var"], ref.running_var.numpy(), rtol=1e-5)
+    _close(np.asarray(grad)[mask > 0], real.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4)
+    assert np.all(np.asarray(grad)[mask == 0] == 0)
+    # Inference mode: the running statistics, as PyTorch's eval().
+    with torch.no_grad():
+        expected = ref.eval()(torch.tensor(x.transpose(0, 3, 1, 2))).numpy()
+    inference = bn.apply({**variables, "batch_stats": updates["batch_stats"]}, x, False)
+    _close(inference, expected.transpose(0, 2, 3, 1), rtol=1e-5)
 
 
 def test_train_and_inference_modes():
