@@ -91,6 +91,27 @@ class MetricsLog:
             self._tb = None
 
 
+class InputTimer:
+    """Wraps a batch iterator and adds up the seconds its consumer waited for the next batch.
+
+    The training loop dispatches steps without waiting for the device, so this is the time
+    the input pipeline held the loop up; near zero means the pipeline keeps up."""
+
+    def __init__(self, batches):
+        self._batches = iter(batches)
+        self.seconds = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self._batches)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
 class Progress:
     """A tqdm bar per epoch with the running loss and samples/s (process 0, terminals only;
     elsewhere an absl log line every few updates)."""

@@ -167,6 +167,14 @@ def make_train_step(model, tx, config, class_weights, mesh) -> Callable:
                    donate_argnums=0)
 
 
+def read_loss(acc) -> tuple[float, float]:
+    """(loss sum, example count) of the epoch so far: the training loop's only host read,
+    every ``train.log_every`` steps and at the end of an epoch; between reads steps are
+    dispatched without waiting for the device."""
+    total, count = jax.device_get((acc["loss"], acc["count"]))
+    return float(total), float(count)
+
+
 @jax.jit
 def _accumulate(acc, m):
     """Running sums of count-weighted step metrics, kept on device."""
@@ -345,8 +353,9 @@ def train_and_evaluate(config, workdir) -> dict:
             acc = jax.tree.map(jnp.float32, meta["acc"] if skip and meta["acc"] else zero)
             progress = logging_utils.Progress(steps_per_epoch, f"{stage} {epoch + 1}/{epochs}",
                                               initial=skip)
-            t0, k, logged = time.perf_counter(), skip, skip
-            for batch_ in data.train_batches(epoch, skip, mesh):
+            t0, k, logged, total, count = time.perf_counter(), skip, skip, 0.0, 0.0
+            batches = logging_utils.InputTimer(data.train_batches(epoch, skip, mesh))
+            for batch_ in batches:
                 if stop.signum:
                     value = {key: float(v) for key, v in jax.device_get(acc).items()}
                     if not np.isfinite(value["loss"]):
@@ -359,14 +368,19 @@ def train_and_evaluate(config, workdir) -> dict:
                 acc = _accumulate(acc, {"loss": m["loss"], "count": m["count"]})
                 k += 1
                 if k % config.train.log_every == 0 or k == steps_per_epoch:
-                    total, count = (float(v) for v in jax.device_get((acc["loss"], acc["count"])))
+                    total, count = read_loss(acc)
                     if not np.isfinite(total):
                         raise nonfinite(total, f"in epoch {epoch + 1} by step {k}", ckpts)
                     progress.update(k - logged, (k - logged) * batch, total / max(count, 1))
                     logged = k
             progress.close()
-            train_loss = float(acc["loss"] / acc["count"])
+            seconds = time.perf_counter() - t0  # the last read_loss waited for the device
+            train_loss = total / max(count, 1.0)
             log.write({"epoch": epoch + 1, "stage": stage, "split": "train", "loss": train_loss})
+            speed = {"samples_per_s": (k - skip) * batch / seconds,
+                     "input_wait_fraction": batches.seconds / seconds}
+            for key, value in speed.items():  # TensorBoard only: metrics.jsonl stays
+                log.scalar(f"{stage}/speed/{key}", value, epoch + 1)  # reproducible
             line = f"{stage} epoch {epoch + 1}/{epochs}: loss {train_loss:.4f}"
             if not two_stage:  # --- evaluate, select (one-stage: every epoch)
                 variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -379,7 +393,9 @@ def train_and_evaluate(config, workdir) -> dict:
                     line += f", {split} score {results[split]['score']:.2f}"
                 if selector.update(epoch + 1, results):
                     ckpts.save(checkpoint.BEST, epoch + 1, variables, selector.best)
-            logging.info("%s (%.1f s)", line, time.perf_counter() - t0)
+            logging.info("%s (training %.1f s, %.1f samples/s, %.0f %% of it waiting for "
+                         "input)", line, seconds, speed["samples_per_s"],
+                         100 * speed["input_wait_fraction"])
             save_last(epoch + 1, 0, None)
             if stop.signum:
                 raise Interrupted(stop.signum, f"interrupted after epoch {epoch + 1}; "

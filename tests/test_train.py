@@ -156,6 +156,15 @@ def test_padding_rows_do_not_change_the_step(name, mesh):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
+def test_train_step_donates_the_state_it_is_given(mesh):
+    """The old state's buffers are reused for the new one (no second copy of the model and
+    optimiser state on the device)."""
+    config, _, state, step = _setup("scl", mesh)
+    new, _ = step(state, parallel.to_global(_fields(config, _batch()), mesh))
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new))
+
+
 def test_bn_statistics_per_view_follow_the_reference(mesh):
     """With bn_per_view the encoder runs once per view, so the running statistics take two
     momentum-0.1 updates per step; with one call, one update over both views."""
@@ -274,17 +283,33 @@ def _lines(workdir):
 
 @pytest.fixture(scope="module")
 def baseline(tiny_icbhi, tmp_path_factory):
-    """An uninterrupted M-SCL run (2 pretraining epochs, 3 linear epochs)."""
+    """An uninterrupted M-SCL run (2 pretraining epochs, 3 linear epochs); also records how
+    often each step was traced and at which steps the loop read the loss back."""
     workdir = tmp_path_factory.mktemp("baseline")
     train.TRACE_COUNTS.clear()
-    results = train.train_and_evaluate(_run_config("mscl", tiny_icbhi), workdir)
-    return workdir, results, dict(train.TRACE_COUNTS)
+    reads, read_loss = [], train.read_loss
+
+    def counted(acc):
+        total, count = read_loss(acc)
+        reads.append(count)
+        return total, count
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "read_loss", counted)
+        results = train.train_and_evaluate(_run_config("mscl", tiny_icbhi), workdir)
+    return workdir, results, {**train.TRACE_COUNTS, "reads": reads}
 
 
 def test_two_stage_run_writes_every_output(baseline):
     workdir, results, traces = baseline
     assert results["cycles"]["train"] % 8  # so the last batch of an epoch is padded ...
     assert traces["train_step"] == 1  # ... and still one compilation for every step
+    # The host reads the loss every train.log_every (2) steps and at the end of each epoch,
+    # never once per step: the examples counted so far at each read.
+    n, steps = results["cycles"]["train"], -(-results["cycles"]["train"] // 8)
+    per_epoch = [min(8 * k, n) for k in range(1, steps + 1) if k % 2 == 0 or k == steps]
+    assert steps >= 3 and len(per_epoch) < steps
+    assert traces["reads"] == per_epoch * 2
     lines = _lines(workdir)
     assert [(l["stage"], l["epoch"], l["split"]) for l in lines] == \
         [("pretrain", 1, "train"), ("pretrain", 2, "train")] + \
