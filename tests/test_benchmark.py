@@ -1,0 +1,77 @@
+"""tools/benchmark.py: each subcommand runs and reports consistent figures (no speed is
+asserted here; speeds are measured by running the benchmarks, docs/benchmarks.md)."""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from train_helpers import ROOT, tiny_icbhi  # noqa: F401  (fixture)
+
+sys.path.insert(0, str(ROOT / "tools"))
+import benchmark  # noqa: E402
+
+TINY = ["--channels=4,8,8,16", "--batch=4"]
+
+
+def _main(args) -> dict:
+    """Runs the benchmark in this process; its last stdout line, parsed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        benchmark.main(args)
+    return json.loads(out.getvalue().splitlines()[-1])
+
+
+def test_train_step_vs_torch_from_the_command_line():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "train-step",
+                           "--method=scl", "--frames=32", "--steps=1", "--rounds=1",
+                           "--vs-torch", *TINY], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["benchmark"] == "train-step" and out["method"] == "scl"
+    assert (out["batch"], out["frames"], out["channels"]) == (4, 32, [4, 8, 8, 16])
+    assert out["platform"] == "cpu" and out["devices"] == 1
+    for key in ("samples_per_s", "step_ms", "forward_ms", "torch_samples_per_s",
+                "matmul_tflops", "step_gflop", "projected_icbhi_400_epochs_h"):
+        assert out[key] > 0, key
+    assert out["samples_per_s"] == pytest.approx(4000 / out["step_ms"], rel=0.01)
+    assert out["jax_over_torch"] == pytest.approx(
+        out["samples_per_s"] / out["torch_samples_per_s"], rel=0.01)
+    assert out["fraction_of_matmul_rate"] == pytest.approx(
+        out["achieved_tflops"] / out["matmul_tflops"], rel=0.05, abs=2e-3)
+
+
+def test_vs_torch_is_only_for_supcon():
+    with pytest.raises(SystemExit, match="--method=scl"):
+        benchmark.main(["train-step", "--method=ce", "--vs-torch", *TINY])
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_icbhi_projection_counts_steps_and_evaluation_passes(two_stage):
+    # 400 epochs x ceil(4142 / 128) = 33 steps; test: ceil(2756 / 128) = 22 batches.
+    forwards = 33 + 22 if two_stage else 400 * 22
+    assert benchmark.icbhi_projection_h(2.0, 0.5, 128, 128, two_stage) == \
+        pytest.approx((400 * 33 * 2.0 + forwards * 0.5) / 3600)
+
+
+def test_input_and_loop_on_a_dataset(tiny_icbhi):
+    data = [f"--data_dir={tiny_icbhi['root']}", f"--tfds_dir={tiny_icbhi['tfds']}"]
+    out = _main(["input", *data, "--batch=8", "--duration=1", "--epochs=1"])
+    assert out["benchmark"] == "input" and out["frames"] == 32
+    assert out["samples_per_s"] > 0 and len(out["samples_per_s_each_epoch"]) == 1
+    train_cycles = out["train_cycles"]
+
+    # The real loop on two (fake CPU) devices: the run's own speed figures per epoch.
+    out = _main(["loop", "--method=ce", *data, "--batch=8", "--duration=1", "--epochs=2",
+                 "--channels=4,8,8,16"])
+    assert out["benchmark"] == "loop" and out["train_cycles"] == train_cycles
+    assert len(out["samples_per_s_each_epoch"]) == 3  # the first epoch compiles
+    assert all(v > 0 for v in out["samples_per_s_each_epoch"])
+    assert all(0 <= v < 1 for v in out["input_wait_fraction_each_epoch"])
+    assert out["samples_per_s"] in out["samples_per_s_each_epoch"][1:]
