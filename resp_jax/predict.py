@@ -5,8 +5,9 @@
 
 With ``--annotations`` (an ICBHI ``.txt`` cycle file or a SPRSound ``.json`` event file) each
 annotated cycle is classified, and its annotated class is printed beside the prediction;
-without, the recording is cut into windows of ``--window`` seconds (default: the run's
-``data.duration``) every ``--hop`` seconds, the last one ending at the end of the recording.
+without, the recording is cut into windows of ``--window`` seconds (default and most: the
+run's ``data.duration``, the clip length the model sees) every ``--hop`` seconds (default:
+half a window), the last one ending at the end of the recording.
 Several recordings: repeat ``--wav`` (and ``--annotations``, in the same order).
 
 Prints one JSON object per cycle or window (wav, index, start, end, predicted, probabilities,
@@ -84,7 +85,16 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
     if annotations and len(annotations) != len(wavs):
         raise ValueError(f"{len(wavs)} --wav but {len(annotations)} --annotations; give one "
                          "annotation file per recording, in the same order, or none")
-    window = float(window or run.config.data.duration)
+    if annotations and (window or hop):
+        raise ValueError("--window and --hop cut sliding windows; with --annotations the "
+                         "annotated cycles are classified instead: give one or the other")
+    clip = float(run.config.data.duration)
+    window = float(window or clip)
+    if window > clip + 1e-9:
+        # fit() keeps the first data.duration seconds: the rest of the window is never seen.
+        raise ValueError(f"--window={window:g} s is longer than the {clip:g} s clips this "
+                         f"run was trained on (data.duration); the model would see only the "
+                         f"first {clip:g} s of each window: use --window <= {clip:g}")
     hop = float(hop or window / 2)
     out = []
     for i, wav in enumerate(wavs):
@@ -103,21 +113,36 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
     return out
 
 
+def check_writable(path: str) -> None:
+    """Fails before any work when ``--csv`` cannot be written (a missing folder, a directory)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--csv={path} is a directory; expected a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"--csv={path}: folder {folder} not found")
+
+
 def write_csv(path: str, records: list, classes) -> None:
+    """The rows of ``records`` as CSV; ValueError naming ``path`` when it cannot be written."""
     annotated = any("annotated" in r for r in records)
     columns = (["wav", "index", "start", "end", "predicted"] + (["annotated"] if annotated else [])
                + [f"p_{c}" for c in classes])
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for r in records:
-            row = [r["wav"], r["index"], r["start"], r["end"], r["predicted"]]
-            row += [r.get("annotated", "")] if annotated else []
-            writer.writerow(row + [r["probabilities"][c] for c in classes])
+    try:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for r in records:
+                row = [r["wav"], r["index"], r["start"], r["end"], r["predicted"]]
+                row += [r.get("annotated", "")] if annotated else []
+                writer.writerow(row + [r["probabilities"][c] for c in classes])
+    except OSError as e:
+        raise ValueError(f"--csv={path}: cannot write it ({e.strerror or e})") from None
 
 
 def summary(records: list, run) -> str | None:
-    """Sp / Se / Score over annotated cycles whose classes are the run's (else None)."""
+    """Sp / Se / Score over annotated cycles whose classes are the run's (else None). A rate
+    without cycles to count (no normal, or no abnormal cycle) is 'n/a', not the 0 of
+    `metrics.scores`, so a recording of normal cycles does not read as Se 0."""
     from resp_jax import metrics
 
     index = {c: i for i, c in enumerate(run.classes)}
@@ -126,8 +151,13 @@ def summary(records: list, run) -> str | None:
     if not pairs or len(pairs) != len(records):
         return None
     s = metrics.summarize([a for a, _ in pairs], [b for _, b in pairs], dataset=run.dataset)
-    return (f"{len(pairs)} annotated cycles: Sp {s['sp']:.2f}  Se {s['se']:.2f}  "
-            f"Score {s['score']:.2f}")
+    normal = sum(a == 0 for a, _ in pairs)
+    abnormal = len(pairs) - normal
+    sp = f"{s['sp']:.2f}" if normal else "n/a"
+    se = f"{s['se']:.2f}" if abnormal else "n/a"
+    score = f"{s['score']:.2f}" if normal and abnormal else "n/a"
+    return (f"{len(pairs)} annotated cycles ({normal} normal, {abnormal} abnormal): "
+            f"Sp {sp}  Se {se}  Score {score}")
 
 
 def main(argv):
@@ -137,15 +167,18 @@ def main(argv):
     from resp_jax.data.records import DataError
 
     try:
+        if FLAGS.csv:
+            check_writable(FLAGS.csv)
         run = trained.load(FLAGS.workdir)
         records = predict(run, FLAGS.wav, FLAGS.annotations, FLAGS.window, FLAGS.hop)
+        if FLAGS.csv:
+            write_csv(FLAGS.csv, records, run.classes)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for r in records:
         print(json.dumps(r), flush=True)
     if FLAGS.csv:
-        write_csv(FLAGS.csv, records, run.classes)
         logging.info("wrote %d rows to %s", len(records), FLAGS.csv)
     line = summary(records, run)
     if line:

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,23 +87,23 @@ def test_annotated_cycles_match_an_independent_computation(run, recording):
 def test_sliding_windows_and_any_soundfile_format(run, recording, tmp_path):
     wav, _ = recording
     wave, rate = sf.read(wav, dtype="float32")
-    rows = predict.predict(run, [str(wav)], window=2.0, hop=0.5)
+    rows = predict.predict(run, [str(wav)], window=1.0, hop=0.5)
     duration = len(audio.load(wav)) / audio.SAMPLE_RATE
-    spans = predict.windows(duration, 2.0, 0.5)
+    spans = predict.windows(duration, 1.0, 0.5)
     assert [(r["start"], r["end"]) for r in rows] == [(round(a, 4), round(b, 4))
                                                         for a, b in spans]
     assert "annotated" not in rows[0]
     # The same audio as a stereo 32-bit float WAV (identical channels): identical results.
     stereo = tmp_path / "stereo.wav"
     sf.write(stereo, np.stack([wave, wave], axis=1), rate, subtype="FLOAT")
-    again = predict.predict(run, [str(stereo)], window=2.0, hop=0.5)
+    again = predict.predict(run, [str(stereo)], window=1.0, hop=0.5)
     np.testing.assert_allclose([list(r["probabilities"].values()) for r in again],
                                [list(r["probabilities"].values()) for r in rows], atol=1e-5)
     # FLAC, 24 bit, another sample rate: read, resampled, classified.
     flac = tmp_path / "other.flac"
     sf.write(flac, wave[::2], rate // 2, subtype="PCM_24")
-    other = predict.predict(run, [str(flac)], window=2.0, hop=0.5)
-    assert len(other) == len(predict.windows(len(wave[::2]) / (rate // 2), 2.0, 0.5))
+    other = predict.predict(run, [str(flac)], window=1.0, hop=0.5)
+    assert len(other) == len(predict.windows(len(wave[::2]) / (rate // 2), 1.0, 0.5))
 
 
 def test_sprsound_annotations_and_cycles_past_the_end(run, recording, tmp_path, caplog):
@@ -131,6 +132,14 @@ def test_bad_inputs_name_the_file(run, recording, tmp_path):
         predict.predict(run, [str(junk)])
     with pytest.raises(DataError, match="file not found"):
         predict.predict(run, [str(tmp_path / "missing.wav")])
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    with pytest.raises(DataError, match=f"{empty}: empty file"):
+        predict.predict(run, [str(empty)])
+    no_samples = tmp_path / "no_samples.wav"
+    sf.write(no_samples, np.zeros(0, np.float32), 8000)
+    with pytest.raises(DataError, match=f"{no_samples}: audio file without samples"):
+        predict.predict(run, [str(no_samples)])
     bad = tmp_path / "bad.txt"
     bad.write_text("0.1\t1.2\t0\t0\n0.5\tx\t0\t1\n")
     with pytest.raises(DataError, match=f"{bad}:2: malformed cycle line"):
@@ -139,6 +148,28 @@ def test_bad_inputs_name_the_file(run, recording, tmp_path):
         predict.predict(run, [str(wav)], [str(tmp_path / "a.csv")])
     with pytest.raises(ValueError, match="2 --wav but 1 --annotations"):
         predict.predict(run, [str(wav), str(wav)], [str(txt)])
+
+
+def test_window_options_that_would_mislead_are_errors(run, recording):
+    """A window longer than the run's clips would be cut to its first data.duration seconds
+    (audio.fit), and --window/--hop mean nothing beside annotated cycles: both refused."""
+    wav, txt = recording
+    clip = run.config.data.duration
+    assert len(predict.predict(run, [str(wav)], window=clip, hop=clip)) >= 1
+    with pytest.raises(ValueError, match=f"--window={2 * clip:g} s is longer than the "
+                                         f"{clip:g} s clips"):
+        predict.predict(run, [str(wav)], window=2 * clip)
+    with pytest.raises(ValueError, match="with --annotations the annotated cycles"):
+        predict.predict(run, [str(wav)], [str(txt)], hop=1.0)
+
+
+def test_summary_says_n_a_for_a_rate_without_cycles(run):
+    rows = [{"annotated": "normal", "predicted": p} for p in ("normal", "normal", "crackle")]
+    assert predict.summary(rows, run) == ("3 annotated cycles (3 normal, 0 abnormal): "
+                                          "Sp 66.67  Se n/a  Score n/a")
+    rows += [{"annotated": "wheeze", "predicted": "wheeze"}]
+    assert predict.summary(rows, run).endswith("(3 normal, 1 abnormal): Sp 66.67  Se 100.00  "
+                                               "Score 83.33")
 
 
 def test_unfinished_run_is_a_clear_error(trained_runs, tmp_path):
@@ -162,7 +193,7 @@ def test_command_line_prints_json_lines_and_writes_csv(trained_runs, recording, 
     assert len(lines) == len(readers.read_annotation(txt)[1])
     assert set(lines[0]) == {"wav", "index", "start", "end", "predicted", "probabilities",
                              "annotated"}
-    assert "annotated cycles: Sp" in done.stderr
+    assert re.search(r"annotated cycles \(\d+ normal, \d+ abnormal\): Sp", done.stderr)
     with open(out, newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["predicted"] for r in table] == [x["predicted"] for x in lines]
@@ -173,6 +204,18 @@ def test_command_line_prints_json_lines_and_writes_csv(trained_runs, recording, 
          f"--wav={tmp_path / 'nope.wav'}"], env=env, capture_output=True, text=True,
         timeout=300)
     assert done.returncode == 2 and "nope.wav: file not found" in done.stderr
+    assert "Traceback" not in done.stderr
+    # An unwritable --csv is refused before any work, in one line naming it.
+    bad_csv = tmp_path / "no_such_folder" / "p.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "resp_jax.predict", f"--workdir={trained_runs['mscl']}",
+         f"--wav={wav}", f"--csv={bad_csv}"], env=env, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done.stderr[-3000:]
+    assert f"error: --csv={bad_csv}: folder {bad_csv.parent} not found" in done.stderr
+    assert "Traceback" not in done.stderr
+    with pytest.raises(ValueError, match=f"--csv={tmp_path}: cannot write it"):
+        predict.write_csv(str(tmp_path), lines, ("normal",))
 
 
 def test_new_recordings_are_standardised_with_the_runs_constants(run):

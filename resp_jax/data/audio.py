@@ -39,6 +39,8 @@ def load_any(path, sr: int = SAMPLE_RATE) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(path, f"file not found; expected {ANY_AUDIO}")
+    if os.path.getsize(path) == 0:  # libsndfile would only say "Format not recognised"
+        raise DataError(path, f"empty file; expected {ANY_AUDIO}")
     return _decode(path, sr, ANY_AUDIO)
 
 
