@@ -8,6 +8,7 @@ bad value fails before any data is read.
 from __future__ import annotations
 
 import copy
+import math
 
 import ml_collections
 
@@ -40,11 +41,26 @@ def _positive(name: str, value) -> None:
         raise ValueError(f"config.{name} must be > 0, got {value!r}")
 
 
+HEADS_FORMAT = "(('label', 0.5), ('device', 0.25), ...): (field, weight) pairs"
+
+
 def heads(config) -> tuple[tuple[str, float], ...]:
-    """The contrastive heads as (field, weight) pairs; none for 'ce'."""
+    """The contrastive heads as (field, weight) pairs; none for 'ce'. A malformed entry (on
+    the command line, "(('label', 0.5))" is one pair, not a tuple of pairs) is a ValueError
+    that names it, not an unpacking error."""
     if config.method == "ce":
         return ()
-    return tuple((str(f), float(w)) for f, w in config.loss.heads)
+    out = []
+    for k, head in enumerate(config.loss.heads):
+        if not (isinstance(head, (tuple, list)) and len(head) == 2 and isinstance(head[0], str)):
+            raise ValueError(f"config.loss.heads[{k}] is {head!r}; expected {HEADS_FORMAT}")
+        field, weight = head
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
+                not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"config.loss.heads[{k}]: weight {weight!r} of head {field!r} is "
+                             f"not a number >= 0; expected {HEADS_FORMAT}")
+        out.append((field, float(weight)))
+    return tuple(out)
 
 
 def fields(config) -> tuple[str, ...]:
@@ -110,5 +126,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.method == "hybrid" and INSTANCE in names:
         raise ValueError("method 'hybrid' combines CE with supervised heads; 'instance' "
                          "belongs to 'simclr'")
-    metadata.check_fields(name, [f for f in names if f != INSTANCE])
+    try:
+        metadata.check_fields(name, [f for f in names if f != INSTANCE])
+    except KeyError as e:
+        raise ValueError(f"config.loss.heads: {e.args[0]}") from None
     return config

@@ -3,6 +3,7 @@ line. Kept apart from resp_jax.main and resp_jax.sweep, which each define absl f
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -49,10 +50,16 @@ def summary_line(results: dict) -> str:
 
 def run(config, workdir) -> int:
     """Trains in ``workdir`` and prints the result line; returns the process exit status:
-    0 done, 1 the loss became NaN/inf, 128 + signal number after SIGINT/SIGTERM."""
+    0 done, 1 the loss became NaN/inf, 2 a bad config value (one line naming the field, no
+    traceback), 128 + signal number after SIGINT/SIGTERM."""
     import jax
 
-    from resp_jax import train
+    from resp_jax import defaults, train
+    try:
+        defaults.resolve(config)  # train resolves again; this only reports config errors
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     try:
         results = train.train_and_evaluate(config, workdir)
     except train.Interrupted as e:

@@ -117,6 +117,13 @@ def test_command_line_rejects_unknown_fields_and_wrong_types():
     ("train.schedule", "step", "config.train.schedule must be one of"),
     ("loss.heads", (("label", 1.0), ("label", 0.5)), "names a field twice"),
     ("loss.heads", (("weight", 1.0),), "metadata field 'weight'"),
+    ("loss.heads", (("label", 0.5), ("devise", 0.5)),
+     "config.loss.heads: metadata field 'devise' is not defined for dataset 'icbhi'"),
+    # --config.loss.heads="(('label', 0.5))" is one pair, not a tuple of pairs.
+    ("loss.heads", ("label", 0.5), r"config.loss.heads\[0\] is 'label'; expected .*pairs"),
+    ("loss.heads", (("label", 0.5), ("mode",)), r"config.loss.heads\[1\] is \('mode',\)"),
+    ("loss.heads", (("label", -0.5),), "weight -0.5 of head 'label' is not a number >= 0"),
+    ("loss.heads", (("label", "x"),), "weight 'x' of head 'label'"),
     ("train.batch_size", 0, "config.train.batch_size must be > 0"),
     ("eval.val_fraction", 1.5, "val_fraction must lie in"),
 ])
@@ -127,6 +134,21 @@ def test_bad_values_fail_before_running(field, value, message):
     target[key] = value
     with pytest.raises((ValueError, KeyError), match=message):
         defaults.resolve(config)
+
+
+def test_any_metadata_field_is_a_head_from_the_config_alone():
+    config = load_config("mscl_device_location")
+    config.loss.heads = (("label", 0.5), ("mode", 0.25), ("diagnosis", 0.25))
+    resolved = defaults.resolve(config)
+    assert defaults.heads(resolved) == (("label", 0.5), ("mode", 0.25), ("diagnosis", 0.25))
+    assert defaults.fields(resolved) == ("label", "mode", "diagnosis")
+    spr = load_config("mscl_device_location", "sprsound")
+    assert defaults.fields(defaults.resolve(spr)) == ("label", "location")
+    spr.loss.heads = (("label", 0.5), ("device", 0.5))  # SPRSound records no device
+    with pytest.raises(ValueError, match="config.loss.heads: metadata field 'device' is not "
+                                         "defined for dataset 'sprsound'; expected one of "
+                                         r"\['label', 'sex', 'age_group', 'location'\]"):
+        defaults.resolve(spr)
 
 
 def test_fields_the_pipeline_delivers():

@@ -65,3 +65,17 @@ def test_main_rejects_stray_arguments_and_a_missing_config(tmp_path):
                            "extra"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode != 0 and "unexpected arguments" in done.stderr
+
+
+def test_a_bad_config_value_is_one_line_without_a_traceback(tmp_path):
+    """Config errors (here a misspelt head field) stop the run before any data is read."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-m", "resp_jax.main",
+                           f"--config={CONFIGS}/mscl_device_location.py",
+                           f"--workdir={tmp_path / 'run'}",
+                           "--config.loss.heads=(('label', 0.5), ('devise', 0.5))"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "error: config.loss.heads: metadata field 'devise' is not defined for dataset " \
+           "'icbhi'" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run" / "config.json").exists()
