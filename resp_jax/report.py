@@ -53,15 +53,16 @@ def plot_confusion(cm: np.ndarray, classes, path: Path) -> None:
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
     size = 2.2 + 0.55 * len(classes)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size))
-    for ax, values, title, fmt in ((axes[0], cm, "counts", "d"),
-                                   (axes[1], norm, "row-normalised", ".2f")):
-        im = ax.imshow(values, cmap="Blues", vmin=0)
+    # The row-normalised matrix is drawn on a fixed 0-1 scale, so its shades read as recall.
+    for ax, values, title, fmt, top in ((axes[0], cm, "counts", "d", None),
+                                        (axes[1], norm, "row-normalised", ".2f", 1.0)):
+        im = ax.imshow(values, cmap="Blues", vmin=0, vmax=top)
         ax.set_title(f"Confusion matrix ({title})")
         ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("annotated")
-        top = values.max() if values.size else 0
+        top = top or (values.max() if values.size else 0)
         for i in range(len(classes)):
             for j in range(len(classes)):
                 ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
@@ -72,7 +73,8 @@ def plot_confusion(cm: np.ndarray, classes, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_recall(recall: np.ndarray, support: np.ndarray, classes, path: Path) -> None:
+def plot_recall(recall: np.ndarray, support: np.ndarray, classes, path: Path,
+                split: str = "test") -> None:
     """Bars of per-class recall (percent) with each class's number of cycles."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(classes), 3.6))
@@ -83,7 +85,7 @@ def plot_recall(recall: np.ndarray, support: np.ndarray, classes, path: Path) ->
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_ylim(0, 110)
     ax.set_ylabel("recall (%)")
-    ax.set_title("Per-class recall, test split")
+    ax.set_title(f"Per-class recall, {split} split")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -103,33 +105,63 @@ def read_metrics(workdir: Path) -> list:
     return out
 
 
-def plot_curves(records: list, path: Path) -> None:
-    """Loss per epoch of every (stage, split) and Score of every evaluated split."""
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
+STAGES = {"train": "training", "pretrain": "contrastive pretraining",
+          "linear": "linear classifier on frozen features"}
+SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:green", "test": "tab:red"}  # in every panel
+
+
+def curve_panels(records: list) -> list:
+    """(stage, key, {split: [(epoch, value)]}) of each curve panel: the loss of every stage,
+    then the Score of every stage that evaluated one. Stages get panels of their own because
+    their epochs restart at 1 and their losses (SupCon, CE) are on different scales."""
     series: dict = {}
     for r in records:
         for key in ("loss", "score"):
             value = r.get(key)
             if isinstance(value, (int, float)) and np.isfinite(value):
-                series.setdefault((key, r["stage"], r["split"]), []).append((r["epoch"], value))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "score", "Score (%)")):
-        for (k, stage, split), points in sorted(series.items()):
-            if k == key:
-                x, y = zip(*points)
-                ax.plot(x, y, marker="." if len(x) < 50 else None, label=f"{stage} / {split}")
+                series.setdefault((r["stage"], key), {}).setdefault(r["split"], []).append(
+                    (r["epoch"], value))
+    stages = list(dict.fromkeys(r["stage"] for r in records))
+    return [(stage, key, series[(stage, key)]) for key in ("loss", "score") for stage in stages
+            if (stage, key) in series]
+
+
+def plot_curves(records: list, path: Path, selected: tuple | None = None) -> None:
+    """`curve_panels` side by side; ``selected`` (stage, epoch) is marked on its stage."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    panels = curve_panels(records)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(0.5 + 4.6 * max(1, len(panels)),
+                                                               4), squeeze=False)
+    for ax, (stage, key, by_split) in zip(axes[0], panels):
+        for split, points in sorted(by_split.items()):
+            x, y = zip(*points)
+            ax.plot(x, y, marker="." if len(x) < 50 else None, label=f"{split} split",
+                    color=SPLIT_COLOURS.get(split))
+        if selected is not None and selected[0] == stage:
+            ax.axvline(selected[1], color="grey", linestyle="--", linewidth=1,
+                       label=f"selected epoch ({selected[1]})")
+        ax.set_title(f"{'Loss' if key == 'loss' else 'Score'}: {STAGES.get(stage, stage)}",
+                     fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
+        ax.set_ylabel("loss" if key == "loss" else "Score (%)")
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    axes[0].set_title("Training and evaluation loss")
-    axes[1].set_title("Score of evaluated splits")
+        ax.legend(fontsize=8)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "metrics.jsonl holds no loss or Score", ha="center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _umap():
+    try:
+        import umap
+    except ImportError:
+        raise ValueError("--embedding=umap needs umap-learn (pip install umap-learn); "
+                         "or use --embedding=tsne") from None
+    return umap
 
 
 def embed_2d(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
@@ -137,12 +169,7 @@ def embed_2d(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     x = np.asarray(features, np.float64)
     x = (x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-12)
     if method == "umap":
-        try:
-            import umap
-        except ImportError:
-            raise ValueError("--embedding=umap needs umap-learn (pip install umap-learn); "
-                             "or use --embedding=tsne") from None
-        return umap.UMAP(n_components=2, random_state=seed,
+        return _umap().UMAP(n_components=2, random_state=seed,
                          n_neighbors=min(15, len(x) - 1)).fit_transform(x)
     from sklearn.manifold import TSNE
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3.0)))
@@ -203,6 +230,8 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     from resp_jax import data_setup, metrics, runner, trained
 
     workdir = Path(workdir)
+    if embedding == "umap":
+        _umap()  # fail before the slow part, not after it
     run = trained.load(workdir)
     records = read_metrics(workdir)
     data = data_setup.load(run.config)
@@ -215,8 +244,9 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     figures = workdir / FIGURE_DIR
     figures.mkdir(parents=True, exist_ok=True)
     plot_confusion(cm, classes, figures / "confusion.png")
-    plot_recall(recall, support, classes, figures / "recall.png")
-    plot_curves(records, figures / "curves.png")
+    plot_recall(recall, support, classes, figures / "recall.png", out["split"])
+    plot_curves(records, figures / "curves.png",
+                (run.results["stage"], run.results["epoch"]))
     n = len(out["label"])
     rows = np.arange(n)
     if n > max_points:
@@ -244,7 +274,7 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     lines += _md_table(["source"] + [h for _, h in keys],
                        [["results.json"] + [_cell(res["test"][k]) for k, _ in keys],
                         ["recomputed from ckpt/best"] + [_cell(recomputed[k]) for k, _ in keys]])
-    lines += ["", "## Confusion matrix (test split, selected model)", "",
+    lines += ["", f"## Confusion matrix ({out['split']} split, selected model)", "",
               f"![confusion matrix]({FIGURE_DIR}/confusion.png)", "",
               "Rows: annotated class; columns: predicted class.", ""]
     lines += _md_table(["annotated \\ predicted"] + list(classes),
@@ -255,18 +285,28 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
                         for i, c in enumerate(classes)])
     lines += ["", "## Training and validation curves", "",
               f"![curves]({FIGURE_DIR}/curves.png)", "",
-              f"From `metrics.jsonl` ({len(records)} evaluations).", "",
+              f"From `metrics.jsonl` ({len(records)} evaluations); one panel per stage, the "
+              "dashed line at the selected epoch.", "",
               "## Embedding map", ""]
     if map_note:
         lines.append(map_note)
     else:
         lines += [f"![embedding map]({FIGURE_DIR}/embedding.png)", "",
-                  f"{MAP_NAMES[embedding]} of the frozen encoder features of the test split "
+                  f"{MAP_NAMES[embedding]} of the frozen encoder features of the "
+                  f"{out['split']} split "
                   f"({len(rows)} of {n} cycles), coloured by "
                   + ", ".join(t for _, t in map_panels(run.dataset)) + "."]
     path = workdir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def heads_cell(config: dict) -> str:
+    """The contrastive heads with their weights ('label 0.5, device 0.25'); '–' for CE. The
+    method label names the fields only, so runs that differ in weights need this column."""
+    if config.get("method") == "ce":
+        return "–"
+    return ", ".join(f"{field} {float(weight):g}" for field, weight in config["loss"]["heads"])
 
 
 def compare_row(directory) -> dict:
@@ -278,14 +318,17 @@ def compare_row(directory) -> dict:
     directory = Path(directory)
     if (directory / "summary.json").is_file():
         s = trained.read_json(directory / "summary.json", "the sweep summary")
-        return {"dir": str(directory), "method": s["method"], "dataset": s["dataset"],
-                "test_split": s["test_split"], "selection": s["selection"], "runs": s["runs"],
+        first = directory / "seed_0" / trained.CONFIG_FILE  # every seed shares the heads
+        heads = heads_cell(trained.read_json(first, "its config")) if first.is_file() else ""
+        return {"dir": str(directory), "method": s["method"], "heads": heads,
+                "dataset": s["dataset"], "test_split": s["test_split"],
+                "selection": s["selection"], "runs": s["runs"],
                 "metrics": {k: (v["mean"], v["std"]) for k, v in s["metrics"].items()}}
     res = trained.read_json(directory / "results.json", "results.json or a sweep's summary.json")
     config = trained.read_json(directory / "config.json", "its config")
     return {"dir": str(directory), "method": runner.method_label(ConfigDict(config)),
-            "dataset": res["dataset"], "test_split": res["test_split"],
-            "selection": res["selection"], "runs": 1,
+            "heads": heads_cell(config), "dataset": res["dataset"],
+            "test_split": res["test_split"], "selection": res["selection"], "runs": 1,
             "metrics": {k: (v, None) for k, v in res["test"].items() if k != "loss"}}
 
 
@@ -300,10 +343,11 @@ def compare(directories) -> str:
         mean, std = r["metrics"][k]
         return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
-    table = _md_table(["run", "method", "dataset (test split)", "selection", "runs"]
-                      + [h for _, h in keys],
-                      [[f"`{r['dir']}`", r["method"], f"{r['dataset']} ({r['test_split']})",
-                        r["selection"], r["runs"]] + [cell(r, k) for k, _ in keys]
+    table = _md_table(["run", "method", "heads (weight)", "dataset (test split)", "selection",
+                       "runs"] + [h for _, h in keys],
+                      [[f"`{r['dir']}`", r["method"], r["heads"],
+                        f"{r['dataset']} ({r['test_split']})", r["selection"], r["runs"]]
+                       + [cell(r, k) for k, _ in keys]
                        for r in rows])
     return "\n".join(table) + "\n"
 

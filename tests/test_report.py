@@ -72,21 +72,42 @@ def test_curves_follow_metrics_jsonl(reports):
     assert {(r["stage"], r["split"]) for r in records} == {("train", "train"), ("train", "test"),
                                                            ("train", "val")}
     assert f"From `metrics.jsonl` ({len(records)} evaluations)" in reports["ce"][1].read_text()
+    panels = report.curve_panels(records)
+    assert [(stage, key, sorted(s)) for stage, key, s in panels] == [
+        ("train", "loss", ["test", "train", "val"]), ("train", "score", ["test", "val"])]
+    assert [e for e, _ in panels[0][2]["val"]] == [1, 2]
     assert report.map_panels("sprsound")[-1][0] == "location"
+
+
+def test_two_stage_curves_give_each_stage_its_own_panels(reports):
+    """Pretraining (SupCon) and the linear classifier (CE) restart at epoch 1 and have losses
+    on different scales: one shared axis would overlay unrelated curves."""
+    records = report.read_metrics(reports["mscl"][0])
+    panels = report.curve_panels(records)
+    assert [(stage, key, sorted(s)) for stage, key, s in panels] == [
+        ("pretrain", "loss", ["train"]), ("linear", "loss", ["test", "train"]),
+        ("linear", "score", ["test"])]
+    pretrain = [r for r in records if r["stage"] == "pretrain"]
+    assert panels[0][2]["train"] == [(r["epoch"], r["loss"]) for r in pretrain]
 
 
 def test_compare_puts_runs_and_sweeps_side_by_side(trained_runs, tmp_path):
     runs = [json.loads((trained_runs[k] / "results.json").read_text()) for k in ("ce", "ce")]
     runs[1]["test"] = {k: v + 2.0 for k, v in runs[1]["test"].items()}
-    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "seed_0").mkdir(parents=True)
+    shutil.copy(trained_runs["ce"] / "config.json", tmp_path / "sweep" / "seed_0")
     summary = sweep.summarize(runs, "CE, scratch")
     (tmp_path / "sweep" / "summary.json").write_text(json.dumps(summary))
     table = report.compare([trained_runs["mscl"], tmp_path / "sweep"])
     lines = table.splitlines()
-    assert lines[0].startswith("| run | method | dataset (test split) | selection | runs | Sp |")
+    assert lines[0].startswith("| run | method | heads (weight) | dataset (test split) | "
+                               "selection | runs | Sp |")
     mscl = json.loads((trained_runs["mscl"] / "results.json").read_text())
-    assert re.search(r"\| mscl \[label, device, location\], scratch \| icbhi \(test\) \| "
-                     r"test_best \| 1 \| " + f"{mscl['test']['sp']:.2f} ", lines[2]), lines[2]
+    # The head weights (the method label names only the fields) tell M-SCL variants apart.
+    assert re.search(r"\| mscl \[label, device, location\], scratch \| label 0\.5, device "
+                     r"0\.25, location 0\.25 \| icbhi \(test\) \| test_best \| 1 \| "
+                     + f"{mscl['test']['sp']:.2f} ", lines[2]), lines[2]
+    assert "| CE, scratch | – | icbhi (test) |" in lines[3]
     score = summary["metrics"]["score"]
     assert f"{score['mean']:.2f} ± {score['std']:.2f}" in lines[3] and "| 2 |" in lines[3]
     assert score["std"] == pytest.approx(1.0)
