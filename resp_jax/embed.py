@@ -49,6 +49,13 @@ def embed(run, data, split: str) -> dict:
     return arrays
 
 
+def output_path(out, workdir, split: str) -> Path:
+    """``--out``, or <workdir>/embeddings_<split>.npz; '.npz' is appended when missing, as
+    numpy.savez does, so the path printed is the file written."""
+    path = Path(out or Path(workdir) / f"embeddings_{split}.npz")
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -60,7 +67,7 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(FLAGS.out or Path(FLAGS.workdir) / f"embeddings_{FLAGS.split}.npz")
+    out = output_path(FLAGS.out, FLAGS.workdir, FLAGS.split)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
     logging.info("wrote %s", out)

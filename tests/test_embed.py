@@ -69,3 +69,10 @@ def test_command_line_writes_the_npz(trained_runs, tmp_path):
         assert f["features"].shape[0] == cycles["val"]
         assert np.isfinite(f["features"]).all()
     assert f"{out}: {cycles['val']} cycles" in done.stdout
+
+
+def test_output_path_is_the_file_numpy_writes(tmp_path):
+    assert embed.output_path(None, tmp_path, "val") == tmp_path / "embeddings_val.npz"
+    assert embed.output_path(str(tmp_path / "e.npz"), tmp_path, "test") == tmp_path / "e.npz"
+    assert embed.output_path(str(tmp_path / "emb"), tmp_path, "test") == tmp_path / "emb.npz"
+    assert embed.output_path("a/run.v2", tmp_path, "test").name == "run.v2.npz"
