@@ -170,7 +170,7 @@ def embed_2d(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     x = (x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-12)
     if method == "umap":
         return _umap().UMAP(n_components=2, random_state=seed,
-                         n_neighbors=min(15, len(x) - 1)).fit_transform(x)
+                            n_neighbors=min(15, len(x) - 1)).fit_transform(x)
     from sklearn.manifold import TSNE
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3.0)))
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
