@@ -288,7 +288,12 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
         return iter(())
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(rows), dtype=np.int64), rows))
     ds = ds.skip(skip).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(2).as_numpy_iterator()
+    # No autotuning: destroying an autotuned iterator waits for the tuner, which took 2.5-8 s
+    # at most epoch ends while XLA kept the CPU busy (the training loop stalled there). Without
+    # it AUTOTUNE means one map call per core, as fast here (docs/benchmarks.md).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(2).with_options(options).as_numpy_iterator()
 
 
 def train_batches(feats: Features, config, *, epoch: int, fields: Sequence[str] = ("label",),
