@@ -44,12 +44,27 @@ def test_train_step_vs_torch_from_the_command_line():
     assert out["jax_over_torch"] == pytest.approx(
         out["samples_per_s"] / out["torch_samples_per_s"], rel=0.01)
     assert out["fraction_of_matmul_rate"] == pytest.approx(
-        out["achieved_tflops"] / out["matmul_tflops"], rel=0.05, abs=2e-3)
+        out["achieved_tflops"] / out["matmul_tflops"], rel=2e-3)
+    assert out["achieved_tflops"] == pytest.approx(
+        out["step_gflop"] / out["step_ms"], rel=0.01)  # GFLOP / ms = TFLOP/s
 
 
 def test_vs_torch_is_only_for_supcon():
     with pytest.raises(SystemExit, match="--method=scl"):
         benchmark.main(["train-step", "--method=ce", "--vs-torch", *TINY])
+
+
+def test_conv_layers_times_every_block_and_its_gradients():
+    out = _main(["conv-layers", "--batch=2", "--frames=32", "--channels=4,8,8,16",
+                 "--rounds=1", "--vs-torch"])
+    shapes = [layer["shape"] for layer in out["layers"]]
+    assert shapes == [[64, 32, 1, 4], [32, 16, 4, 8], [16, 8, 8, 8], [8, 4, 8, 16]]
+    assert "--xla_cpu_experimental_ynn_fusion_type" in out["xla_flags"]  # resp_jax imported
+    for k, layer in enumerate(out["layers"]):
+        passes = {"forward", "weight_grad"} | ({"input_grad"} if k else set())
+        passes |= {f"torch_{p}" for p in passes}
+        assert set(layer) == {"shape", "gflop"} | passes  # block 1 needs no input gradient
+        assert all(layer[p]["ms"] > 0 for p in passes)
 
 
 @pytest.mark.parametrize("two_stage", [False, True])

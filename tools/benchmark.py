@@ -103,6 +103,11 @@ def config_for(method: str):
     return module.get_config()
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` rounded to ``digits`` significant digits (rates span many orders of magnitude)."""
+    return float(f"{x:.{digits}g}")
+
+
 def _timed(fn, sync, steps: int) -> float:
     t = time.perf_counter()
     out = None
@@ -218,10 +223,10 @@ def run_train_step(args) -> dict:
            "samples_per_s": round(args.batch / median["jax"], 2),
            "step_ms": round(1000 * median["jax"], 2),
            "forward_ms": round(1000 * median["forward"], 2),
-           "step_gflop": round(flops / 1e9, 3) if flops else None,
-           "achieved_tflops": round(flops / median["jax"] / 1e12, 3) if flops else None,
-           "matmul_tflops": round(rate / 1e12, 3),
-           "fraction_of_matmul_rate": round(flops / median["jax"] / rate, 3) if flops else None,
+           "step_gflop": _sig(flops / 1e9) if flops else None,
+           "achieved_tflops": _sig(flops / median["jax"] / 1e12) if flops else None,
+           "matmul_tflops": _sig(rate / 1e12),
+           "fraction_of_matmul_rate": _sig(flops / median["jax"] / rate) if flops else None,
            "projected_icbhi_400_epochs_h": round(icbhi_projection_h(
                median["jax"], median["forward"], args.batch, args.batch,
                defaults.is_two_stage(config)), 2)}
@@ -256,6 +261,8 @@ def run_conv_layers(args) -> dict:
     torch = None
     if args.vs_torch:
         import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # JAX's device kind too
+        torch_sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     channels = tuple(int(c) for c in args.channels.split(","))
     layers = []
     for h, w, cin, cout in conv_layer_shapes(channels, 64, args.frames):
@@ -272,7 +279,7 @@ def run_conv_layers(args) -> dict:
             runners["input_grad"] = lambda: fns["input_grad"](xj, kj, gj)
         if torch is not None:
             F = torch.nn.functional
-            xt, kt, gt = (torch.from_numpy(np.ascontiguousarray(a)) for a in
+            xt, kt, gt = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in
                           (x.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1),
                            g.transpose(0, 3, 1, 2)))
             runners["torch_forward"] = lambda: F.conv2d(xt, kt, padding=2)
@@ -284,7 +291,8 @@ def run_conv_layers(args) -> dict:
         layer = {"shape": [h, w, cin, cout], "gflop": round(gflop, 2)}
         with torch.no_grad() if torch is not None else contextlib.nullcontext():
             for name, fn in runners.items():
-                sync = (lambda out: None) if name.startswith("torch") else jax.block_until_ready
+                sync = (lambda out: torch_sync()) if name.startswith("torch") \
+                    else jax.block_until_ready
                 _timed(fn, sync, 1)  # compile / warm up
                 best = min(_timed(fn, sync, 1) for _ in range(args.rounds))
                 layer[name] = {"ms": round(1000 * best, 1), "gflop_s": round(gflop / best, 1)}
