@@ -169,8 +169,8 @@ def make_train_step(model, tx, config, class_weights, mesh) -> Callable:
 
 def read_loss(acc) -> tuple[float, float]:
     """(loss sum, example count) of the epoch so far: the training loop's only host read,
-    every ``train.log_every`` steps and at the end of an epoch; between reads steps are
-    dispatched without waiting for the device."""
+    every ``train.log_every`` steps, at the end of an epoch and before an interrupted epoch's
+    checkpoint; between reads steps are dispatched without waiting for the device."""
     total, count = jax.device_get((acc["loss"], acc["count"]))
     return float(total), float(count)
 
@@ -357,10 +357,10 @@ def train_and_evaluate(config, workdir) -> dict:
             batches = logging_utils.InputTimer(data.train_batches(epoch, skip, mesh))
             for batch_ in batches:
                 if stop.signum:
-                    value = {key: float(v) for key, v in jax.device_get(acc).items()}
-                    if not np.isfinite(value["loss"]):
-                        raise nonfinite(value["loss"], f"in epoch {epoch + 1}", ckpts)
-                    save_last(epoch, k, value)
+                    total, count = read_loss(acc)
+                    if not np.isfinite(total):
+                        raise nonfinite(total, f"in epoch {epoch + 1}", ckpts)
+                    save_last(epoch, k, {"loss": total, "count": count})
                     raise Interrupted(stop.signum, f"interrupted in epoch {epoch + 1} at batch "
                                       f"{k}/{steps_per_epoch}; checkpoint saved in "
                                       f"{ckpts.path()}. Run the same command to resume.")

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import resp_jax
 from resp_jax import xla_setup
 
 FLAG = xla_setup.CPU_FLAGS[0]
@@ -57,6 +56,6 @@ def test_importing_resp_jax_keeps_convolutions_off_ynnpack():
     """Importing resp_jax compiles CPU convolutions (and their gradients) with XLA's own
     convolution; without the setting this jaxlib makes them YNNPACK fusions (the slow path)."""
     assert FLAG in os.environ["XLA_FLAGS"]  # conftest imported resp_jax before JAX started
-    assert jax.devices()[0].platform == "cpu" and resp_jax.__version__
+    assert jax.devices()[0].platform == "cpu"
     assert _probe() == "plain"
     assert _probe(**{xla_setup.OPT_OUT: "0"}) == "ynn"

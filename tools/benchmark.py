@@ -41,6 +41,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,19 +53,19 @@ if importlib.util.find_spec("resp_jax") is None:  # a checkout that is not pip-i
 import resp_jax  # noqa: E402,F401  (sets XLA's CPU flags before JAX starts a backend)
 
 
-def base_config(dataset: str):
-    """configs/base.py's defaults for ``dataset`` (the single source of every field)."""
-    spec = importlib.util.spec_from_file_location("resp_jax_base_config",
-                                                  REPO / "configs" / "base.py")
+def config_for(name: str, arg: str | None = None):
+    """configs/<name>.py's get_config(arg), loaded by path as --config does."""
+    spec = importlib.util.spec_from_file_location(f"resp_jax_config_{name}",
+                                                  REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(dataset)
+    return module.get_config(arg)
 
 
 def run_input(args) -> dict:
     from resp_jax.data import pipeline, prepare
 
-    config = base_config(args.dataset)
+    config = config_for("base", args.dataset)
     config.data.duration = args.duration
     config.train.batch_size = args.batch
 
@@ -90,17 +91,9 @@ def run_input(args) -> dict:
         "duration_s": args.duration, "frames": feats.frames,
         "train_cycles": len(feats["train"]), "epochs_timed": args.epochs,
         "prepare_s": round(prepare_s, 2), "features_s": round(features_s, 2),
-        "samples_per_s": round(sorted(rates)[len(rates) // 2], 1),
+        "samples_per_s": round(statistics.median_high(rates), 1),
         "samples_per_s_each_epoch": [round(r, 1) for r in rates],
     }
-
-
-def config_for(method: str):
-    spec = importlib.util.spec_from_file_location(f"resp_jax_config_{method}",
-                                                  REPO / "configs" / f"{method}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -128,10 +121,8 @@ def matmul_rate(dtype: str, n: int) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
     f = jax.jit(lambda a: a @ a)
     f(a).block_until_ready()
-    times = []
-    for _ in range(5):
-        times.append(_timed(lambda: f(a), jax.block_until_ready, 3) / 3)
-    return 2 * n ** 3 / sorted(times)[2]
+    times = [_timed(lambda: f(a), jax.block_until_ready, 3) / 3 for _ in range(5)]
+    return 2 * n ** 3 / statistics.median(times)
 
 
 def icbhi_projection_h(step_s: float, forward_s: float, batch: int, eval_batch: int,
@@ -214,7 +205,7 @@ def run_train_step(args) -> dict:
     for _ in range(args.rounds):  # alternate so all see the same machine load
         for k, (fn, sync) in runners.items():
             times[k].append(_timed(fn, sync, args.steps) / args.steps)
-    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    median = {k: statistics.median_high(v) for k, v in times.items()}
     rate = matmul_rate(args.dtype, 2048 if jax.devices()[0].platform == "cpu" else 8192)
     out = {"benchmark": "train-step", "method": args.method, "batch": args.batch,
            "frames": args.frames, "dtype": args.dtype, "channels": list(config.model.channels),
@@ -329,7 +320,7 @@ def run_loop(args) -> dict:
         speed = {key: [float(tensor_util.make_ndarray(e.tensor_proto))
                        for e in events.Tensors(f"{stage}/speed/{key}")]
                  for key in ("samples_per_s", "input_wait_fraction")}
-    steady = {k: sorted(v[1:])[len(v[1:]) // 2] for k, v in speed.items()}
+    steady = {k: statistics.median_high(v[1:]) for k, v in speed.items()}
     return {"benchmark": "loop", "method": args.method, "dataset": args.dataset,
             "batch": args.batch, "dtype": args.dtype, "channels": list(config.model.channels),
             "train_cycles": results["cycles"]["train"], "epochs_timed": args.epochs,

@@ -119,17 +119,12 @@ class BatchNorm(nn.Module):
         x = x.astype(jnp.float32)
         if train:
             axes = tuple(range(x.ndim - 1))
-            per_row = math.prod(x.shape[1:-1])
-            if mask is None:
-                count = jnp.float32(x.shape[0] * per_row)
-                mean = x.mean(axes)
-                var = jnp.square(x - mean).mean(axes)
-            else:
-                weight = (mask > 0).astype(jnp.float32)
-                count = jnp.maximum(weight.sum(), 1.0) * per_row
-                weight = weight.reshape((-1,) + (1,) * (x.ndim - 1))
-                mean = jnp.sum(x * weight, axes) / count
-                var = jnp.sum(jnp.square(x - mean) * weight, axes) / count
+            weight = (jnp.ones(x.shape[0], jnp.float32) if mask is None
+                      else (mask > 0).astype(jnp.float32))
+            count = jnp.maximum(weight.sum(), 1.0) * math.prod(x.shape[1:-1])
+            weight = weight.reshape((-1,) + (1,) * (x.ndim - 1))
+            mean = jnp.sum(x * weight, axes) / count
+            var = jnp.sum(jnp.square(x - mean) * weight, axes) / count
             if not self.is_initializing():
                 unbiased = var * (count / jnp.maximum(count - 1.0, 1.0))
                 m = self.momentum
