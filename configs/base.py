@@ -2,7 +2,7 @@
 
 Experiments (configs/ce.py, scl.py, ...) start from `get_config` and change what differs.
 Fields left as placeholders (None) are dataset- or init-dependent and are filled in one place,
-`resp_jax.defaults.resolve`, when a run starts; the resolved values are what `config.json` records.
+`resp_jax.configuration.resolve`, when a run starts; the resolved values are what `config.json` records.
 
 Config arguments, comma separated after the file name (`configs/mscl.py:quick,sprsound`):
   icbhi | sprsound   the dataset (data.name);

@@ -59,11 +59,12 @@ def output_path(out, workdir, split: str) -> Path:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from resp_jax import data_setup, trained
+    from resp_jax import finished_run
+    from resp_jax.data import run_data
 
     try:
-        run = trained.load(FLAGS.workdir)
-        arrays = embed(run, data_setup.load(run.config), FLAGS.split)
+        run = finished_run.load(FLAGS.workdir)
+        arrays = embed(run, run_data.load(run.config), FLAGS.split)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,16 +30,16 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from resp_jax import parallel, runner
+    from resp_jax import parallel, cli
     parallel.initialize()  # multi-host jobs join before any other JAX call
     import jax
     workdir = _WORKDIR.value
     if workdir is None:
         if jax.process_count() > 1:
             raise app.UsageError("several hosts: pass the same --workdir to every process")
-        workdir = runner.default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
+        workdir = cli.default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
     logging.info("workdir: %s", workdir)
-    return runner.run(_CONFIG.value, workdir)
+    return cli.run(_CONFIG.value, workdir)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Prints one JSON object per cycle or window (wav, index, start, end, predicted, p
 annotated) on stdout, and with ``--csv`` writes the same as CSV. Any format, sample rate, bit
 depth or channel count that soundfile reads is accepted (channels are averaged, audio is
 resampled to 16 kHz); cycles are preprocessed as the run's evaluation preprocessed them
-(`resp_jax.trained`), including the batch min-max over up to ``eval.batch_size`` cycles.
+(`resp_jax.finished_run`), including the batch min-max over up to ``eval.batch_size`` cycles.
 """
 
 from __future__ import annotations
@@ -163,13 +163,13 @@ def summary(records: list, run) -> str | None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from resp_jax import trained
+    from resp_jax import finished_run
     from resp_jax.data.records import DataError
 
     try:
         if FLAGS.csv:
             check_writable(FLAGS.csv)
-        run = trained.load(FLAGS.workdir)
+        run = finished_run.load(FLAGS.workdir)
         records = predict(run, FLAGS.wav, FLAGS.annotations, FLAGS.window, FLAGS.hop)
         if FLAGS.csv:
             write_csv(FLAGS.csv, records, run.classes)

@@ -227,14 +227,15 @@ def _md_table(header: list, rows: list) -> list:
 
 def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     """Writes ``workdir/report.md`` and ``workdir/report/*.png``; returns the .md path."""
-    from resp_jax import data_setup, metrics, runner, trained
+    from resp_jax import metrics, cli, finished_run
+    from resp_jax.data import run_data
 
     workdir = Path(workdir)
     if embedding == "umap":
         _umap()  # fail before the slow part, not after it
-    run = trained.load(workdir)
+    run = finished_run.load(workdir)
     records = read_metrics(workdir)
-    data = data_setup.load(run.config)
+    data = run_data.load(run.config)
     out = run.split_outputs(data, "test")
     classes = run.classes
     cm = metrics.confusion_matrix(out["label"], out["prediction"], len(classes))
@@ -263,7 +264,7 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
         map_note = f"Too few test cycles ({n}) for a 2-D map."
 
     res = run.results
-    label = runner.method_label(run.config)
+    label = cli.method_label(run.config)
     keys = [(k, h) for k, h in METRICS if k in res["test"]]
     lines = [f"# {label} on {res['dataset']} ({res['test_split']})", "",
              f"Run `{workdir}`: seed {res['seed']}, model selection `{res['selection']}`, "
@@ -313,20 +314,20 @@ def compare_row(directory) -> dict:
     """One row of the comparison: a sweep (summary.json) or a single run (results.json)."""
     from ml_collections import ConfigDict
 
-    from resp_jax import runner, trained
+    from resp_jax import cli, finished_run
 
     directory = Path(directory)
     if (directory / "summary.json").is_file():
-        s = trained.read_json(directory / "summary.json", "the sweep summary")
-        first = directory / "seed_0" / trained.CONFIG_FILE  # every seed shares the heads
-        heads = heads_cell(trained.read_json(first, "its config")) if first.is_file() else ""
+        s = finished_run.read_json(directory / "summary.json", "the sweep summary")
+        first = directory / "seed_0" / finished_run.CONFIG_FILE  # every seed shares the heads
+        heads = heads_cell(finished_run.read_json(first, "its config")) if first.is_file() else ""
         return {"dir": str(directory), "method": s["method"], "heads": heads,
                 "dataset": s["dataset"], "test_split": s["test_split"],
                 "selection": s["selection"], "runs": s["runs"],
                 "metrics": {k: (v["mean"], v["std"]) for k, v in s["metrics"].items()}}
-    res = trained.read_json(directory / "results.json", "results.json or a sweep's summary.json")
-    config = trained.read_json(directory / "config.json", "its config")
-    return {"dir": str(directory), "method": runner.method_label(ConfigDict(config)),
+    res = finished_run.read_json(directory / "results.json", "results.json or a sweep's summary.json")
+    config = finished_run.read_json(directory / "config.json", "its config")
+    return {"dir": str(directory), "method": cli.method_label(ConfigDict(config)),
             "heads": heads_cell(config), "dataset": res["dataset"],
             "test_split": res["test_split"], "selection": res["selection"], "runs": 1,
             "metrics": {k: (v, None) for k, v in res["test"].items() if k != "loss"}}

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from resp_jax.runner import method_label  # noqa: E402
+from resp_jax.cli import method_label  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, as for resp_jax.main.", lock_config=True)
@@ -76,7 +76,7 @@ def markdown(summary: dict) -> str:
 
 def run_sweep(config, seeds: int, workdir) -> tuple[int, dict | None]:
     """Runs the missing seeds; returns (exit status, summary or None when a run stopped)."""
-    from resp_jax import logging_utils, runner
+    from resp_jax import logging_utils, cli
     workdir = Path(workdir)
     runs = []
     for k in range(seeds):
@@ -87,7 +87,7 @@ def run_sweep(config, seeds: int, workdir) -> tuple[int, dict | None]:
             seeded.train.seed = config.train.seed + k
             logging.info("seed %d/%d (train.seed=%d) in %s", k + 1, seeds, seeded.train.seed,
                          rundir)
-            status = runner.run(seeded, rundir)
+            status = cli.run(seeded, rundir)
             if status:
                 return status, None
         else:
@@ -104,7 +104,7 @@ def run_sweep(config, seeds: int, workdir) -> tuple[int, dict | None]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from resp_jax import parallel, runner
+    from resp_jax import parallel, cli
     parallel.initialize()
     workdir = _WORKDIR.value
     if workdir is None:
@@ -112,7 +112,7 @@ def main(argv):
         if jax.process_count() > 1:
             raise app.UsageError("several hosts: pass the same --workdir to every process")
         spec = config_flags.get_config_filename(flags.FLAGS["config"])
-        workdir = runner.default_workdir(spec, kind="sweep")
+        workdir = cli.default_workdir(spec, kind="sweep")
     status, summary = run_sweep(_CONFIG.value, _SEEDS.value, workdir)
     if summary is not None:
         print(markdown(summary), flush=True)

@@ -25,10 +25,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from resp_jax import checkpoint, data_setup, defaults, logging_utils, losses, metrics, optim
+from resp_jax import checkpoint, configuration, logging_utils, losses, metrics, optim
+
+from resp_jax.data import run_data
 from resp_jax import parallel, selection
 from resp_jax.models import cnn6, get_model
-from resp_jax.run_control import Interrupted, NonFiniteLoss, StopFlag, check_config, nonfinite
+from resp_jax.stopping import Interrupted, NonFiniteLoss, StopFlag, nonfinite
 
 # How often each step function's Python body ran (= was traced). Compile-once test hook.
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -50,7 +52,7 @@ class TrainState:
 def build_model(config, num_classes: int):
     return get_model(config.model.name, channels=tuple(config.model.channels),
                      layout=config.model.layout, num_classes=num_classes,
-                     heads=tuple(f for f, _ in defaults.heads(config)),
+                     heads=tuple(f for f, _ in configuration.heads(config)),
                      proj_hidden=config.model.proj_hidden, proj_out=config.model.proj_out,
                      dtype=jnp.dtype(config.model.dtype))
 
@@ -79,7 +81,7 @@ def create_train_state(config, model, tx, frames: int, mesh, *, pretrained: Any 
         x = jnp.zeros((2, 64, frames), jnp.float32)
         variables = model.init(init_key, x, train=False)
         params, batch_stats = dict(variables["params"]), dict(variables["batch_stats"])
-        if defaults.is_two_stage(config):  # the classifier is fitted in the second stage
+        if configuration.is_two_stage(config):  # the classifier is fitted in the second stage
             params.pop("classifier")
         if encoder_vars is not None:
             params["encoder"] = encoder_vars["params"]
@@ -109,7 +111,7 @@ def create_train_state(config, model, tx, frames: int, mesh, *, pretrained: Any 
 def loss_fn(model, config, class_weights) -> Callable:
     """``f(params, batch_stats, batch) -> (loss, (new batch_stats, {term: value}))``."""
     method = config.method
-    heads = defaults.heads(config)
+    heads = configuration.heads(config)
     weights = dict(heads)
     cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
@@ -134,7 +136,7 @@ def loss_fn(model, config, class_weights) -> Callable:
                 [batch["view1"], batch["view2"]]), jnp.concatenate([mask, mask]))
         proj = {h: model.apply({"params": params}, feats, h, method="project") for h in weights}
         instance = jnp.arange(mask.shape[0], dtype=jnp.int32)
-        labels = {h: instance if h == defaults.INSTANCE else batch[h] for h in weights}
+        labels = {h: instance if h == configuration.INSTANCE else batch[h] for h in weights}
         contrastive, per_head = losses.multi_head(proj, labels, mask, weights,
                                                   config.loss.temperature,
                                                   config.loss.denominator)
@@ -300,10 +302,10 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
 
 def train_and_evaluate(config, workdir) -> dict:
     """Runs (or resumes) one experiment in ``workdir``; returns what results.json holds."""
-    config = defaults.resolve(config)
+    config = configuration.resolve(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    two_stage = defaults.is_two_stage(config)
+    two_stage = configuration.is_two_stage(config)
     stage = "pretrain" if two_stage else "train"
 
     # --- mesh
@@ -314,7 +316,7 @@ def train_and_evaluate(config, workdir) -> dict:
                  jax.process_count(), jax.devices()[0].platform)
 
     # --- data
-    data = data_setup.load(config)
+    data = run_data.load(config)
     batch, epochs = config.train.batch_size, config.train.epochs
     steps_per_epoch = data.num_batches("train", batch)
 
@@ -328,7 +330,7 @@ def train_and_evaluate(config, workdir) -> dict:
     ckpts = checkpoint.Checkpoints(workdir)
     target = create_train_state(config, model, tx, data.frames, mesh, abstract=True)
     restored = ckpts.restore(checkpoint.LAST, target)
-    check_config(workdir, config, restored is not None)
+    configuration.check_resume(workdir, config, restored is not None)
     if restored is None:
         state = create_train_state(config, model, tx, data.frames, mesh)
         meta = {"epoch": 0, "batch": 0, "lines": 0, "acc": None,

@@ -6,7 +6,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from resp_jax import defaults
+from resp_jax import configuration
 from train_helpers import CONFIGS, EXPERIMENTS, load_config
 
 REQUIRED = ("data.name", "data.root", "data.duration", "data.pad", "model.channels",
@@ -36,7 +36,7 @@ def test_every_experiment_resolves_on_both_datasets(name):
         config = load_config(name, dataset)
         for field in REQUIRED:
             _get(config, field)  # exists
-        resolved = defaults.resolve(config)
+        resolved = configuration.resolve(config)
         assert resolved.data.name == dataset
         assert resolved.train.epochs == epochs
         assert resolved.loss.class_weighted is weighted
@@ -75,9 +75,9 @@ def test_paper_defaults():
 def test_pretrained_weights_lower_the_learning_rate():
     config = load_config("scl")
     config.model.init_from = "/weights/cnn6"
-    assert defaults.resolve(config).train.lr == 1e-4
+    assert configuration.resolve(config).train.lr == 1e-4
     config.train.lr = 3e-4  # an explicit rate wins
-    assert defaults.resolve(config).train.lr == 3e-4
+    assert configuration.resolve(config).train.lr == 3e-4
 
 
 def test_quick_preset_and_arguments_combine():
@@ -99,7 +99,7 @@ def test_command_line_overrides():
     assert config.train.epochs == 7 and config.train.lr == 0.002
     assert config.model.channels == (4, 8, 8, 16)
     assert config.loss.heads == (("label", 0.25), ("sex+age_group", 0.75))
-    resolved = defaults.resolve(config)
+    resolved = configuration.resolve(config)
     assert resolved.data.name == "sprsound" and not resolved.loss.class_weighted
 
 
@@ -133,25 +133,25 @@ def test_bad_values_fail_before_running(field, value, message):
     target = config[section] if section else config
     target[key] = value
     with pytest.raises((ValueError, KeyError), match=message):
-        defaults.resolve(config)
+        configuration.resolve(config)
 
 
 def test_any_metadata_field_is_a_head_from_the_config_alone():
     config = load_config("mscl_device_location")
     config.loss.heads = (("label", 0.5), ("mode", 0.25), ("diagnosis", 0.25))
-    resolved = defaults.resolve(config)
-    assert defaults.heads(resolved) == (("label", 0.5), ("mode", 0.25), ("diagnosis", 0.25))
-    assert defaults.fields(resolved) == ("label", "mode", "diagnosis")
+    resolved = configuration.resolve(config)
+    assert configuration.heads(resolved) == (("label", 0.5), ("mode", 0.25), ("diagnosis", 0.25))
+    assert configuration.fields(resolved) == ("label", "mode", "diagnosis")
     spr = load_config("mscl_device_location", "sprsound")
-    assert defaults.fields(defaults.resolve(spr)) == ("label", "location")
+    assert configuration.fields(configuration.resolve(spr)) == ("label", "location")
     spr.loss.heads = (("label", 0.5), ("device", 0.5))  # SPRSound records no device
     with pytest.raises(ValueError, match="config.loss.heads: metadata field 'device' is not "
                                          "defined for dataset 'sprsound'; expected one of "
                                          r"\['label', 'sex', 'age_group', 'location'\]"):
-        defaults.resolve(spr)
+        configuration.resolve(spr)
 
 
 def test_fields_the_pipeline_delivers():
-    assert defaults.fields(defaults.resolve(load_config("mscl"))) == ("label", "sex+age_group")
-    assert defaults.fields(defaults.resolve(load_config("simclr"))) == ("label",)
-    assert defaults.fields(defaults.resolve(load_config("ce"))) == ("label",)
+    assert configuration.fields(configuration.resolve(load_config("mscl"))) == ("label", "sex+age_group")
+    assert configuration.fields(configuration.resolve(load_config("simclr"))) == ("label",)
+    assert configuration.fields(configuration.resolve(load_config("ce"))) == ("label",)

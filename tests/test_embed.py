@@ -8,15 +8,17 @@ import sys
 import numpy as np
 import pytest
 
-from resp_jax import data_setup, embed, metrics, trained
+from resp_jax import embed, metrics, finished_run
+
+from resp_jax.data import run_data
 from resp_jax.data import metadata, prepare
 from train_helpers import ROOT, tiny_icbhi, trained_runs  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
 def loaded(trained_runs):
-    run = trained.load(trained_runs["mscl"])
-    return run, data_setup.load(run.config)
+    run = finished_run.load(trained_runs["mscl"])
+    return run, run_data.load(run.config)
 
 
 def test_test_split_embeddings_reproduce_the_reported_metrics(loaded, tiny_icbhi):

@@ -7,18 +7,18 @@ import shutil
 import subprocess
 import sys
 
-from resp_jax import runner
+from resp_jax import cli
 from train_helpers import CONFIGS, ROOT, cli_overrides, tiny_config
 
 
 def test_run_directory_names():
-    assert runner.config_name("configs/mscl.py") == "mscl"
-    assert runner.config_name("configs/mscl.py:quick,sprsound") == "mscl-quick-sprsound"
-    path = runner.default_workdir("configs/ce.py:quick", now=0)
+    assert cli.config_name("configs/mscl.py") == "mscl"
+    assert cli.config_name("configs/mscl.py:quick,sprsound") == "mscl-quick-sprsound"
+    path = cli.default_workdir("configs/ce.py:quick", now=0)
     assert path.parent.as_posix() == "runs"
     assert re.fullmatch(r"ce-quick-\d{8}-\d{6}", path.name)
     assert re.fullmatch(r"ce-sweep-\d{8}-\d{6}",
-                        runner.default_workdir("configs/ce.py", kind="sweep").name)
+                        cli.default_workdir("configs/ce.py", kind="sweep").name)
 
 
 def test_summary_line_names_the_metrics_and_protocol():
@@ -26,7 +26,7 @@ def test_summary_line_names_the_metrics_and_protocol():
                "test_split": "inter_test",
                "test": {"sp": 90.0, "se": 80.0, "score": 85.0, "hs": 84.7,
                         "sprsound_score": 84.85}}
-    line = runner.summary_line(results)
+    line = cli.summary_line(results)
     assert line.startswith("test (inter_test): Sp 90.00  Se 80.00  Score 85.00  HS 84.70  "
                            "SPRSound score 84.85")
     assert "selection val, epoch 7" in line

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from resp_jax import defaults, optim, parallel, train
+from resp_jax import configuration, optim, parallel, train
 from train_helpers import tiny_config
 
 # Two devices reduce BatchNorm statistics and the losses in a different order than one:
@@ -46,7 +46,7 @@ def _train(config, devices, batches, frames):
 @pytest.mark.parametrize("method", ["mscl", "hybrid"])
 def test_one_and_two_devices_train_the_same(method):
     assert len(jax.devices()) >= 2, "conftest gives the session 2 CPU devices"
-    config = defaults.resolve(tiny_config(method, batch_size=8))
+    config = configuration.resolve(tiny_config(method, batch_size=8))
     frames = 32
     batches = _batches(4, 8, frames)
     l1, p1, s1 = _train(config, jax.devices()[:1], batches, frames)

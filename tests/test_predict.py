@@ -1,4 +1,4 @@
-"""resp_jax.predict and resp_jax.trained: a finished run applied to new recordings."""
+"""resp_jax.predict and resp_jax.finished_run: a finished run applied to new recordings."""
 
 import csv
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from resp_jax import predict, trained
+from resp_jax import predict, finished_run
 from resp_jax.data import audio, features, readers
 from resp_jax.data.records import DataError
 from train_helpers import ROOT, tiny_icbhi, trained_runs  # noqa: F401  (fixtures)
@@ -21,7 +21,7 @@ from train_helpers import ROOT, tiny_icbhi, trained_runs  # noqa: F401  (fixture
 
 @pytest.fixture(scope="module")
 def run(trained_runs):
-    return trained.load(trained_runs["mscl"])
+    return finished_run.load(trained_runs["mscl"])
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +175,9 @@ def test_summary_says_n_a_for_a_rate_without_cycles(run):
 def test_unfinished_run_is_a_clear_error(trained_runs, tmp_path):
     shutil.copy(trained_runs["mscl"] / "config.json", tmp_path / "config.json")
     with pytest.raises(FileNotFoundError, match="results.json not found.*not a finished"):
-        trained.load(tmp_path)
+        finished_run.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json not found"):
-        trained.load(tmp_path / "nothing")
+        finished_run.load(tmp_path / "nothing")
 
 
 def test_command_line_prints_json_lines_and_writes_csv(trained_runs, recording, tmp_path):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from resp_jax import runner, sweep
+from resp_jax import cli, sweep
 from train_helpers import load_config, tiny_config
 from train_helpers import tiny_icbhi  # noqa: F401  (fixture)
 

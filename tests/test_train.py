@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resp_jax import checkpoint, data_setup, defaults, losses, optim, parallel, selection, train
+from resp_jax import checkpoint, configuration, losses, optim, parallel, selection, train
+
+from resp_jax.data import run_data
 from train_helpers import CONFIGS, EXPERIMENTS, ROOT, cli_overrides, tiny_config
 from train_helpers import tiny_icbhi  # noqa: F401  (fixture)
 
@@ -38,7 +40,7 @@ def _batch(seed=0, batch=8, real=8, frames=FRAMES):
 
 
 def _setup(name, mesh, **overrides):
-    config = defaults.resolve(tiny_config(name, **overrides))
+    config = configuration.resolve(tiny_config(name, **overrides))
     model = train.build_model(config, 4)
     tx = optim.make_optimizer(config, steps_per_epoch=10)
     state = train.create_train_state(config, model, tx, FRAMES, mesh)
@@ -48,7 +50,7 @@ def _setup(name, mesh, **overrides):
 
 
 def _fields(config, batch):
-    keep = ("view1", "view2", "mask") + defaults.fields(config)
+    keep = ("view1", "view2", "mask") + configuration.fields(config)
     return {k: batch[k] for k in keep}
 
 
@@ -215,7 +217,7 @@ def test_adam_l2_matches_pytorch_adam_with_weight_decay():
 
 def test_periodic_cosine_is_pytorchs_cosine_annealing_stepped_per_epoch():
     torch = pytest.importorskip("torch")
-    config = defaults.resolve(tiny_config("scl", epochs=30, train__lr=1e-3,
+    config = configuration.resolve(tiny_config("scl", epochs=30, train__lr=1e-3,
                                           train__cosine_t_max=4))
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([p], lr=1e-3)
@@ -232,7 +234,7 @@ def test_periodic_cosine_is_pytorchs_cosine_annealing_stepped_per_epoch():
 
 
 def test_single_cosine_decays_once_over_all_epochs():
-    config = defaults.resolve(tiny_config("scl", epochs=10, train__lr=1e-3,
+    config = configuration.resolve(tiny_config("scl", epochs=10, train__lr=1e-3,
                                           train__schedule="cosine"))
     lrs = [float(optim.epoch_lr(config, e)) for e in range(10)]
     assert lrs[0] == pytest.approx(1e-3) and all(np.diff(lrs) < 0)
@@ -355,7 +357,7 @@ def test_last_epoch_selection(tiny_icbhi, tmp_path):
 
 def _signal_at(monkeypatch, epoch, batch, signum=signal.SIGTERM):
     """Sends ``signum`` to this process while batch ``batch`` of ``epoch`` is being read."""
-    original = data_setup.RunData.train_batches
+    original = run_data.RunData.train_batches
 
     def batches(self, epoch_, skip, mesh):
         for i, b in enumerate(original(self, epoch_, skip, mesh)):
@@ -363,7 +365,7 @@ def _signal_at(monkeypatch, epoch, batch, signum=signal.SIGTERM):
                 os.kill(os.getpid(), signum)
             yield b
 
-    monkeypatch.setattr(data_setup.RunData, "train_batches", batches)
+    monkeypatch.setattr(run_data.RunData, "train_batches", batches)
 
 
 def test_sigterm_saves_mid_epoch_and_resume_matches(baseline, tiny_icbhi, tmp_path,
@@ -374,7 +376,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(baseline, tiny_icbhi, tmp_pa
         train.train_and_evaluate(_run_config("mscl", tiny_icbhi), tmp_path)
     assert info.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
-    config = defaults.resolve(_run_config("mscl", tiny_icbhi))
+    config = configuration.resolve(_run_config("mscl", tiny_icbhi))
     with checkpoint.Checkpoints(tmp_path) as ckpts:
         step, meta = ckpts.latest_step(), ckpts.meta()
     assert meta["epoch"] == 1 and 0 < meta["batch"] <= 3  # inside the second epoch
@@ -390,7 +392,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_icbhi, tmp_path,
     """From the second epoch on the loss is NaN (injected: a label outside the classes, which
     the cross-entropy turns into NaN under jit). Inf inputs would not do: XLA's CPU max/min
     (ReLU, max pooling) drop NaNs."""
-    original = data_setup.RunData.train_batches
+    original = run_data.RunData.train_batches
 
     def poisoned(self, epoch, skip, mesh):
         for b in original(self, epoch, skip, mesh):
@@ -398,7 +400,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_icbhi, tmp_path,
                 b = dict(b, label=jnp.full_like(b["label"], 99))
             yield b
 
-    monkeypatch.setattr(data_setup.RunData, "train_batches", poisoned)
+    monkeypatch.setattr(run_data.RunData, "train_batches", poisoned)
     config = _run_config("ce", tiny_icbhi, epochs=3)
     with pytest.raises(train.NonFiniteLoss,
                        match=r"training loss became nan in epoch 2 .*last good checkpoint is "

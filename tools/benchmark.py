@@ -141,7 +141,7 @@ def run_train_step(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from resp_jax import defaults, optim, parallel, train
+    from resp_jax import configuration, optim, parallel, train
     from resp_jax.data import metadata
     from resp_jax.models import cnn6
 
@@ -152,7 +152,7 @@ def run_train_step(args) -> dict:
     config.train.batch_size = args.batch
     config.model.channels = tuple(int(c) for c in args.channels.split(","))
     config.model.dtype = args.dtype
-    config = defaults.resolve(config)
+    config = configuration.resolve(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(args.batch, mesh)
     model = train.build_model(config, num_classes=4)
@@ -165,7 +165,7 @@ def run_train_step(args) -> dict:
     host = {"view1": rng.standard_normal((args.batch, 64, args.frames), np.float32),
             "view2": rng.standard_normal((args.batch, 64, args.frames), np.float32),
             "mask": np.ones(args.batch, np.float32)}
-    for field in defaults.fields(config):
+    for field in configuration.fields(config):
         host[field] = rng.integers(0, metadata.num_values("icbhi", field), args.batch)
     batch = parallel.to_global(host, mesh)
     eval_batch = parallel.to_global({"x": host["view1"], "label": host["label"],
@@ -220,7 +220,7 @@ def run_train_step(args) -> dict:
            "fraction_of_matmul_rate": _sig(flops / median["jax"] / rate) if flops else None,
            "projected_icbhi_400_epochs_h": round(icbhi_projection_h(
                median["jax"], median["forward"], args.batch, args.batch,
-               defaults.is_two_stage(config)), 2)}
+               configuration.is_two_stage(config)), 2)}
     if "torch" in median:
         out["torch_samples_per_s"] = round(args.batch / median["torch"], 2)
         out["jax_over_torch"] = round(median["torch"] / median["jax"], 3)
@@ -300,7 +300,7 @@ def run_loop(args) -> dict:
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
 
-    from resp_jax import defaults, train
+    from resp_jax import configuration, train
 
     config = config_for(args.method)
     config.data.root, config.data.tfds_dir = args.data_dir, args.tfds_dir
@@ -311,7 +311,7 @@ def run_loop(args) -> dict:
     config.model.channels = tuple(int(c) for c in args.channels.split(","))
     config.model.dtype = args.dtype
     config.data.duration = args.duration
-    stage = "pretrain" if defaults.is_two_stage(config) else "train"
+    stage = "pretrain" if configuration.is_two_stage(config) else "train"
     with tempfile.TemporaryDirectory() as workdir:
         results = train.train_and_evaluate(config, workdir)
         events = event_accumulator.EventAccumulator(

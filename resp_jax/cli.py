@@ -54,9 +54,9 @@ def run(config, workdir) -> int:
     traceback), 128 + signal number after SIGINT/SIGTERM."""
     import jax
 
-    from resp_jax import defaults, train
+    from resp_jax import configuration, train
     try:
-        defaults.resolve(config)  # train resolves again; this only reports config errors
+        configuration.resolve(config)  # train resolves again; this only reports config errors
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

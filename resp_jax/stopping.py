@@ -1,16 +1,12 @@
-"""Stopping a run cleanly: signals, NaN losses, and checks before resuming a workdir."""
+"""Stopping a run cleanly: SIGINT/SIGTERM become a flag the loop checks, a NaN loss an error
+naming the checkpoint that is kept."""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
-from pathlib import Path
 
-import jax
 from absl import logging
-
-from resp_jax import logging_utils
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -47,36 +43,6 @@ class StopFlag:
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
-
-
-# Fields a resumed run may change: they do not affect the results.
-RESUME_MAY_CHANGE = ("train.log_every",)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def check_config(workdir: Path, config, resuming: bool) -> None:
-    """Writes config.json; a resumed run must have the same config as the one it resumes."""
-    path = workdir / "config.json"
-    current = json.loads(config.to_json())
-    if resuming and path.exists():
-        old, new = _flat(json.loads(path.read_text())), _flat(current)
-        diff = sorted(k for k in old.keys() | new.keys()
-                      if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
-        if diff:
-            raise ValueError(f"{workdir} holds a run with a different config (differs in "
-                             f"{', '.join(diff)}); resume with the same config or use a new "
-                             "--workdir")
-    if jax.process_index() == 0:
-        logging_utils.write_json(path, current)
 
 
 def nonfinite(value: float, where: str, ckpts) -> NonFiniteLoss:

@@ -102,7 +102,7 @@ class TrainedRun:
                                                   global_batch=config.eval.batch_size))
 
     def split_outputs(self, data, split: str) -> dict:
-        """`outputs` of a split of the run's dataset (``data`` from `data_setup.load`), with
+        """`outputs` of a split of the run's dataset (``data`` from `run_data.load`), with
         the stem, patient, cycle index and every base metadata code of each cycle."""
         from resp_jax.data import pipeline
 

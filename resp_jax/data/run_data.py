@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from resp_jax import defaults, parallel, selection
+from resp_jax import configuration, parallel, selection
 from resp_jax.data import records
 
 
@@ -95,7 +95,7 @@ def load(config) -> RunData:
     return RunData(name=name, test_split=test_split, eval_splits=eval_splits,
                    num_classes=len(records.CLASSES[name]), frames=frames,
                    class_weights=class_weights, skipped=skipped, sizes=sizes, config=config,
-                   fields=defaults.fields(config), features=features,
+                   fields=configuration.fields(config), features=features,
                    norm=tuple(float(v) for v in pipeline.norm_constants(features, config)))
 
 

@@ -8,10 +8,14 @@ bad value fails before any data is read.
 from __future__ import annotations
 
 import copy
+import json
 import math
+from pathlib import Path
 
+import jax
 import ml_collections
 
+from resp_jax import logging_utils
 from resp_jax.data import metadata, records
 
 # What differs between datasets (SPEC 4, 5). Normalisation constants are the same for both
@@ -131,3 +135,33 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     except KeyError as e:
         raise ValueError(f"config.loss.heads: {e.args[0]}") from None
     return config
+
+
+# Fields a resumed run may change: they do not affect the results.
+RESUME_MAY_CHANGE = ("train.log_every",)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume(workdir: Path, config, resuming: bool) -> None:
+    """Writes config.json; a resumed run must have the same config as the one it resumes."""
+    path = workdir / "config.json"
+    current = json.loads(config.to_json())
+    if resuming and path.exists():
+        old, new = _flat(json.loads(path.read_text())), _flat(current)
+        diff = sorted(k for k in old.keys() | new.keys()
+                      if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
+        if diff:
+            raise ValueError(f"{workdir} holds a run with a different config (differs in "
+                             f"{', '.join(diff)}); resume with the same config or use a new "
+                             "--workdir")
+    if jax.process_index() == 0:
+        logging_utils.write_json(path, current)
