@@ -110,3 +110,21 @@ class Checkpoints:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def save_arrays(directory: str | os.PathLike, tree: Any) -> None:
+    """Writes a pytree of arrays (converted weights) as one orbax checkpoint at ``directory``
+    (which must not exist yet; callers write into a temporary directory and rename it)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(Path(directory).absolute(), tree)
+
+
+def restore_arrays(directory: str | os.PathLike) -> Any:
+    """The pytree written by `save_arrays` (numpy arrays on the host). Any orbax failure is a
+    ValueError naming the directory."""
+    directory = Path(directory).absolute()
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(directory)
+    except Exception as e:  # orbax raises many types; name the directory
+        raise ValueError(f"{directory}: cannot read the orbax checkpoint: {e}") from e

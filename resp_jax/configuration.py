@@ -1,8 +1,10 @@
-"""Dataset- and init-dependent defaults, resolved in one place when a run starts (SPEC 4-5).
+"""The experiment config, resolved and checked in one place when a run starts.
 
-configs/base.py leaves these fields as None; `resolve` fills them from `data.name` and
-`model.init_from` and checks the whole config, so `config.json` records what actually ran and a
-bad value fails before any data is read.
+configs/base.py leaves dataset- and init-dependent fields as None; `resolve` fills them from
+`data.name` and `model.init_from` (docs/method.md §4-5) and checks every field against the
+allowed values, which each live with the code that uses them and are imported here, so
+`config.json` records what actually ran and a bad value fails before any data is read.
+`check_resume` guards a run directory against resuming with another config.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from resp_jax import logging_utils
+from resp_jax import logging_utils, losses, models, optim, selection
 from resp_jax.data import metadata, records
 
-# What differs between datasets (SPEC 4, 5). Normalisation constants are the same for both
+# What differs between datasets (docs/method.md §4, §5). Normalisation constants are the same for both
 # (the reference reuses ICBHI's) and live in configs/base.py.
 DATASET_DEFAULTS = {
     records.ICBHI: {"epochs": 400, "class_weighted": True},
@@ -30,9 +32,7 @@ LR_SCRATCH = 1e-3
 ONE_STAGE = ("ce", "hybrid")
 TWO_STAGE = ("scl", "simclr", "mscl")
 METHODS = ONE_STAGE + TWO_STAGE
-INSTANCE = "instance"  # pseudo-field: each example its own class (NT-Xent)
-SELECTIONS = ("test_best", "val", "last")
-SCHEDULES = ("periodic_cosine", "cosine", "constant")
+INSTANCE = losses.INSTANCE
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -87,12 +87,13 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     name = config.data.name
     _choice("data.name", name, records.DATASETS)
     _choice("method", config.method, METHODS)
-    _choice("eval.selection", config.eval.selection, SELECTIONS)
-    _choice("train.schedule", config.train.schedule, SCHEDULES)
-    _choice("loss.denominator", config.loss.denominator, ("all", "negatives"))
+    _choice("eval.selection", config.eval.selection, selection.PROTOCOLS)
+    _choice("train.schedule", config.train.schedule, optim.SCHEDULES)
+    _choice("loss.denominator", config.loss.denominator, losses.DENOMINATORS)
     _choice("data.pad", config.data.pad, ("circular", "zero"))
     _choice("data.norm", config.data.norm, ("reference", "dataset"))
-    _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+    _choice("model.dtype", config.model.dtype, models.DTYPES)
+    _choice("model.name", config.model.name, tuple(models.BACKBONES))
 
     defaults = DATASET_DEFAULTS[name]
     if config.train.epochs is None:

@@ -1,7 +1,7 @@
 """A finished run loaded back for inference: its resolved config, model and selected weights.
 
 `resp_jax.predict`, `resp_jax.embed` and `resp_jax.report` read a workdir through `load`, so
-they rebuild the model with `train.build_model`, restore `ckpt/best` (the epoch that model
+they rebuild the model with `models.build_model`, restore `ckpt/best` (the epoch that model
 selection chose, classifier included) and preprocess with the run's own `pipeline` code: a
 cycle is fitted, turned into a log-mel, min-maxed over its evaluation batch and standardised
 exactly as the run's evaluation did. Inference runs on one local device.
@@ -32,7 +32,7 @@ class TrainedRun:
     workdir: Path
     config: ml_collections.ConfigDict  # the resolved config the run recorded (config.json)
     results: dict                      # results.json: selected epoch, test metrics, norm
-    model: Any                         # unbound flax model (train.build_model)
+    model: Any                         # unbound flax model (models.build_model)
     variables: dict                    # {'params', 'batch_stats'} of the selected epoch
 
     @property
@@ -64,7 +64,7 @@ class TrainedRun:
             feats.append(np.asarray(f)[keep])
             probs.append(np.asarray(p)[keep])
             labels.append(np.asarray(b["label"])[keep])
-        width = int(self.config.model.channels[-1])
+        width = int(self.variables["params"]["classifier"]["linear"]["kernel"].shape[0])
         feats = np.concatenate(feats) if feats else np.zeros((0, width), np.float32)
         probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
         return {"features": feats, "probabilities": probs,
@@ -132,13 +132,14 @@ def read_json(path: Path, what: str) -> dict:
 
 def load(workdir) -> TrainedRun:
     """The selected model of the finished run in ``workdir`` (see the module docstring)."""
-    from resp_jax import checkpoint, train
+    from resp_jax import checkpoint
+    from resp_jax.models import build_model
     from resp_jax.data import audio, features
 
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(read_json(workdir / CONFIG_FILE, "its config"))
     results = read_json(workdir / RESULTS_FILE, "the results of the finished run")
-    model = train.build_model(config, len(records.CLASSES[config.data.name]))
+    model = build_model(config, len(records.CLASSES[config.data.name]))
     frames = features.num_frames(int(round(config.data.duration * audio.SAMPLE_RATE)))
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
                             jax.ShapeDtypeStruct((1, features.N_MELS, frames), jnp.float32))

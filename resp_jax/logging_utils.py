@@ -44,7 +44,7 @@ def _json_value(v: Any) -> Any:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per evaluation) and TensorBoard scalars.
+    """metrics.jsonl (one JSON object per evaluation or logging window) and TensorBoard scalars.
 
     ``keep_lines`` truncates an existing metrics.jsonl to its first lines: a resumed run drops
     what was written after its checkpoint, so no evaluation appears twice.
@@ -79,6 +79,20 @@ class MetricsLog:
             if key not in ("epoch", "stage", "split") and isinstance(value, (int, float)):
                 self._tb.scalar(f"{record['stage']}/{record['split']}/{key}", value,
                                 record["epoch"])
+
+    def write_step(self, stage: str, step: int, epoch: int, values: Mapping[str, float]) -> None:
+        """Appends the step metrics of one logging window (every ``train.log_every`` steps):
+        ``{"stage", "step", "epoch", "loss", "loss/<head>", "lr", "grad_norm", ...}``; in
+        TensorBoard as ``<stage>/step/<key>`` over the global step."""
+        if not self.enabled:
+            return
+        record = {"stage": stage, "step": int(step), "epoch": int(epoch),
+                  **{k: _json_value(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=False) + "\n")
+        self.lines += 1
+        for key, value in values.items():
+            self._tb.scalar(f"{stage}/step/{key}", value, step)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.enabled:

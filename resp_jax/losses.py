@@ -1,4 +1,5 @@
-"""Training losses (SPEC 4): weighted cross-entropy, SupCon, NT-Xent, hybrid and multi-head SupCon.
+"""Training losses (docs/method.md §4): weighted cross-entropy, SupCon, NT-Xent, hybrid,
+multi-head SupCon, and `batch_loss`, the loss of one training batch for every method.
 
 Every function is plain array code on the whole (global) batch, so it is jit-able and gives the
 same value whether the batch lives on one device or is sharded over several: XLA inserts the
@@ -15,7 +16,8 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-DENOMINATORS = ("all", "negatives")
+DENOMINATORS = ("all", "negatives")  # loss.denominator: the code's | the paper's eq. 2
+INSTANCE = "instance"  # pseudo-field of a head: each example its own class (NT-Xent)
 
 # F.normalize's default: z / max(||z||, eps).
 _NORM_EPS = 1e-12
@@ -91,7 +93,7 @@ def _l2_normalize(z: jax.Array) -> jax.Array:
 
 
 def supcon(z, labels, mask=None, temperature=0.06, denominator: str = "all") -> jax.Array:
-    """Supervised contrastive loss over the 2N views (SPEC 4).
+    """Supervised contrastive loss over the 2N views (docs/method.md §4).
 
     ``z`` is [2N, D], rows 0..N-1 the first view and N..2N-1 the second view of the same N
     examples; ``labels`` [N] (-1 unknown), ``mask`` [N] (> 0 real, 0 padding). ``z`` is
@@ -167,7 +169,7 @@ def nt_xent(z, mask=None, temperature=0.06, denominator: str = "all") -> jax.Arr
 
 def hybrid(logits, z, labels, mask=None, class_weights=None, alpha=0.5, temperature=0.06,
            denominator: str = "all") -> jax.Array:
-    """alpha * CE + (1 - alpha) * SupCon (paper eq. 4 and SPEC 4). CE is on both views'
+    """alpha * CE + (1 - alpha) * SupCon (paper eq. 4 and docs/method.md §4). CE is on both views'
     ``logits`` [2N, C] (rows ordered like ``z`` [2N, D]): one weighted mean over the 2N rows.
     (The authors' code puts alpha on SupCon instead; at the published alpha = 0.5 it is the
     same loss.)"""
@@ -204,3 +206,56 @@ def multi_head(proj: Mapping[str, jax.Array], labels: Mapping[str, jax.Array], m
     per_head = {h: supcon(proj[h], labels[h], mask, temperature, denominator) for h in heads}
     total = sum(weights[h] * per_head[h] for h in heads)
     return total, per_head
+
+
+def batch_loss(model, config, heads, class_weights=None):
+    """``f(params, batch_stats, batch, rng) -> (loss, (new batch_stats, terms))``: the loss of
+    one training batch under ``config.method`` with the contrastive ``heads`` ((field, weight)
+    pairs, `resp_jax.configuration.heads`).
+
+    'ce' classifies ``view1``; the others encode both views (in two calls when
+    ``model.bn_per_view``, so BatchNorm statistics are per view, as in the reference), project
+    them with one projector per head and sum the weighted SupCon terms; 'hybrid' adds CE on
+    both views' logits: alpha * CE + (1 - alpha) * contrastive. ``terms`` holds each head's
+    unweighted loss as ``loss/<field>`` and the CE term as ``loss/ce``. ``rng`` feeds dropout
+    in backbones that have it.
+    """
+    method = config.method
+    weights = dict(heads)
+    cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+
+    def encode(params, batch_stats, x, mask, rng):
+        out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, True,
+                                   mask, method="encode", mutable=["batch_stats"],
+                                   rngs={"dropout": rng})
+        return out, updates.get("batch_stats", batch_stats)
+
+    def fn(params, batch_stats, batch, rng):
+        mask, label = batch["mask"], batch["label"]
+        rng1, rng2 = jax.random.split(rng)
+        if method == "ce":
+            feats, batch_stats = encode(params, batch_stats, batch["view1"], mask, rng1)
+            logits = model.apply({"params": params}, feats, method="classify")
+            ce = cross_entropy(logits, label, mask, cw)
+            return ce, (batch_stats, {"loss/ce": ce})
+        if config.model.bn_per_view:
+            f1, batch_stats = encode(params, batch_stats, batch["view1"], mask, rng1)
+            f2, batch_stats = encode(params, batch_stats, batch["view2"], mask, rng2)
+            feats = jnp.concatenate([f1, f2])
+        else:
+            feats, batch_stats = encode(params, batch_stats, jnp.concatenate(
+                [batch["view1"], batch["view2"]]), jnp.concatenate([mask, mask]), rng1)
+        proj = {h: model.apply({"params": params}, feats, h, method="project") for h in weights}
+        instance = jnp.arange(mask.shape[0], dtype=jnp.int32)
+        labels = {h: instance if h == INSTANCE else batch[h] for h in weights}
+        contrastive, per_head = multi_head(proj, labels, mask, weights,
+                                           config.loss.temperature, config.loss.denominator)
+        terms = {f"loss/{h}": v for h, v in per_head.items()}
+        if method != "hybrid":
+            return contrastive, (batch_stats, terms)
+        logits = model.apply({"params": params}, feats, method="classify")
+        ce = cross_entropy(logits, jnp.tile(label, 2), jnp.tile(mask, 2), cw)
+        alpha = config.loss.alpha
+        return alpha * ce + (1 - alpha) * contrastive, (batch_stats, {"loss/ce": ce, **terms})
+
+    return fn

@@ -1,4 +1,4 @@
-"""Challenge metrics (SPEC 6): confusion matrix, Sp, Se, Score, HS, SPRSound score, recalls.
+"""Challenge metrics (docs/method.md §6): confusion matrix, Sp, Se, Score, HS, SPRSound score, recalls.
 
 Class 0 is the normal class on both datasets; every other class is abnormal. Sp is the recall
 of the normal class; Se counts an abnormal cycle as detected only when it gets its exact class
@@ -16,6 +16,12 @@ from typing import Optional
 import numpy as np
 
 from resp_jax.data.records import CLASSES, SPRSOUND
+
+# The metrics a run reports, in table order, with their display names (results.json, report,
+# sweep).
+NAMES = {"sp": "Sp", "se": "Se", "score": "Score", "hs": "HS",
+         "sprsound_score": "SPRSound score"}
+REPORTED = tuple(NAMES)
 
 
 def _as_int_vector(name: str, x) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedules of the reference code (SPEC 5).
+"""Optimiser and learning-rate schedules of the reference code (docs/method.md §5).
 
 PyTorch's Adam with ``weight_decay`` adds wd * param to the gradient before the moment
 estimates (L2 regularisation, not AdamW's decoupled decay): here `add_decayed_weights` runs
@@ -12,6 +12,9 @@ from typing import Callable
 
 import jax.numpy as jnp
 import optax
+
+# train.schedule: the code's periodic cosine | the paper's one decay | a constant rate
+SCHEDULES = ("periodic_cosine", "cosine", "constant")
 
 
 def epoch_lr(config, epoch):

@@ -26,13 +26,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from resp_jax import metrics  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 
 FIGURE_DIR = "report"
 MAP_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
-METRICS = (("sp", "Sp"), ("se", "Se"), ("score", "Score"), ("hs", "HS"),
-           ("sprsound_score", "SPRSound score"))
 
 
 def _pyplot():
@@ -227,7 +227,7 @@ def _md_table(header: list, rows: list) -> list:
 
 def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     """Writes ``workdir/report.md`` and ``workdir/report/*.png``; returns the .md path."""
-    from resp_jax import metrics, cli, finished_run
+    from resp_jax import cli, finished_run
     from resp_jax.data import run_data
 
     workdir = Path(workdir)
@@ -265,7 +265,7 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
 
     res = run.results
     label = cli.method_label(run.config)
-    keys = [(k, h) for k, h in METRICS if k in res["test"]]
+    keys = [(k, h) for k, h in metrics.NAMES.items() if k in res["test"]]
     lines = [f"# {label} on {res['dataset']} ({res['test_split']})", "",
              f"Run `{workdir}`: seed {res['seed']}, model selection `{res['selection']}`, "
              f"selected epoch {res['epoch']} of stage `{res['stage']}`; "
@@ -336,7 +336,7 @@ def compare_row(directory) -> dict:
 def compare(directories) -> str:
     """A Markdown table of several runs or sweeps (mean ± population std for sweeps)."""
     rows = [compare_row(d) for d in directories]
-    keys = [(k, h) for k, h in METRICS if any(k in r["metrics"] for r in rows)]
+    keys = [(k, h) for k, h in metrics.NAMES.items() if any(k in r["metrics"] for r in rows)]
 
     def cell(r, k):
         if k not in r["metrics"]:

@@ -1,4 +1,4 @@
-"""Model selection (SPEC 5): which epoch a run reports, and the validation split it may use.
+"""Model selection (docs/method.md §5): which epoch a run reports, and the validation split it may use.
 
 Protocols:
   test_best  the epoch with the best test Score (the paper's protocol; optimistic);

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from resp_jax import metrics  # noqa: E402
 from resp_jax.cli import method_label  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,14 +32,11 @@ _WORKDIR = flags.DEFINE_string(
     "runs/<config name>-sweep-<YYYYmmdd-HHMMSS>.")
 flags.mark_flags_as_required(["config"])
 
-METRICS = ("sp", "se", "score", "hs", "sprsound_score")
-HEADERS = {"sp": "Sp", "se": "Se", "score": "Score", "hs": "HS",
-           "sprsound_score": "SPRSound score"}
 
 
 def summarize(runs: list[dict], label: str) -> dict:
     """Mean and population std of each metric over ``runs`` (results.json contents)."""
-    keys = [m for m in METRICS if all(m in r["test"] for r in runs)]
+    keys = [m for m in metrics.REPORTED if all(m in r["test"] for r in runs)]
     table = {}
     for m in keys:
         values = np.array([r["test"][m] for r in runs], np.float64)
@@ -61,11 +59,11 @@ def markdown(summary: dict) -> str:
         f"{summary['runs']} runs (seeds {summary['seeds']}), model selection "
         f"`{summary['selection']}`; mean ± population std, in percent.",
         "",
-        "| method | " + " | ".join(HEADERS[k] for k in keys) + " |",
+        "| method | " + " | ".join(metrics.NAMES[k] for k in keys) + " |",
         "|---|" + "---|" * len(keys),
         f"| {summary['method']} | " + " | ".join(cells) + " |",
         "",
-        "| seed | epoch | " + " | ".join(HEADERS[k] for k in keys) + " |",
+        "| seed | epoch | " + " | ".join(metrics.NAMES[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
     for i, (seed, epoch) in enumerate(zip(summary["seeds"], summary["epochs"])):

@@ -6,15 +6,16 @@ import numpy as np
 import optax
 import pytest
 
-from resp_jax import checkpoint, parallel, train
+from resp_jax import checkpoint, parallel
+from resp_jax.train_state import TrainState
 
 
 def _state(mesh, value=1.0):
     params = {"w": jnp.full((4, 3), value), "b": jnp.arange(3.0)}
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-3))
-    state = train.TrainState(params=params, batch_stats={"mean": jnp.zeros(3)},
+    state = TrainState(params=params, batch_stats={"mean": jnp.zeros(3)},
                              opt_state=tx.init(params), step=jnp.asarray(5, jnp.int32),
-                             rng=jax.random.PRNGKey(3))
+                             rng=jax.random.key_data(jax.random.key(3)))
     return parallel.replicate(state, mesh)
 
 
@@ -27,7 +28,7 @@ def test_round_trip_keeps_values_structure_and_sharding(tmp_path):
     with checkpoint.Checkpoints(tmp_path) as ckpts:  # a new process would do this
         restored, meta = ckpts.restore(checkpoint.LAST, checkpoint.abstract(state))
     assert meta == {"epoch": 1, "batch": 3, "acc": {"loss": 0.5}}
-    assert isinstance(restored, train.TrainState)
+    assert isinstance(restored, TrainState)
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

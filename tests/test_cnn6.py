@@ -9,12 +9,20 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from resp_jax.models import cnn6, get_model
+from resp_jax.models import backbone, build_model, cnn6
+from resp_jax.models.heads import Model
 
 TINY = (2, 4, 4, 8)
+
+def _model(channels=cnn6.DEFAULT_CHANNELS, num_classes=4, heads=(), dtype=jnp.float32):
+    """CNN6 with the shared heads, as `build_model` assembles it."""
+    return Model(encoder=cnn6.CNN6Encoder(channels, "reference", dtype),
+                 num_classes=num_classes, heads=heads, dtype=dtype)
+
 
 
 def _x(batch, frames=36, mel=64, seed=0):
@@ -85,10 +93,10 @@ def test_parameter_count_at_full_width():
     conv = sum(5 * 5 * cin * cout for cin, cout in zip(inputs, channels))
     bn = sum(2 * c for c in channels)  # scale and bias
     assert n_params == conv + bn == 4_304_320
-    assert 4.2e6 <= n_params <= 4.4e6  # SPEC 3: about 4.3 M
+    assert 4.2e6 <= n_params <= 4.4e6  # docs/method.md §3: about 4.3 M
     assert n_stats == bn  # running mean and var
     model_shapes = jax.eval_shape(
-        lambda x: cnn6.Model(heads=("label",)).init(jax.random.key(0), x, train=False),
+        lambda x: _model(heads=("label",)).init(jax.random.key(0), x, train=False),
         jax.ShapeDtypeStruct((1, 64, 32), jnp.float32))
     assert jax.tree.map(lambda a: a.shape, model_shapes["params"]["encoder"]) == \
         jax.tree.map(lambda a: a.shape, shapes["params"])
@@ -210,8 +218,8 @@ def test_train_and_inference_modes():
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state():
     x = _x(4)
-    f32 = cnn6.Model(TINY, num_classes=3, heads=("label",))
-    bf16 = cnn6.Model(TINY, num_classes=3, heads=("label",), dtype=jnp.bfloat16)
+    f32 = _model(TINY, num_classes=3, heads=("label",))
+    bf16 = _model(TINY, num_classes=3, heads=("label",), dtype=jnp.bfloat16)
     variables = bf16.init(jax.random.key(0), x, train=False)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(variables))
 
@@ -229,7 +237,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state():
 
 
 def test_initialisation_follows_panns_and_pytorch():
-    model = cnn6.Model((8, 16, 16, 32), num_classes=4, heads=("label",))
+    model = _model((8, 16, 16, 32), num_classes=4, heads=("label",))
     params = model.init(jax.random.key(0), _x(1), train=False)["params"]
     kernel = np.asarray(params["encoder"]["conv_block4"]["conv"]["kernel"])  # (5, 5, 16, 32)
     bound = math.sqrt(6 / (25 * 16 + 25 * 32))  # xavier_uniform, as PANNs
@@ -252,9 +260,13 @@ def test_initialisation_follows_panns_and_pytorch():
 
 def test_model_outputs_heads_and_methods():
     heads = ("label", "sex+age_group")
-    model = get_model("cnn6", channels=TINY, num_classes=4, heads=heads, proj_hidden=16,
-                      proj_out=8)
-    assert isinstance(model, cnn6.Model)
+    config = ml_collections.ConfigDict({
+        "method": "mscl", "loss": {"heads": ()},
+        "model": {"name": "cnn6", "channels": TINY, "layout": "reference", "dtype": "float32",
+                  "proj_hidden": 16, "proj_out": 8}})
+    config.loss.heads = tuple((h, 0.5) for h in heads)
+    model = build_model(config, num_classes=4)
+    assert isinstance(model, Model) and isinstance(model.encoder, cnn6.CNN6Encoder)
     x = _x(3)
     variables = model.init(jax.random.key(0), x, train=False)
     assert set(variables["params"]) == {"encoder", "classifier", "proj_label",
@@ -274,16 +286,16 @@ def test_model_outputs_heads_and_methods():
     with pytest.raises(KeyError, match="no projector for head 'age'"):
         model.apply(variables, features, "age", method="project")
 
-    plain = cnn6.Model(TINY, num_classes=2)
+    plain = _model(TINY, num_classes=2)
     assert plain.apply(plain.init(jax.random.key(0), x, train=False), x, train=False)["proj"] == {}
 
 
 def test_bad_arguments_are_reported():
     x = _x(2)
     with pytest.raises(ValueError, match="distinct"):
-        cnn6.Model(TINY, heads=("a+b", "a_b")).init(jax.random.key(0), x, train=False)
-    with pytest.raises(ValueError, match="unknown model 'cnn7'.*cnn6"):
-        get_model("cnn7")
+        _model(TINY, heads=("a+b", "a_b")).init(jax.random.key(0), x, train=False)
+    with pytest.raises(ValueError, match=r"config.model.name must be one of \('cnn6'.*'cnn7'"):
+        backbone("cnn7")
     with pytest.raises(ValueError, match="layout must be one of"):
         cnn6.CNN6Encoder(TINY, "sideways").init(jax.random.key(0), x, train=False)
     encoder = cnn6.CNN6Encoder(TINY)

@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from resp_jax import configuration, optim, parallel, train
+from resp_jax import configuration, optim, parallel, steps, train
+from resp_jax.models import build_model
+from resp_jax.train_state import create_train_state
 from train_helpers import tiny_config
 
 # Two devices reduce BatchNorm statistics and the losses in a different order than one:
@@ -32,10 +34,11 @@ def _batches(n_steps, batch, frames, seed=0):
 
 def _train(config, devices, batches, frames):
     mesh = parallel.make_mesh(devices)
-    model = train.build_model(config, 4)
+    model = build_model(config, 4)
     tx = optim.make_optimizer(config, steps_per_epoch=2)
-    state = train.create_train_state(config, model, tx, frames, mesh)
-    step = train.make_train_step(model, tx, config, np.array([.1, .2, .3, .4], np.float32), mesh)
+    state = create_train_state(config, model, tx, (64, frames), mesh)
+    step = steps.make_train_step(model, tx, config, np.array([.1, .2, .3, .4], np.float32), mesh,
+                                 optim.schedule(config, 2))
     losses = []
     for b in batches:
         state, m = step(state, parallel.to_global(b, mesh))

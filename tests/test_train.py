@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resp_jax import checkpoint, configuration, losses, optim, parallel, selection, train
-
+from resp_jax import checkpoint, configuration, losses, optim, parallel, selection, steps, train
 from resp_jax.data import run_data
+from resp_jax.models import build_model
+from resp_jax.stopping import Interrupted, NonFiniteLoss
+from resp_jax.train_state import create_train_state
 from train_helpers import CONFIGS, EXPERIMENTS, ROOT, cli_overrides, tiny_config
 from train_helpers import tiny_icbhi  # noqa: F401  (fixture)
 
@@ -41,11 +43,11 @@ def _batch(seed=0, batch=8, real=8, frames=FRAMES):
 
 def _setup(name, mesh, **overrides):
     config = configuration.resolve(tiny_config(name, **overrides))
-    model = train.build_model(config, 4)
+    model = build_model(config, 4)
     tx = optim.make_optimizer(config, steps_per_epoch=10)
-    state = train.create_train_state(config, model, tx, FRAMES, mesh)
-    step = train.make_train_step(model, tx, config, np.array([.1, .2, .3, .4], np.float32),
-                                 mesh)
+    state = create_train_state(config, model, tx, (64, FRAMES), mesh)
+    step = steps.make_train_step(model, tx, config, np.array([.1, .2, .3, .4], np.float32),
+                                 mesh, optim.schedule(config, 10))
     return config, model, state, step
 
 
@@ -70,11 +72,14 @@ def test_every_method_step_lowers_its_loss_on_a_fixed_batch(name, mesh):
     assert all(np.isfinite(history))
     assert history[-1] < history[0] - 0.05, history
     assert int(state.step) == 6
-    expected_terms = {"ce"} if name == "ce" else {f"supcon/{f}" for f, _ in config.loss.heads}
+    expected_terms = {"loss/ce"} if name == "ce" else {f"loss/{f}" for f, _ in config.loss.heads}
     if name == "hybrid":
-        expected_terms.add("ce")
-    assert set(m) == expected_terms | {"loss", "count"}
+        expected_terms.add("loss/ce")
+    assert set(m) == expected_terms | {"loss", "count", "lr", "grad_norm"}
     assert float(m["count"]) == 8
+    # lr is the schedule's rate at the step that was taken, grad_norm the gradient's norm
+    np.testing.assert_allclose(float(m["lr"]), float(optim.schedule(config, 10)(5)), rtol=1e-6)
+    assert np.isfinite(float(m["grad_norm"])) and float(m["grad_norm"]) > 0
 
 
 def test_two_stage_state_has_no_classifier_one_stage_has_no_projector(mesh):
@@ -90,7 +95,7 @@ def test_encoder_starts_from_converted_weights(mesh, tmp_path):
     from resp_jax.models import cnn6
     channels = (4, 8, 8, 16)
     encoder = cnn6.CNN6Encoder(channels)
-    variables = encoder.init(jax.random.PRNGKey(7), jnp.zeros((1, 64, FRAMES)), train=False)
+    variables = encoder.init(jax.random.key(7), jnp.zeros((1, 64, FRAMES)), train=False)
     variables = {"params": variables["params"],
                  "batch_stats": jax.tree.map(lambda a: a + 0.5, variables["batch_stats"])}
     cnn6.save_encoder(tmp_path / "enc", variables, {"channels": channels})
@@ -118,8 +123,9 @@ def test_hybrid_and_mscl_losses_are_the_papers_combinations(mesh):
         config, model, state, _ = _setup(name, mesh, **overrides)
         assert set(state.params) == {"encoder"} | ({"classifier"} if name == "hybrid" else set()) \
             | {"proj_" + h.replace("+", "_") for h, _ in config.loss.heads}
-        fn = train.loss_fn(model, config, np.array([.1, .2, .3, .4], np.float32))
-        loss, (_, terms) = fn(state.params, state.batch_stats, b)
+        fn = losses.batch_loss(model, config, configuration.heads(config),
+                               np.array([.1, .2, .3, .4], np.float32))
+        loss, (_, terms) = fn(state.params, state.batch_stats, b, jax.random.key(0))
         v = {"params": state.params, "batch_stats": state.batch_stats}
         enc = lambda x, v=v, model=model: model.apply(v, x, True, b["mask"], method="encode",
                                                         mutable=["batch_stats"])
@@ -136,7 +142,11 @@ def test_hybrid_and_mscl_losses_are_the_papers_combinations(mesh):
         else:
             want = sum(w * losses.supcon(z[h], b[h], b["mask"], 0.06)
                        for h, w in config.loss.heads)
-            assert set(terms) == {f"supcon/{h}" for h, _ in config.loss.heads}
+            assert set(terms) == {f"loss/{h}" for h, _ in config.loss.heads}
+            for h, _ in config.loss.heads:  # each head's own, unweighted term
+                np.testing.assert_allclose(float(terms[f"loss/{h}"]),
+                                           float(losses.supcon(z[h], b[h], b["mask"], 0.06)),
+                                           rtol=1e-6)
         np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
 
 
@@ -283,36 +293,62 @@ def _lines(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _evals(workdir):
+    """The per-epoch lines of metrics.jsonl (the others are the per-step logging windows)."""
+    return [l for l in _lines(workdir) if "split" in l]
+
+
 @pytest.fixture(scope="module")
 def baseline(tiny_icbhi, tmp_path_factory):
     """An uninterrupted M-SCL run (2 pretraining epochs, 3 linear epochs); also records how
     often each step was traced and at which steps the loop read the loss back."""
     workdir = tmp_path_factory.mktemp("baseline")
-    train.TRACE_COUNTS.clear()
-    reads, read_loss = [], train.read_loss
+    reads, read_metrics = [], train.read_metrics
 
     def counted(acc):
-        total, count = read_loss(acc)
-        reads.append(count)
-        return total, count
+        host = read_metrics(acc)
+        reads.append(host["epoch/count"])
+        return host
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "read_loss", counted)
+        patch.setattr(train, "read_metrics", counted)
+        _compile_once(patch)  # a second trace of a step fails the run
         results = train.train_and_evaluate(_run_config("mscl", tiny_icbhi), workdir)
-    return workdir, results, {**train.TRACE_COUNTS, "reads": reads}
+    return workdir, results, {"reads": reads}
+
+
+def _compile_once(patch):
+    """Wraps the pure steps in chex.assert_max_traces(n=1): retracing raises."""
+    import chex
+
+    for name in ("train_step_fn", "eval_step_fn"):
+        make = getattr(steps, name)
+        patch.setattr(steps, name, lambda *a, make=make: chex.assert_max_traces(make(*a), n=1))
 
 
 def test_two_stage_run_writes_every_output(baseline):
     workdir, results, traces = baseline
-    assert results["cycles"]["train"] % 8  # so the last batch of an epoch is padded ...
-    assert traces["train_step"] == 1  # ... and still one compilation for every step
+    assert results["cycles"]["train"] % 8  # the last batch of an epoch is padded, and still
+    # one compilation for every step (the fixture's chex.assert_max_traces)
     # The host reads the loss every train.log_every (2) steps and at the end of each epoch,
     # never once per step: the examples counted so far at each read.
     n, steps = results["cycles"]["train"], -(-results["cycles"]["train"] // 8)
     per_epoch = [min(8 * k, n) for k in range(1, steps + 1) if k % 2 == 0 or k == steps]
     assert steps >= 3 and len(per_epoch) < steps
     assert traces["reads"] == per_epoch * 2
-    lines = _lines(workdir)
+    every = _lines(workdir)
+    # at each read, one line with the window's mean of every term, the lr and the grad norm
+    logged = [l for l in every if "step" in l]
+    reads_at = [k for k in range(1, steps + 1) if k % 2 == 0 or k == steps]
+    assert [(l["epoch"], l["step"]) for l in logged] == \
+        [(e + 1, e * steps + k) for e in range(2) for k in reads_at]
+    for l in logged:
+        assert set(l) == {"stage", "step", "epoch", "loss", "loss/label", "loss/sex+age_group",
+                          "lr", "grad_norm"}
+        assert l["stage"] == "pretrain" and l["lr"] == pytest.approx(1e-3, rel=0.2)
+        assert l["loss"] == pytest.approx(0.75 * l["loss/label"] + 0.25 * l["loss/sex+age_group"],
+                                          rel=1e-5)
+    lines = [l for l in every if "split" in l]
     assert [(l["stage"], l["epoch"], l["split"]) for l in lines] == \
         [("pretrain", 1, "train"), ("pretrain", 2, "train")] + \
         [("linear", e, s) for e in (1, 2, 3) for s in ("train", "test")]
@@ -333,11 +369,11 @@ def test_two_stage_run_writes_every_output(baseline):
 
 
 def test_one_stage_run_with_validation_selection(tiny_icbhi, tmp_path):
-    train.TRACE_COUNTS.clear()
-    results = train.train_and_evaluate(
-        _run_config("ce", tiny_icbhi, epochs=3, eval__selection="val"), tmp_path)
-    assert train.TRACE_COUNTS["train_step"] == 1 and train.TRACE_COUNTS["eval_step"] == 1
-    lines = _lines(tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        _compile_once(patch)
+        results = train.train_and_evaluate(
+            _run_config("ce", tiny_icbhi, epochs=3, eval__selection="val"), tmp_path)
+    lines = _evals(tmp_path)
     assert {(l["stage"], l["split"]) for l in lines} == {("train", s)
                                                           for s in ("train", "test", "val")}
     val = [l for l in lines if l["split"] == "val"]
@@ -351,7 +387,7 @@ def test_one_stage_run_with_validation_selection(tiny_icbhi, tmp_path):
 def test_last_epoch_selection(tiny_icbhi, tmp_path):
     results = train.train_and_evaluate(
         _run_config("hybrid", tiny_icbhi, epochs=2, eval__selection="last"), tmp_path)
-    last = [l for l in _lines(tmp_path) if l["split"] == "test"][-1]
+    last = [l for l in _evals(tmp_path) if l["split"] == "test"][-1]
     assert results["epoch"] == 2 and results["test"]["score"] == last["score"]
 
 
@@ -372,7 +408,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(baseline, tiny_icbhi, tmp_pa
                                                     monkeypatch):
     base_dir, base_results, _ = baseline
     _signal_at(monkeypatch, epoch=1, batch=3)
-    with pytest.raises(train.Interrupted, match="checkpoint saved") as info:
+    with pytest.raises(Interrupted, match="checkpoint saved") as info:
         train.train_and_evaluate(_run_config("mscl", tiny_icbhi), tmp_path)
     assert info.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
@@ -402,7 +438,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_icbhi, tmp_path,
 
     monkeypatch.setattr(run_data.RunData, "train_batches", poisoned)
     config = _run_config("ce", tiny_icbhi, epochs=3)
-    with pytest.raises(train.NonFiniteLoss,
+    with pytest.raises(NonFiniteLoss,
                        match=r"training loss became nan in epoch 2 .*last good checkpoint is "
                              r".*ckpt/last/\d+"):
         train.train_and_evaluate(config, tmp_path)
@@ -410,7 +446,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_icbhi, tmp_path,
         meta = ckpts.meta()
     assert meta["epoch"] == 1 and meta["batch"] == 0  # the end of the first (good) epoch
     assert not (tmp_path / "results.json").exists()
-    assert [l["epoch"] for l in _lines(tmp_path)] == [1, 1]  # train + test of epoch 1
+    assert [l["epoch"] for l in _evals(tmp_path)] == [1, 1]  # train + test of epoch 1
 
 
 def test_sigkill_then_same_command_ends_like_an_uninterrupted_run(baseline, tiny_icbhi,

@@ -141,9 +141,10 @@ def run_train_step(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from resp_jax import configuration, optim, parallel, train
+    from resp_jax import configuration, optim, parallel, steps
     from resp_jax.data import metadata
-    from resp_jax.models import cnn6
+    from resp_jax.models import build_model, heads
+    from resp_jax.train_state import create_train_state
 
     if args.vs_torch and args.method != "scl":
         raise SystemExit("--vs-torch compares the SupCon step (tools/torch_reference.py "
@@ -155,11 +156,12 @@ def run_train_step(args) -> dict:
     config = configuration.resolve(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(args.batch, mesh)
-    model = train.build_model(config, num_classes=4)
+    model = build_model(config, num_classes=4)
     tx = optim.make_optimizer(config, steps_per_epoch=100)
-    state = train.create_train_state(config, model, tx, args.frames, mesh, pretrained=None)
-    step = train.make_train_step(model, tx, config, np.full(4, 0.25, np.float32), mesh)
-    eval_step = train.make_eval_step(model, None, mesh)
+    state = create_train_state(config, model, tx, (64, args.frames), mesh, pretrained=None)
+    step = steps.make_train_step(model, tx, config, np.full(4, 0.25, np.float32), mesh,
+                                 optim.schedule(config, 100))
+    eval_step = steps.make_eval_step(model, None, mesh)
 
     rng = np.random.default_rng(0)
     host = {"view1": rng.standard_normal((args.batch, 64, args.frames), np.float32),
@@ -174,7 +176,7 @@ def run_train_step(args) -> dict:
 
     holder = {"state": state}
     # Inference variables for the forward pass: copies, since every step donates `state`.
-    classifier = cnn6.Classifier(4).init(jax.random.key(1),
+    classifier = heads.Classifier(4).init(jax.random.key(1),
                                          np.zeros((1, config.model.channels[-1]), np.float32))
     variables = jax.tree.map(jnp.copy, {"params": {**state.params,
                                                    "classifier": classifier["params"]},

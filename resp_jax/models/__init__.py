@@ -1,18 +1,40 @@
-"""Flax models, loaded by name (the config's ``model.name``)."""
+"""Backbones, loaded by name (the config's ``model.name``), and the model built from a config.
+
+A backbone is a module in this package exposing
+  ``encoder(config) -> nn.Module``: ``(x [batch, bins, frames], train, mask) -> [batch, D]``;
+  ``pretrained(config, input_shape) -> variables | None``: the converted weights named by
+      ``model.init_from`` (checked against the config), or None to train from scratch.
+Adding one is a new file here plus an entry in `BACKBONES`; heads, losses and the loop are
+shared (`resp_jax.models.heads`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from types import ModuleType
 
-from resp_jax.models import cnn6
+import jax.numpy as jnp
 
-MODELS = {"cnn6": cnn6.Model}
+from resp_jax.models import cnn6, heads
+
+BACKBONES: dict[str, ModuleType] = {"cnn6": cnn6}
+DTYPES = ("float32", "bfloat16")  # model.dtype: the compute dtype (parameters stay float32)
 
 
-def get_model(name: str, **kw: Any):
-    """An unbound model of architecture ``name`` built with keyword fields ``kw``."""
+def backbone(name: str) -> ModuleType:
     try:
-        cls = MODELS[name]
+        return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}") from None
-    return cls(**kw)
+        raise ValueError(f"config.model.name must be one of {tuple(BACKBONES)}, "
+                         f"got {name!r}") from None
+
+
+def build_model(config, num_classes: int, head_names=None) -> heads.Model:
+    """The unbound model of ``config``: its backbone's encoder, the classifier and one
+    projector per contrastive head (``head_names``; default: the fields of loss.heads, none
+    for 'ce')."""
+    if head_names is None:
+        head_names = () if config.method == "ce" else tuple(f for f, _ in config.loss.heads)
+    return heads.Model(encoder=backbone(config.model.name).encoder(config),
+                       num_classes=num_classes, heads=tuple(head_names),
+                       proj_hidden=config.model.proj_hidden, proj_out=config.model.proj_out,
+                       dtype=jnp.dtype(config.model.dtype))

@@ -1,10 +1,10 @@
-"""CNN6 encoder (PANNs architecture), its heads, and the converted-weights format (SPEC 3, 7).
+"""CNN6 encoder (PANNs architecture) and its converted-weights format (docs/method.md §3, §7).
 
 The encoder maps log-mel spectrograms ``x [batch, mel, frames]`` to ``[batch, channels[-1]]``
 features: 4 blocks of 5x5 convolution (stride 1, padding 2, no bias) -> BatchNorm -> ReLU ->
 2x2 average pooling (floor, as ``torch.nn.functional.avg_pool2d``), then a global pool.
 
-Two orientations of the spectrogram image exist (SPEC 3):
+Two orientations of the spectrogram image exist (docs/method.md §3):
 
 - ``'reference'`` (default; the paper's code): the image is (freq, time) = (H, W). After the
   blocks: mean over time, then max + mean over frequency.
@@ -17,6 +17,8 @@ converted PyTorch kernel ``(out, in, kh, kw)`` becomes the flax kernel ``(kh, kw
 BatchNorm (`BatchNorm`) follows PyTorch's BatchNorm2d exactly: momentum 0.1 (new running =
 0.9 * old + 0.1 * batch), eps 1e-5, normalisation by the biased two-pass batch variance and a
 running variance updated with the unbiased one.
+
+The projectors and the classifier are shared by every backbone (`resp_jax.models.heads`).
 
 Converted encoders live in a directory holding ``encoder.json`` (format, channels, layout,
 provenance) and ``state/`` (an orbax checkpoint of ``{'params', 'batch_stats'}``); write one
@@ -60,33 +62,6 @@ def _check_layout(layout: str) -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     return layout
-
-
-def _head_key(head: str) -> str:
-    return head.replace("+", "_")
-
-
-def head_module_name(head: str) -> str:
-    """Submodule name of the projector for ``head`` (a metadata field such as 'sex+age_group')."""
-    return "proj_" + _head_key(head)
-
-
-def _torch_linear_init(fan_in: int):
-    """PyTorch's default nn.Linear init: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def bias_init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    # kaiming_uniform(a=sqrt(5)) == variance_scaling(1/3, fan_in, uniform): bound 1/sqrt(fan_in).
-    kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-    return kernel_init, bias_init
-
-
-def _dense(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
-    kernel_init, bias_init = _torch_linear_init(fan_in)
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=kernel_init, bias_init=bias_init, name=name)
 
 
 class BatchNorm(nn.Module):
@@ -193,83 +168,23 @@ class CNN6Encoder(nn.Module):
         return image.max(axis=1) + image.mean(axis=1)
 
 
-class Projector(nn.Module):
-    """Contrastive head Linear(hidden) -> ReLU -> Linear(out); PyTorch default Linear init.
-
-    Output is not L2-normalised (the losses do that) and is float32.
-    """
-
-    hidden: int = 512
-    out: int = 128
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, features: jax.Array) -> jax.Array:
-        h = _dense(self.hidden, features.shape[-1], self.dtype, "hidden")(features)
-        h = nn.relu(h)
-        z = _dense(self.out, self.hidden, self.dtype, "out")(h)
-        return z.astype(jnp.float32)
+def encoder(config) -> CNN6Encoder:
+    """The encoder of a config (``model.channels``, ``model.layout``, ``model.dtype``)."""
+    return CNN6Encoder(tuple(config.model.channels), config.model.layout,
+                       jnp.dtype(config.model.dtype))
 
 
-class Classifier(nn.Module):
-    """Linear classifier on encoder features; PyTorch default Linear init; float32 logits."""
-
-    num_classes: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, features: jax.Array) -> jax.Array:
-        logits = _dense(self.num_classes, features.shape[-1], self.dtype, "linear")(features)
-        return logits.astype(jnp.float32)
-
-
-class Model(nn.Module):
-    """Encoder + linear classifier + one projector per contrastive head (M-SCL has several).
-
-    Submodules: ``encoder``, ``classifier``, ``proj_<head>`` with '+' in the head name
-    replaced by '_' (e.g. head 'sex+age_group' -> ``proj_sex_age_group``). Outputs are keyed by
-    the head names as given. All outputs are float32 whatever ``dtype`` the computation uses.
-    """
-
-    channels: Sequence[int] = DEFAULT_CHANNELS
-    layout: str = "reference"
-    num_classes: int = 4
-    heads: Sequence[str] = ()
-    proj_hidden: int = 512
-    proj_out: int = 128
-    dtype: Any = jnp.float32
-
-    def setup(self):
-        names = [head_module_name(h) for h in self.heads]
-        if len(set(names)) != len(names) or not all(self.heads):
-            raise ValueError(f"head names must be non-empty and distinct after replacing '+' "
-                             f"with '_', got {tuple(self.heads)!r}")
-        self.encoder = CNN6Encoder(self.channels, self.layout, self.dtype)
-        self.classifier = Classifier(self.num_classes, self.dtype)
-        # A dict attribute named 'proj' gives the submodules the names 'proj_<key>'.
-        self.proj = {_head_key(h): Projector(self.proj_hidden, self.proj_out, self.dtype)
-                     for h in self.heads}
-
-    def encode(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
-        return self.encoder(x, train, mask)
-
-    def classify(self, features: jax.Array) -> jax.Array:
-        return self.classifier(features)
-
-    def project(self, features: jax.Array, head: str) -> jax.Array:
-        key = _head_key(head)
-        if key not in self.proj:
-            raise KeyError(f"no projector for head {head!r}; heads are {tuple(self.heads)!r}")
-        return self.proj[key](features)
-
-    def __call__(self, x: jax.Array, train: bool,
-                 mask: jax.Array | None = None) -> dict[str, Any]:
-        features = self.encode(x, train, mask)
-        return {
-            "features": features,
-            "logits": self.classify(features),
-            "proj": {head: self.project(features, head) for head in self.heads},
-        }
+def pretrained(config, input_shape=None) -> dict[str, Any] | None:
+    """The converted encoder of ``model.init_from`` (checked against model.channels), or None.
+    CNN6 pools globally, so any input shape fits the same weights."""
+    if not config.model.init_from:
+        return None
+    loaded, variables = load_pretrained(config.model.init_from)
+    if tuple(loaded.channels) != tuple(config.model.channels):
+        raise ValueError(f"{config.model.init_from} holds a CNN6 encoder with channels "
+                         f"{tuple(loaded.channels)}, but config.model.channels is "
+                         f"{tuple(config.model.channels)}")
+    return variables
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,7 +228,7 @@ def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
     directory beside ``directory`` and renamed into place, so a failure leaves nothing behind.
     An existing non-empty ``directory`` is an error unless ``overwrite``.
     """
-    import orbax.checkpoint as ocp
+    from resp_jax import checkpoint
 
     channels = _check_channels(meta["channels"])
     layout = _check_layout(meta.get("layout", "reference"))
@@ -335,8 +250,7 @@ def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(tmp / STATE_DIR, state)
+        checkpoint.save_arrays(tmp / STATE_DIR, state)
         (tmp / META_FILE).write_text(text)
         if directory.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
@@ -383,15 +297,11 @@ def load_pretrained(directory: str | os.PathLike, *, layout: str | None = None,
     train=False)`` maps ``x [B, mel, frames]`` to ``[B, channels[-1]]``. ``layout`` overrides
     the stored orientation (the weights are the same in both).
     """
-    import orbax.checkpoint as ocp
+    from resp_jax import checkpoint
 
     meta = encoder_meta(directory)
     state_dir = (Path(directory) / STATE_DIR).absolute()
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            restored = checkpointer.restore(state_dir)
-    except Exception as e:  # orbax raises many types; name the directory
-        raise ValueError(f"{state_dir}: cannot read the orbax checkpoint: {e}") from e
+    restored = checkpoint.restore_arrays(state_dir)
     restored = {k: restored[k] for k in restored}
     diffs = _differences(encoder_shapes(meta["channels"]), restored)
     if diffs:

@@ -1,0 +1,124 @@
+"""Backbone-agnostic parts of every model: projectors, the linear classifier, and `Model`,
+which bundles any encoder from the registry with them (docs/method.md §3).
+
+The heads sit on the encoder's pooled features ``[batch, D]``, so every method (CE, SupCon,
+SimCLR, hybrid, M-SCL) runs on every backbone. Parameter names are those of the converted
+checkpoints and of saved runs: ``encoder``, ``classifier/linear``, ``proj_<head>/{hidden,out}``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _head_key(head: str) -> str:
+    return head.replace("+", "_")
+
+
+def head_module_name(head: str) -> str:
+    """Submodule name of the projector for ``head`` (a metadata field such as 'sex+age_group')."""
+    return "proj_" + _head_key(head)
+
+
+def _torch_linear_init(fan_in: int):
+    """PyTorch's default nn.Linear init: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    # kaiming_uniform(a=sqrt(5)) == variance_scaling(1/3, fan_in, uniform): bound 1/sqrt(fan_in).
+    kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    return kernel_init, bias_init
+
+
+def torch_dense(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
+    """A Dense layer initialised as PyTorch's nn.Linear, float32 parameters."""
+    kernel_init, bias_init = _torch_linear_init(fan_in)
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=kernel_init, bias_init=bias_init, name=name)
+
+
+class Projector(nn.Module):
+    """Contrastive head Linear(hidden) -> ReLU -> Linear(out); PyTorch default Linear init.
+
+    Output is not L2-normalised (the losses do that) and is float32.
+    """
+
+    hidden: int = 512
+    out: int = 128
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        h = torch_dense(self.hidden, features.shape[-1], self.dtype, "hidden")(features)
+        h = nn.relu(h)
+        z = torch_dense(self.out, self.hidden, self.dtype, "out")(h)
+        return z.astype(jnp.float32)
+
+
+class Classifier(nn.Module):
+    """Linear classifier on encoder features; PyTorch default Linear init; float32 logits."""
+
+    num_classes: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        logits = torch_dense(self.num_classes, features.shape[-1], self.dtype,
+                             "linear")(features)
+        return logits.astype(jnp.float32)
+
+
+class Model(nn.Module):
+    """Encoder + linear classifier + one projector per contrastive head (M-SCL has several).
+
+    ``encoder`` is any module ``(x, train, mask) -> [batch, D]`` (see `resp_jax.models`).
+    Submodules: ``encoder``, ``classifier``, ``proj_<head>`` with '+' in the head name
+    replaced by '_' (head 'sex+age_group' -> ``proj_sex_age_group``). Outputs are keyed by the
+    head names as given, and are float32 whatever ``dtype`` the computation uses.
+    """
+
+    encoder: nn.Module
+    num_classes: int = 4
+    heads: Sequence[str] = ()
+    proj_hidden: int = 512
+    proj_out: int = 128
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        names = [head_module_name(h) for h in self.heads]
+        if len(set(names)) != len(names) or not all(self.heads):
+            raise ValueError(f"head names must be non-empty and distinct after replacing '+' "
+                             f"with '_', got {tuple(self.heads)!r}")
+        self.classifier = Classifier(self.num_classes, self.dtype)
+        # A dict attribute named 'proj' gives the submodules the names 'proj_<key>'.
+        self.proj = {_head_key(h): Projector(self.proj_hidden, self.proj_out, self.dtype)
+                     for h in self.heads}
+
+    def encode(self, x: jax.Array, train: bool, mask: jax.Array | None = None,
+               **kw: Any) -> jax.Array:
+        return self.encoder(x, train, mask, **kw)
+
+    def classify(self, features: jax.Array) -> jax.Array:
+        return self.classifier(features)
+
+    def project(self, features: jax.Array, head: str) -> jax.Array:
+        key = _head_key(head)
+        if key not in self.proj:
+            raise KeyError(f"no projector for head {head!r}; heads are {tuple(self.heads)!r}")
+        return self.proj[key](features)
+
+    def __call__(self, x: jax.Array, train: bool,
+                 mask: jax.Array | None = None) -> dict[str, Any]:
+        features = self.encode(x, train, mask)
+        return {
+            "features": features,
+            "logits": self.classify(features),
+            "proj": {head: self.project(features, head) for head in self.heads},
+        }
