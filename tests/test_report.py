@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from resp_jax import report, sweep
+from resp_jax import figures, report, sweep
 from train_helpers import ROOT, tiny_icbhi, trained_runs  # noqa: F401  (fixtures)
 
 FIGURES = ("confusion.png", "recall.png", "curves.png", "embedding.png")
@@ -69,25 +69,35 @@ def test_report_has_every_figure_and_recomputes_the_results(reports, key):
 
 def test_curves_follow_metrics_jsonl(reports):
     records = report.read_metrics(reports["ce"][0])
-    assert {(r["stage"], r["split"]) for r in records} == {("train", "train"), ("train", "test"),
-                                                           ("train", "val")}
-    assert f"From `metrics.jsonl` ({len(records)} evaluations)" in reports["ce"][1].read_text()
-    panels = report.curve_panels(records)
-    assert [(stage, key, sorted(s)) for stage, key, s in panels] == [
-        ("train", "loss", ["test", "train", "val"]), ("train", "score", ["test", "val"])]
+    evaluations = [r for r in records if "split" in r]
+    windows = [r for r in records if "step" in r]
+    assert {(r["stage"], r["split"]) for r in evaluations} == {
+        ("train", "train"), ("train", "test"), ("train", "val")}
+    assert windows and len(evaluations) + len(windows) == len(records)
+    assert (f"From `metrics.jsonl` ({len(evaluations)} evaluations, {len(windows)} logging "
+            "windows)") in reports["ce"][1].read_text()
+    panels = figures.curve_panels(records)
+    assert [(stage, key, sorted(s), x) for stage, key, s, x in panels] == [
+        ("train", "loss", ["test", "train", "val"], "epoch"),
+        ("train", "score", ["test", "val"], "epoch"),
+        ("train", "step losses", ["loss", "loss/ce"], "step"),
+        ("train", "lr", ["lr"], "step"), ("train", "grad_norm", ["grad_norm"], "step")]
     assert [e for e, _ in panels[0][2]["val"]] == [1, 2]
-    assert report.map_panels("sprsound")[-1][0] == "location"
+    assert panels[2][2]["loss/ce"] == [(r["step"], r["loss/ce"]) for r in windows]
+    assert figures.map_panels("sprsound")[-1][0] == "location"
 
 
 def test_two_stage_curves_give_each_stage_its_own_panels(reports):
     """Pretraining (SupCon) and the linear classifier (CE) restart at epoch 1 and have losses
     on different scales: one shared axis would overlay unrelated curves."""
     records = report.read_metrics(reports["mscl"][0])
-    panels = report.curve_panels(records)
-    assert [(stage, key, sorted(s)) for stage, key, s in panels] == [
+    panels = figures.curve_panels(records)
+    assert [(stage, key, sorted(s)) for stage, key, s, _ in panels] == [
         ("pretrain", "loss", ["train"]), ("linear", "loss", ["test", "train"]),
-        ("linear", "score", ["test"])]
-    pretrain = [r for r in records if r["stage"] == "pretrain"]
+        ("linear", "score", ["test"]),
+        ("pretrain", "step losses", ["loss", "loss/device", "loss/label", "loss/location"]),
+        ("pretrain", "lr", ["lr"]), ("pretrain", "grad_norm", ["grad_norm"])]
+    pretrain = [r for r in records if r["stage"] == "pretrain" and "split" in r]
     assert panels[0][2]["train"] == [(r["epoch"], r["loss"]) for r in pretrain]
 
 
