@@ -1,4 +1,4 @@
-"""Every configuration field of resp_jax, with the paper's hyperparameters (SPEC 5) as defaults.
+"""Every configuration field of resp_jax, with the paper's hyperparameters (docs/method.md §5) as defaults.
 
 Experiments (configs/ce.py, scl.py, ...) start from `get_config` and change what differs.
 Fields left as placeholders (None) are dataset- or init-dependent and are filled in one place,
@@ -12,9 +12,10 @@ Command-line overrides come after: `--config.train.epochs=10`.
 
 from ml_collections import config_dict
 
+from resp_jax.data.records import DATASETS
+
 placeholder = config_dict.placeholder
 
-DATASETS = ("icbhi", "sprsound")
 
 
 def get_config(arg=None):
@@ -42,9 +43,12 @@ def get_config(arg=None):
     data.test_split = placeholder(str)  # split reported as 'test'; None = 'test' (ICBHI),
                                         # 'inter_test' (SPRSound)
 
-    # SpecAugment on training views only (SPEC 2.6); each view draws its own masks.
+    # SpecAugment on training views only (docs/method.md §2.6); each view draws its own masks.
     config.augment = augment = config_dict.ConfigDict()
-    augment.prob = 0.84            # probability of applying the whole block to a view
+    augment.prob = 0.84            # probability of applying the whole block (P(N(0,1) < 1))
+    augment.apply_per = "batch"    # who draws that probability: 'batch' (one draw per batch and
+                                   # view: the reference) | 'example' (one draw per example);
+                                   # mask positions and widths are drawn per example either way
     augment.freq_masks = 2         # number of frequency masks
     augment.freq_width = 20        # mask width uniform in [0, freq_width) mel bins
     augment.time_masks = 2         # number of time masks
@@ -90,9 +94,12 @@ def get_config(arg=None):
     train.log_every = 50              # steps between host reads of the loss (progress, NaN check)
 
     # Second stage of two-stage methods: a linear classifier on frozen encoder features
-    # (inference mode, no SpecAugment), computed once.
+    # (inference mode, no SpecAugment).
     config.linear_eval = linear = config_dict.ConfigDict()
-    linear.epochs = 100
+    linear.features = "per_epoch"     # 'per_epoch': recomputed every epoch from shuffled training
+                                      # batches, each min-maxed on its own (the reference) |
+                                      # 'cached': computed once from file-order batches (faster)
+    linear.epochs = 100               # the M-SCL code's --epochs2; the original SCL code used 50
     linear.lr = 0.1                   # Adam, no schedule
     linear.weight_decay = 1e-4        # L2 added to the gradient, as in training
     linear.batch_size = 128

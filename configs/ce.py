@@ -1,4 +1,4 @@
-"""Cross-entropy: encoder and linear classifier trained together (SPEC 8 rows 'CE').
+"""Cross-entropy: encoder and linear classifier trained together (docs/method.md §8 rows 'CE').
 
 Arguments as in base.py, e.g. `--config=configs/ce.py:quick,sprsound`.
 """

@@ -24,7 +24,7 @@ def default_workdir(spec: str, now: float | None = None, kind: str = "") -> Path
 
 
 def method_label(config) -> str:
-    """The SPEC 8 row name of a config (e.g. 'M-SCL w/ sex+age & class, AudioSet')."""
+    """The docs/method.md §8 row name of a config (e.g. 'M-SCL w/ sex+age & class, AudioSet')."""
     heads = tuple(f for f, _ in config.loss.heads)
     names = {
         ("ce", None): "CE", ("hybrid", ("label",)): "Hybrid",

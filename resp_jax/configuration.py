@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 
 import jax
 import ml_collections
 
-from resp_jax import logging_utils, losses, models, optim, selection
-from resp_jax.data import metadata, records
+from resp_jax import linear_eval, logging_utils, losses, models, optim, selection
+from resp_jax.data import audio, metadata, pipeline, records
 
 # What differs between datasets (docs/method.md §4, §5). Normalisation constants are the same for both
 # (the reference reuses ICBHI's) and live in configs/base.py.
@@ -45,26 +44,7 @@ def _positive(name: str, value) -> None:
         raise ValueError(f"config.{name} must be > 0, got {value!r}")
 
 
-HEADS_FORMAT = "(('label', 0.5), ('device', 0.25), ...): (field, weight) pairs"
-
-
-def heads(config) -> tuple[tuple[str, float], ...]:
-    """The contrastive heads as (field, weight) pairs; none for 'ce'. A malformed entry (on
-    the command line, "(('label', 0.5))" is one pair, not a tuple of pairs) is a ValueError
-    that names it, not an unpacking error."""
-    if config.method == "ce":
-        return ()
-    out = []
-    for k, head in enumerate(config.loss.heads):
-        if not (isinstance(head, (tuple, list)) and len(head) == 2 and isinstance(head[0], str)):
-            raise ValueError(f"config.loss.heads[{k}] is {head!r}; expected {HEADS_FORMAT}")
-        field, weight = head
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
-                not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"config.loss.heads[{k}]: weight {weight!r} of head {field!r} is "
-                             f"not a number >= 0; expected {HEADS_FORMAT}")
-        out.append((field, float(weight)))
-    return tuple(out)
+heads = losses.heads  # the contrastive heads of a config, checked
 
 
 def fields(config) -> tuple[str, ...]:
@@ -90,10 +70,12 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice("eval.selection", config.eval.selection, selection.PROTOCOLS)
     _choice("train.schedule", config.train.schedule, optim.SCHEDULES)
     _choice("loss.denominator", config.loss.denominator, losses.DENOMINATORS)
-    _choice("data.pad", config.data.pad, ("circular", "zero"))
-    _choice("data.norm", config.data.norm, ("reference", "dataset"))
+    _choice("data.pad", config.data.pad, audio.PAD_MODES)
+    _choice("data.norm", config.data.norm, pipeline.NORMS)
     _choice("model.dtype", config.model.dtype, models.DTYPES)
     _choice("model.name", config.model.name, tuple(models.BACKBONES))
+    _choice("linear_eval.features", config.linear_eval.features, linear_eval.FEATURES)
+    _choice("augment.apply_per", config.augment.apply_per, pipeline.APPLY_PER)
 
     defaults = DATASET_DEFAULTS[name]
     if config.train.epochs is None:

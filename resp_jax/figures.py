@@ -111,9 +111,11 @@ PANEL_TITLES = {"loss": "Loss", "score": "Score", "step losses": "Loss terms per
                 "lr": "Learning rate", "grad_norm": "Gradient norm"}
 
 
-def plot_curves(records: list, path: Path, selected: tuple | None = None) -> None:
+def plot_curves(records: list, path: Path, selected: tuple | None = None,
+                recent: dict | None = None) -> None:
     """`curve_panels` in rows of four; ``selected`` (stage, epoch) is marked on its stage's
-    per-epoch panels."""
+    per-epoch panels, and ``recent`` (results.json ``test_score_recent``) shaded on its Score
+    panel over the epochs it covers."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
     panels = curve_panels(records)
@@ -129,6 +131,10 @@ def plot_curves(records: list, path: Path, selected: tuple | None = None) -> Non
         if selected is not None and selected[0] == stage and xlabel == "epoch":
             ax.axvline(selected[1], color="grey", linestyle="--", linewidth=1,
                        label=f"selected epoch ({selected[1]})")
+        if recent and selected is not None and selected[0] == stage and key == "score":
+            lo, hi = recent["mean"] - recent["std"], recent["mean"] + recent["std"]
+            ax.fill_between(recent["epochs"], [lo, lo], [hi, hi], color="tab:red", alpha=0.15,
+                            label=f"test, last epochs: {recent['mean']:.2f} ± {recent['std']:.2f}")
         ax.set_title(f"{PANEL_TITLES[key]}: {STAGES.get(stage, stage)}", fontsize=10)
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -11,6 +11,7 @@ Computation runs in float32 at least (float64 stays float64), whatever the input
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import jax
@@ -208,10 +209,32 @@ def multi_head(proj: Mapping[str, jax.Array], labels: Mapping[str, jax.Array], m
     return total, per_head
 
 
+HEADS_FORMAT = "(('label', 0.5), ('device', 0.25), ...): (field, weight) pairs"
+
+
+def heads(config) -> tuple[tuple[str, float], ...]:
+    """The contrastive heads as (field, weight) pairs; none for 'ce'. A malformed entry (on
+    the command line, "(('label', 0.5))" is one pair, not a tuple of pairs) is a ValueError
+    that names it, not an unpacking error."""
+    if config.method == "ce":
+        return ()
+    out = []
+    for k, head in enumerate(config.loss.heads):
+        if not (isinstance(head, (tuple, list)) and len(head) == 2 and isinstance(head[0], str)):
+            raise ValueError(f"config.loss.heads[{k}] is {head!r}; expected {HEADS_FORMAT}")
+        field, weight = head
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
+                not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"config.loss.heads[{k}]: weight {weight!r} of head {field!r} is "
+                             f"not a number >= 0; expected {HEADS_FORMAT}")
+        out.append((field, float(weight)))
+    return tuple(out)
+
+
 def batch_loss(model, config, heads, class_weights=None):
     """``f(params, batch_stats, batch, rng) -> (loss, (new batch_stats, terms))``: the loss of
     one training batch under ``config.method`` with the contrastive ``heads`` ((field, weight)
-    pairs, `resp_jax.configuration.heads`).
+    pairs, `heads`).
 
     'ce' classifies ``view1``; the others encode both views (in two calls when
     ``model.bn_per_view``, so BatchNorm statistics are per view, as in the reference), project

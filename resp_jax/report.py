@@ -85,7 +85,7 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     plot_confusion(cm, classes, figures / "confusion.png")
     plot_recall(recall, support, classes, figures / "recall.png", out["split"])
     plot_curves(records, figures / "curves.png",
-                (run.results["stage"], run.results["epoch"]))
+                (run.results["stage"], run.results["epoch"]), run.results.get("test_score_recent"))
     n = len(out["label"])
     rows = np.arange(n)
     if n > max_points:
@@ -127,8 +127,16 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
               f"From `metrics.jsonl` ({sum('split' in r for r in records)} evaluations, "
               f"{sum('step' in r for r in records)} logging windows); per stage, the loss "
               "and Score per epoch (dashed line: the selected epoch), then every loss term, "
-              "the learning rate and the gradient norm per step.", "",
-              "## Embedding map", ""]
+              "the learning rate and the gradient norm per step.", ""]
+    recent = res.get("test_score_recent")
+    if recent:
+        lines += [f"Test Score over epochs {recent['epochs'][0]}-{recent['epochs'][1]} of stage "
+                  f"`{res['stage']}`: {recent['mean']:.2f} ± {recent['std']:.2f} (mean ± std, "
+                  "the shaded band), against the selected epoch's "
+                  f"{res['test']['score']:.2f}: `{res['selection']}` selection on the test "
+                  "split reports the top of this swing (README, \"Comparing with the paper\").",
+                  ""]
+    lines += ["## Embedding map", ""]
     if map_note:
         lines.append(map_note)
     else:

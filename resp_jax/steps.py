@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from resp_jax import configuration, losses, metrics, parallel
+from resp_jax import losses, metrics, parallel
 
 
 def train_step_fn(model, tx, config, class_weights, learning_rate: Callable) -> Callable:
@@ -24,7 +24,7 @@ def train_step_fn(model, tx, config, class_weights, learning_rate: Callable) -> 
     ``loss/ce``), the learning rate the update used (``lr``), the global norm of the gradient
     (``grad_norm``) and the number of real examples (``count``).
     """
-    compute = losses.batch_loss(model, config, configuration.heads(config), class_weights)
+    compute = losses.batch_loss(model, config, losses.heads(config), class_weights)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(state.key, state.step)

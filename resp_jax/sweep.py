@@ -5,7 +5,7 @@
 Seed k (0-based) trains with train.seed = config.train.seed + k in DIR/seed_<k>. Seeds run one
 after another; rerunning the same command skips finished seeds (their results.json exists)
 and resumes an interrupted one from its checkpoint. DIR/summary.md and DIR/summary.json hold the
-table in the layout of SPEC 8; std is the population standard deviation (numpy's default).
+table in the layout of docs/method.md §8; std is the population standard deviation (numpy's default).
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ flags.mark_flags_as_required(["config"])
 
 
 
+# Beside the selected epoch's metrics: each run's mean test Score over the last epochs of its
+# selection stage (results.json test_score_recent), which test_best selection cannot inflate.
+RECENT = "score_recent"
+HEADERS = {**metrics.NAMES, RECENT: "Score, last epochs"}
+
+
 def summarize(runs: list[dict], label: str) -> dict:
     """Mean and population std of each metric over ``runs`` (results.json contents)."""
     keys = [m for m in metrics.REPORTED if all(m in r["test"] for r in runs)]
@@ -42,11 +48,23 @@ def summarize(runs: list[dict], label: str) -> dict:
         values = np.array([r["test"][m] for r in runs], np.float64)
         table[m] = {"mean": float(values.mean()), "std": float(values.std()),
                     "values": values.tolist()}
+    if all(r.get("test_score_recent") for r in runs):  # runs since the selection-noise figure
+        means = np.array([r["test_score_recent"]["mean"] for r in runs], np.float64)
+        table[RECENT] = {"mean": float(means.mean()), "std": float(means.std()),
+                         "values": means.tolist(),
+                         "within_std": [r["test_score_recent"]["std"] for r in runs]}
     first = runs[0]
     return {"method": label, "dataset": first["dataset"], "test_split": first["test_split"],
             "selection": first["selection"], "runs": len(runs),
             "seeds": [r["seed"] for r in runs], "epochs": [r["epoch"] for r in runs],
             "metrics": table}
+
+
+def _seed_cell(metric: dict, i: int) -> str:
+    cell = f"{metric['values'][i]:.2f}"
+    if "within_std" in metric:  # the run's own swing over its last epochs
+        cell += f" ± {metric['within_std'][i]:.2f}"
+    return cell
 
 
 def markdown(summary: dict) -> str:
@@ -59,15 +77,15 @@ def markdown(summary: dict) -> str:
         f"{summary['runs']} runs (seeds {summary['seeds']}), model selection "
         f"`{summary['selection']}`; mean ± population std, in percent.",
         "",
-        "| method | " + " | ".join(metrics.NAMES[k] for k in keys) + " |",
+        "| method | " + " | ".join(HEADERS[k] for k in keys) + " |",
         "|---|" + "---|" * len(keys),
         f"| {summary['method']} | " + " | ".join(cells) + " |",
         "",
-        "| seed | epoch | " + " | ".join(metrics.NAMES[k] for k in keys) + " |",
+        "| seed | epoch | " + " | ".join(HEADERS[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
     for i, (seed, epoch) in enumerate(zip(summary["seeds"], summary["epochs"])):
-        values = " | ".join(f"{summary['metrics'][k]['values'][i]:.2f}" for k in keys)
+        values = " | ".join(_seed_cell(summary["metrics"][k], i) for k in keys)
         lines.append(f"| {seed} | {epoch} | {values} |")
     return "\n".join(lines) + "\n"
 

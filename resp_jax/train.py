@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from resp_jax import checkpoint, configuration, logging_utils, optim, parallel, selection, steps
-from resp_jax.data import features, run_data
+from resp_jax.data import run_data
 from resp_jax.linear_eval import linear_evaluation
 from resp_jax.models import build_model
 from resp_jax.stopping import Interrupted, StopFlag, nonfinite
@@ -123,7 +123,6 @@ def train_and_evaluate(config, workdir) -> dict:
     data = run_data.load(config)
     epochs = config.train.epochs
     steps_per_epoch = data.num_batches("train", config.train.batch_size)
-    input_shape = (features.N_MELS, data.frames)
 
     # --- model
     model = build_model(config, data.num_classes)
@@ -135,11 +134,11 @@ def train_and_evaluate(config, workdir) -> dict:
 
     # --- state, restore
     ckpts = checkpoint.Checkpoints(workdir)
-    target = create_train_state(config, model, tx, input_shape, mesh, abstract=True)
+    target = create_train_state(config, model, tx, data.input_shape, mesh, abstract=True)
     restored = ckpts.restore(checkpoint.LAST, target)
     configuration.check_resume(workdir, config, restored is not None)
     if restored is None:
-        state = create_train_state(config, model, tx, input_shape, mesh)
+        state = create_train_state(config, model, tx, data.input_shape, mesh)
         meta = {"epoch": 0, "batch": 0, "lines": 0, "acc": None,
                 "selector": selection.Selector(config.eval.selection).state_dict()}
     else:
@@ -199,6 +198,9 @@ def train_and_evaluate(config, workdir) -> dict:
                "norm": list(data.norm)}
     if "val" in best:
         results["val"] = best["val"]
+    # the test Score's mean and std over the selection stage's last epochs: the swing that
+    # test_best selection takes the top of (README, "Comparing with the paper")
+    results["test_score_recent"] = selector.recent()
     if jax.process_index() == 0:
         logging_utils.write_json(workdir / "results.json", results)
     return results

@@ -17,6 +17,7 @@ started yet, which is why the package applies it at import.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 
 OPT_OUT = "RESP_JAX_XLA_CPU_TUNING"
@@ -49,3 +50,19 @@ def configure() -> None:
     wanted = tuned_flags(current, os.environ.get(OPT_OUT), _jaxlib_series())
     if wanted != current:
         os.environ["XLA_FLAGS"] = wanted
+
+
+class _BackendProbeFilter(logging.Filter):
+    """JAX probes every backend it knows (TPU included) and logs each one this machine lacks
+    at INFO ("Unable to initialize backend 'tpu'"); absl shows INFO, so every command printed
+    it. Failures JAX raises are unaffected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO
+                    and str(record.msg).startswith("Unable to initialize backend"))
+
+
+def quiet_backend_probe() -> None:
+    logger = logging.getLogger("jax._src.xla_bridge")
+    if not any(isinstance(f, _BackendProbeFilter) for f in logger.filters):
+        logger.addFilter(_BackendProbeFilter())

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import train_helpers
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never touch a GPU
 
@@ -35,6 +37,41 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def icbhi_real(shared_data) -> Path:
     return shared_data / "icbhi2017"
+
+
+@pytest.fixture(scope="session")
+def tiny_icbhi(tmp_path_factory):
+    """A small synthetic ICBHI dataset in the real layout and its TFDS cache directory,
+    shared by every test module (made once per session)."""
+    from resp_jax.data import synthetic
+
+    base = tmp_path_factory.getbasetemp() / "tiny_icbhi"
+    root, tfds_dir = base / "root", base / "tfds"
+    if not (base / "done").exists():
+        synthetic.write_icbhi(root, recordings=train_helpers.TINY_RECORDINGS, seed=0)
+        (base / "done").touch()
+    return {"root": root, "tfds": tfds_dir}
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tiny_icbhi, tmp_path_factory):
+    """Two finished tiny runs on the tiny ICBHI dataset, made once per session:
+    'mscl' (configs/mscl_device_location.py: three heads, linear evaluation) and
+    'ce' (one stage, patient-disjoint validation split, so curves have train/val/test)."""
+    from resp_jax import train
+
+    base = tmp_path_factory.getbasetemp() / "trained_runs"
+    runs = {}
+    for key, name, overrides in (("mscl", "mscl_device_location", {}),
+                                 ("ce", "ce", {"eval__selection": "val"})):
+        workdir = base / key
+        if not (workdir / "results.json").exists():
+            config = train_helpers.tiny_config(name, epochs=2, **overrides)
+            config.data.root = str(tiny_icbhi["root"])
+            config.data.tfds_dir = str(tiny_icbhi["tfds"])
+            train.train_and_evaluate(config, workdir)
+        runs[key] = workdir
+    return runs
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,4 +1,4 @@
-"""audio.load / cut / fit against plain numpy references (SPEC 2.1-2.3)."""
+"""audio.load / cut / fit against plain numpy references (docs/method.md §2.1-2.3)."""
 
 import numpy as np
 import pytest

@@ -10,10 +10,12 @@ import sys
 
 import pytest
 
-from train_helpers import ROOT, tiny_icbhi  # noqa: F401  (fixture)
+from train_helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
 import benchmark  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs commands (CI runs these)
 
 TINY = ["--channels=4,8,8,16", "--batch=4"]
 

@@ -1,4 +1,4 @@
-"""CNN6 encoder, heads and the converted-encoder format (SPEC 3).
+"""CNN6 encoder, heads and the converted-encoder format (docs/method.md §3).
 
 Numerics are checked against a float64 numpy forward written here; the PyTorch parity of
 converted AudioSet weights is in test_convert_panns.py.

@@ -1,4 +1,4 @@
-"""tools/convert_panns.py against an independent PyTorch CNN6 with PANNs' parameter names (SPEC 7).
+"""tools/convert_panns.py against an independent PyTorch CNN6 with PANNs' parameter names (docs/method.md §7).
 
 The PyTorch model below mirrors the layout of PANNs' Cnn6 state dict (front-end buffers, bn0,
 four conv blocks, fc1, fc_audioset) with random weights and random BatchNorm statistics; the

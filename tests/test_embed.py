@@ -12,7 +12,9 @@ from resp_jax import embed, metrics, finished_run
 
 from resp_jax.data import run_data
 from resp_jax.data import metadata, prepare
-from train_helpers import ROOT, tiny_icbhi, trained_runs  # noqa: F401  (fixtures)
+from train_helpers import ROOT
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs commands (CI runs these)
 
 
 @pytest.fixture(scope="module")

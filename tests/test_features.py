@@ -1,4 +1,4 @@
-"""The TF log-mel against librosa (SPEC 2.4): within 0.01 dB on real and synthetic audio."""
+"""The TF log-mel against librosa (docs/method.md §2.4): within 0.01 dB on real and synthetic audio."""
 
 import librosa
 import numpy as np
@@ -79,7 +79,7 @@ def test_parity_on_synthetic_dataset(tmp_path):
 
 
 def test_librosa_reference_agrees_with_plain_numpy_stft():
-    """logmel_np (the reference the pipeline is documented against) is the SPEC definition:
+    """logmel_np (the reference the pipeline is documented against) is the definition of docs/method.md §2.4:
     compare it with an STFT written out here. librosa reflects the last 512 samples on their
     own when n is a multiple of 512, which changes only the last padded sample of the last
     frame (window weight ~1e-5), hence the tolerance rather than float64 equality."""

@@ -1,4 +1,4 @@
-"""ICBHI 2017 reader: every layout quirk of SPEC 1.1 and every bad-input case, on hand-made
+"""ICBHI 2017 reader: every layout quirk of docs/method.md §1.1 and every bad-input case, on hand-made
 roots, plus the real annotation files and recordings in ../shared/data."""
 
 import os

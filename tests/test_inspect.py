@@ -1,5 +1,5 @@
 """`python -m resp_jax.data.inspect`: the summary's last line is one JSON object in the
-format of issue 2, reproducing SPEC 1.1 on the real ICBHI annotation files."""
+format of issue 2, reproducing docs/method.md §1.1 on the real ICBHI annotation files."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Challenge metrics on hand-computed confusion matrices (SPEC 6)."""
+"""Challenge metrics on hand-computed confusion matrices (docs/method.md §6)."""
 
 import math
 

@@ -9,6 +9,8 @@ from resp_jax.models import build_model
 from resp_jax.train_state import create_train_state
 from train_helpers import tiny_config
 
+pytestmark = pytest.mark.slow  # trains tiny models or runs commands (CI runs these)
+
 # Two devices reduce BatchNorm statistics and the losses in a different order than one:
 # float32 rounding, amplified a little by 4 Adam steps.
 LOSS_RTOL = 1e-5

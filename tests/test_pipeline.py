@@ -1,5 +1,5 @@
 """The tf.data pipeline: features, normalisation, SpecAugment statistics, determinism, resume,
-padding and multi-host slicing (SPEC 2.3-2.6)."""
+padding and multi-host slicing (docs/method.md §2.3-2.6)."""
 
 import librosa
 import numpy as np
@@ -17,9 +17,9 @@ def make_config(**over):
     cfg = ConfigDict({
         "data": {"duration": 2.0, "pad": "circular", "sample_rate": SR, "norm": "reference",
                  "norm_mean": MEAN, "norm_std": STD},
-        "augment": {"prob": 0.84, "freq_masks": 2, "freq_width": 20, "time_masks": 2,
-                    "time_width": 40},
-        "train": {"seed": 0},
+        "augment": {"prob": 0.84, "apply_per": "example", "freq_masks": 2, "freq_width": 20,
+                    "time_masks": 2, "time_width": 40},
+        "train": {"seed": 0, "batch_size": 4},
     })
     for key, value in over.items():
         section, name = key.split("__")
@@ -44,7 +44,8 @@ def make_split(n, seed):
         "diagnosis": np.arange(n) % 8,
     }
     return prepare.Split(audio=waves, codes={k: v.astype(np.int32) for k, v in codes.items()},
-                         stem=[f"{100 + i}_1b1_Al_sc_Meditron" for i in range(n)],
+                         stem=[f"{900 + i}_1b1_Al_sc_Meditron" for i in range(n)],  # not in
+                         # the reference order: evaluation keeps the prepared order
                          patient=[str(100 + i // 2) for i in range(n)],
                          index=np.zeros(n, np.int32))
 
@@ -122,15 +123,57 @@ def test_eval_batches_in_order_padded_and_normalised(prepared, feats):
         assert b["label"].dtype == np.int32
 
 
-def test_dataset_normalisation(feats):
-    x = feats["train"].x.astype(np.float64)
-    z = (x - x.min()) / (x.max() - x.min())
-    mean, std = feats.dataset_norm
-    assert mean == pytest.approx(z.mean(), rel=1e-9) and std == pytest.approx(z.std(), rel=1e-9)
-    cfg = make_config(data__norm="dataset")
-    b = next(pipeline.eval_batches(feats, cfg, "train", global_batch=13))
-    np.testing.assert_allclose(b["x"], minmax_standardise(feats["train"].x, mean, std),
-                               atol=2e-4 * 0.0255 / std)
+def test_dataset_normalisation_matches_the_inputs_the_step_receives(feats):
+    """data.norm='dataset': the statistics are those of the training inputs as the step gets
+    them (each batch min-maxed on its own), so the standardised inputs have mean 0, std 1."""
+    cfg = make_config(data__norm="dataset", augment__prob=0.0)
+    mean, std = pipeline.norm_constants(feats, cfg)
+    views = [b["view1"][b["mask"] > 0] for b in pipeline.train_batches(feats, cfg, epoch=0,
+                                                                          global_batch=4)]
+    x = np.concatenate(views).astype(np.float64)
+    assert abs(x.mean()) < 1e-4 and x.std() == pytest.approx(1.0, abs=1e-4)
+    # ... which a min-max over the whole split (the old statistics) does not give
+    z = feats["train"].x.astype(np.float64)
+    z = (z - z.min()) / (z.max() - z.min())
+    assert abs(mean - z.mean()) > 10 * 1e-4 * std
+
+
+def test_evaluation_batches_follow_the_reference_order():
+    """ICBHI evaluation batches list recordings as the reference code's metadata table does
+    (docs/fidelity.md), whatever order the prepared split holds them in; recordings it does
+    not list come last, in prepared order; cycles keep their annotation order."""
+    listed = [l for l in (pipeline.Path(pipeline.__file__).with_name(
+        pipeline.REFERENCE_ORDER)).read_text().splitlines() if l and not l.startswith("#")]
+    assert len(listed) == 920
+    stems = [listed[5], "999_1b1_Al_sc_Meditron", listed[2], listed[5], listed[2]]
+    n = len(stems)
+    x = np.random.default_rng(0).normal(size=(n, 64, 8)).astype(np.float32)
+    codes = {f: np.zeros(n, np.int32) for f in metadata.BASE_FIELDS}
+    codes["label"] = np.arange(n, dtype=np.int32) % 4
+    f = pipeline.Features.from_splits("icbhi", {"test": pipeline.SplitFeatures.of(
+        x, codes, stem=stems, index=[0, 0, 0, 1, 1])}, 8 * 512 - 512)
+    order = pipeline.eval_order(f, "test")
+    assert [(stems[i], i) for i in order] == [(listed[2], 2), (listed[2], 4), (listed[5], 0),
+                                              (listed[5], 3), ("999_1b1_Al_sc_Meditron", 1)]
+    b = next(pipeline.eval_batches(f, make_config(), "test", global_batch=8))
+    np.testing.assert_array_equal(b["label"][:n], codes["label"][order])
+    sprsound = pipeline.Features.from_splits("sprsound", dict(f.splits), 8 * 512 - 512)
+    np.testing.assert_array_equal(pipeline.eval_order(sprsound, "test"), np.arange(n))
+
+
+def test_reference_order_lists_the_official_test_split(icbhi_real):
+    """The shipped order holds every ICBHI recording once, the official test recordings
+    among them (checked against the real split file)."""
+    listed = [l for l in pipeline.Path(pipeline.__file__).with_name(
+        pipeline.REFERENCE_ORDER).read_text().splitlines() if l and not l.startswith("#")]
+    assert len(listed) == len(set(listed)) == 920
+    split = {}
+    for line in (icbhi_real / "ICBHI_challenge_train_test.txt").read_text().splitlines():
+        if line.strip():
+            stem, part = line.split()
+            split[stem.rsplit("_", 1)[0]] = part
+    assert {s.rsplit("_", 1)[0] for s in listed} == set(split)
+    assert sum(split[s.rsplit("_", 1)[0]] == "test" for s in listed) == 381
 
 
 # ---------------------------------------------------------------- training batches
@@ -227,7 +270,7 @@ def test_hosts_reassemble_the_global_batch(feats, kind):
 
 
 def _reference_mask_counts(size, count, width, n, rng):
-    """Monte Carlo of SPEC 2.6, written independently: masked bins of `count` masks."""
+    """Monte Carlo of docs/method.md §2.6, written independently: masked bins of `count` masks."""
     hit = np.zeros((n, size), bool)
     idx = np.arange(size)
     for _ in range(count):
@@ -244,8 +287,7 @@ def _runs(flags):
     return np.nonzero(d == -1)[0] - np.nonzero(d == 1)[0]
 
 
-@pytest.fixture(scope="module")
-def mask_draws():
+def _mask_draws(apply_per, global_batch):
     """Masks of 2 x 2000 views over flat features (every cell 0.5 after the min-max, except
     the min cell (0, 0) and the max cell (0, 1)), so a masked cell is exactly the fill value."""
     n, frames = 2000, 94                                 # 3 s
@@ -255,7 +297,8 @@ def mask_draws():
     f = pipeline.Features.from_splits("icbhi", {"train": pipeline.SplitFeatures.of(x, codes)},
                                       3 * SR)
     out = {"view1": [], "view2": []}
-    for b in pipeline.train_batches(f, make_config(), epoch=0, global_batch=500):
+    for b in pipeline.train_batches(f, make_config(augment__apply_per=apply_per), epoch=0,
+                                    global_batch=global_batch):
         for v in out:
             out[v].append(b[v])
     views = np.stack([np.concatenate(out["view1"]), np.concatenate(out["view2"])], axis=1)
@@ -265,6 +308,28 @@ def mask_draws():
     assert np.all(np.isclose(body, fill, atol=1e-3) | np.isclose(body, keep, atol=1e-3))
     return np.isclose(body, fill, atol=1e-3)                 # [n, 2, 64, T] masked
 
+
+@pytest.fixture(scope="module")
+def mask_draws():
+    return _mask_draws("example", 500)
+
+
+def test_specaugment_applies_per_batch_and_view_by_default():
+    """augment.apply_per='batch' (the reference's `p > torch.randn(1)`): a view of a batch is
+    augmented everywhere or nowhere, with probability 0.84 per batch and view, while the
+    masks' positions and widths are still drawn per example."""
+    m = _mask_draws("batch", 20)                              # 100 batches x 2 views
+    fcount = m[..., 2:].all(axis=-1).sum(-1)                  # [n, 2]
+    tcount = m[..., 1:, :].all(axis=-2).sum(-1)
+    applied = ((fcount + tcount) > 0).reshape(100, 20, 2)
+    # all-or-nothing per batch and view (an applied block is invisible w.p. 1/640000 per row)
+    per_batch = applied.mean(axis=1)                          # [100, 2]
+    assert np.isin(per_batch, [0.0, 1.0]).all()
+    on = per_batch > 0.5
+    assert abs(on.mean() - 0.84) < 0.1                        # binomial sd 0.026 over 200
+    assert (on[:, 0] != on[:, 1]).any()                       # the two views draw apart
+    rows = m.reshape(100, 20, 2, -1)[on[:, 0], :, 0]          # applied view-1 batches
+    assert all(len({r.tobytes() for r in batch}) > 15 for batch in rows)
 
 def test_specaugment_masks_are_bands_with_spec_widths(mask_draws):
     m = mask_draws
@@ -323,7 +388,7 @@ def test_specaugment_draws_are_independent(mask_draws):
 
 def test_class_counts_and_weights(prepared):
     np.testing.assert_array_equal(pipeline.class_counts(prepared, "train"), [4, 3, 3, 3])
-    w = pipeline.class_weights([2063, 1215, 501, 363])    # ICBHI official train (SPEC 4)
+    w = pipeline.class_weights([2063, 1215, 501, 363])    # ICBHI official train (docs/method.md §4)
     np.testing.assert_allclose(w, [0.0800, 0.1358, 0.3295, 0.4547], atol=1.5e-4)
     assert w.sum() == pytest.approx(1.0, abs=1e-6)
     np.testing.assert_allclose(pipeline.class_weights([2, 0, 2]), [0.5, 0, 0.5])
@@ -331,3 +396,28 @@ def test_class_counts_and_weights(prepared):
 
 def test_num_batches():
     assert [pipeline.num_batches(n, 4) for n in (0, 1, 4, 5, 8)] == [0, 1, 1, 2, 2]
+
+
+def test_linear_batches_regroup_the_training_split_every_epoch(feats):
+    """The reference's linear stage: each epoch shuffles the training split anew and each
+    batch is min-maxed over its own real examples, so the same cycle gets other inputs."""
+    cfg = make_config()
+    x = feats["train"].x.reshape(len(feats["train"]), -1).astype(np.float64)
+    lo, hi = (-MEAN) / STD, (1 - MEAN) / STD
+    groups = {}
+    for epoch in (1, 2):
+        batches = list(pipeline.linear_batches(feats, cfg, epoch=epoch, global_batch=4))
+        assert [int(b["mask"].sum()) for b in batches] == [4, 4, 4, 1]
+        assert all(set(b) == {"x", "label", "mask"} for b in batches)
+        grouping = []
+        for b in batches:
+            real = b["x"][b["mask"] > 0].reshape(int(b["mask"].sum()), -1)
+            # min-max over this batch's examples, then the reference constants
+            assert real.min() == pytest.approx(lo, abs=1e-3)
+            assert real.max() == pytest.approx(hi, abs=1e-3)
+            # each row is an affine image of one training cycle: find which
+            grouping.append(frozenset(int(np.argmax([np.corrcoef(r, xj)[0, 1] for xj in x]))
+                                      for r in real))
+        assert sorted(i for g in grouping for i in g) == list(range(len(x)))
+        groups[epoch] = grouping
+    assert groups[1] != groups[2]

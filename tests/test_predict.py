@@ -16,7 +16,9 @@ import soundfile as sf
 from resp_jax import predict, finished_run
 from resp_jax.data import audio, features, readers
 from resp_jax.data.records import DataError
-from train_helpers import ROOT, tiny_icbhi, trained_runs  # noqa: F401  (fixtures)
+from train_helpers import ROOT
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs commands (CI runs these)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from resp_jax import figures, report, sweep
-from train_helpers import ROOT, tiny_icbhi, trained_runs  # noqa: F401  (fixtures)
+from train_helpers import ROOT
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs commands (CI runs these)
 
 FIGURES = ("confusion.png", "recall.png", "curves.png", "embedding.png")
 

@@ -71,7 +71,7 @@ def test_reads_both_2022_layouts(tmp_path, layout):
         ("inter_test", "123456789_4.9_1_p2_7", 1, 1.2, 2.4, 4, "Coarse Crackle"),
         ("intra_test", "65109516_0.2_0_p3_3681", 0, 0.3, 1.5, 0, "Normal"),
     ]
-    # The event with end == start is left out, as SPEC 1.2 says, and reported, not silent.
+    # The event with end == start is left out, as docs/method.md §1.2 says, and reported, not silent.
     assert len(dropped) == 1 and "end <= start" in dropped[0].reason
     assert dropped[0].path == str(paths(root, "65109516_0.2_0_p1_3659", layout=layout)[1])
     by_stem = {c.stem: c for c in result.cycles}

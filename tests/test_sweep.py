@@ -7,7 +7,8 @@ import pytest
 
 from resp_jax import cli, sweep
 from train_helpers import load_config, tiny_config
-from train_helpers import tiny_icbhi  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs commands (CI runs these)
 
 
 def _results(seed, sp, se, dataset="icbhi"):
@@ -68,7 +69,7 @@ def test_finished_seeds_are_skipped_and_a_failed_seed_stops_the_sweep(tmp_path, 
             _results(config.train.seed, 70.0 + config.train.seed, 40.0)))
         return 0
 
-    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setattr(cli, "run", fake_run)
     config = load_config("mscl")
     config.train.seed = 10
     status, summary = sweep.run_sweep(config, 3, tmp_path)

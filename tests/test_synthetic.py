@@ -223,7 +223,7 @@ def test_default_dataset_is_made_once_and_cached(defaults, caplog):
     assert counts.min() >= 0.08 * counts.sum()      # no class starved
     spr = sprsound.read(defaults / f"sprsound-{synthetic.CACHE_VERSION}")
     assert {c.label for c in spr.split("train")} == set(range(7))
-    assert not [p for p in configuration.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert not [p for p in defaults.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
     wav = next((icbhi_root / icbhi.AUDIO_DIR).glob("*.wav"))
     before = wav.stat().st_mtime_ns

@@ -19,7 +19,6 @@ from resp_jax.models import build_model
 from resp_jax.stopping import Interrupted, NonFiniteLoss
 from resp_jax.train_state import create_train_state
 from train_helpers import CONFIGS, EXPERIMENTS, ROOT, cli_overrides, tiny_config
-from train_helpers import tiny_icbhi  # noqa: F401  (fixture)
 
 FRAMES = 32
 
@@ -66,9 +65,11 @@ def test_every_method_step_lowers_its_loss_on_a_fixed_batch(name, mesh):
     config, model, state, step = _setup(name, mesh)
     batch = parallel.to_global(_fields(config, _batch()), mesh)
     history = []
-    for _ in range(6):
-        state, m = step(state, batch)
-        history.append(float(m["loss"]))
+    with jax.transfer_guard("disallow"):  # no host round trip inside the loop of steps
+        for _ in range(6):
+            state, m = step(state, batch)
+            history.append(m["loss"])
+    history = [float(x) for x in jax.device_get(history)]
     assert all(np.isfinite(history))
     assert history[-1] < history[0] - 0.05, history
     assert int(state.step) == 6
@@ -326,6 +327,7 @@ def _compile_once(patch):
         patch.setattr(steps, name, lambda *a, make=make: chex.assert_max_traces(make(*a), n=1))
 
 
+@pytest.mark.slow
 def test_two_stage_run_writes_every_output(baseline):
     workdir, results, traces = baseline
     assert results["cycles"]["train"] % 8  # the last batch of an epoch is padded, and still
@@ -358,6 +360,10 @@ def test_two_stage_run_writes_every_output(baseline):
         assert l["score"] == pytest.approx((l["sp"] + l["se"]) / 2)
     best = max(tests, key=lambda l: l["score"])  # test_best: the paper's protocol
     assert results["selection"] == "test_best" and results["stage"] == "linear"
+    scores = np.array([l["score"] for l in tests])  # the last (up to) 10 selection epochs
+    recent = results["test_score_recent"]
+    assert recent["epochs"] == [tests[0]["epoch"], tests[-1]["epoch"]]
+    assert (recent["mean"], recent["std"]) == pytest.approx((scores.mean(), scores.std()))
     assert results["epoch"] == best["epoch"]
     assert results["test"] == {k: best[k] for k in ("loss", "sp", "se", "score", "hs")}
     assert json.loads((workdir / "results.json").read_text()) == results
@@ -368,6 +374,31 @@ def test_two_stage_run_writes_every_output(baseline):
     assert checkpoint.Checkpoints(workdir).latest_step(checkpoint.BEST) == results["epoch"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("features", ["per_epoch", "cached"])
+def test_linear_features_per_epoch_or_cached(features, tiny_icbhi, tmp_path):
+    """linear_eval.features='per_epoch' (the reference) encodes the shuffled training batches
+    anew every epoch; 'cached' encodes the file-order batches once."""
+    calls = {"linear": [], "eval": []}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, key in (("linear_batches", "linear"), ("eval_batches", "eval")):
+            original = getattr(run_data.RunData, name)
+
+            def counted(self, *args, original=original, key=key):
+                calls[key].append(args[0])
+                return original(self, *args)
+            patch.setattr(run_data.RunData, name, counted)
+        results = train.train_and_evaluate(
+            _run_config("scl", tiny_icbhi, epochs=1, linear_eval__features=features), tmp_path)
+    if features == "per_epoch":
+        assert calls["linear"] == [1, 2, 3] and "train" not in calls["eval"]
+    else:
+        assert calls["linear"] == [] and calls["eval"].count("train") == 1
+    assert calls["eval"].count("test") == 1  # test features: once, the encoder is frozen
+    assert results["stage"] == "linear" and 0 <= results["test"]["score"] <= 100
+
+
+@pytest.mark.slow
 def test_one_stage_run_with_validation_selection(tiny_icbhi, tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         _compile_once(patch)
@@ -384,6 +415,7 @@ def test_one_stage_run_with_validation_selection(tiny_icbhi, tmp_path):
     assert results["val"]["score"] == chosen["score"]
 
 
+@pytest.mark.slow
 def test_last_epoch_selection(tiny_icbhi, tmp_path):
     results = train.train_and_evaluate(
         _run_config("hybrid", tiny_icbhi, epochs=2, eval__selection="last"), tmp_path)
@@ -404,6 +436,7 @@ def _signal_at(monkeypatch, epoch, batch, signum=signal.SIGTERM):
     monkeypatch.setattr(run_data.RunData, "train_batches", batches)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_resume_matches(baseline, tiny_icbhi, tmp_path,
                                                     monkeypatch):
     base_dir, base_results, _ = baseline
@@ -424,6 +457,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(baseline, tiny_icbhi, tmp_pa
     assert step > 0
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_icbhi, tmp_path, monkeypatch):
     """From the second epoch on the loss is NaN (injected: a label outside the classes, which
     the cross-entropy turns into NaN under jit). Inf inputs would not do: XLA's CPU max/min
@@ -449,6 +483,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_icbhi, tmp_path,
     assert [l["epoch"] for l in _evals(tmp_path)] == [1, 1]  # train + test of epoch 1
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_ends_like_an_uninterrupted_run(baseline, tiny_icbhi,
                                                                   tmp_path):
     base_dir, base_results, _ = baseline

@@ -3,7 +3,6 @@
 import runpy
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -51,38 +50,3 @@ def cli_overrides(config, name="mscl"):
     default, wanted = _flat(load_config(name)), _flat(config)
     return [f"--config.{key}={value}" for key, value in sorted(wanted.items())
             if default.get(key) != value]
-
-
-@pytest.fixture(scope="session")
-def tiny_icbhi(tmp_path_factory):
-    """A small synthetic ICBHI dataset in the real layout and its TFDS cache directory,
-    shared by the test modules that import this fixture (made once per session)."""
-    from resp_jax.data import synthetic
-
-    base = tmp_path_factory.getbasetemp() / "tiny_icbhi"
-    root, tfds_dir = base / "root", base / "tfds"
-    if not (base / "done").exists():
-        synthetic.write_icbhi(root, recordings=TINY_RECORDINGS, seed=0)
-        (base / "done").touch()
-    return {"root": root, "tfds": tfds_dir}
-
-
-@pytest.fixture(scope="session")
-def trained_runs(tiny_icbhi, tmp_path_factory):
-    """Two finished tiny runs on the tiny ICBHI dataset, made once per session:
-    'mscl' (configs/mscl_device_location.py: three heads, linear evaluation) and
-    'ce' (one stage, patient-disjoint validation split, so curves have train/val/test)."""
-    from resp_jax import train
-
-    base = tmp_path_factory.getbasetemp() / "trained_runs"
-    runs = {}
-    for key, name, overrides in (("mscl", "mscl_device_location", {}),
-                                 ("ce", "ce", {"eval__selection": "val"})):
-        workdir = base / key
-        if not (workdir / "results.json").exists():
-            config = tiny_config(name, epochs=2, **overrides)
-            config.data.root = str(tiny_icbhi["root"])
-            config.data.tfds_dir = str(tiny_icbhi["tfds"])
-            train.train_and_evaluate(config, workdir)
-        runs[key] = workdir
-    return runs

@@ -1,4 +1,4 @@
-"""Converts PANNs' AudioSet CNN6 weights into a resp_jax encoder directory (SPEC 7).
+"""Converts PANNs' AudioSet CNN6 weights into a resp_jax encoder directory (docs/method.md §7).
 
     python tools/convert_panns.py --checkpoint=Cnn6_mAP=0.343.pth --output=DIR
 
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path,
                         help="directory to create for the converted encoder")
     parser.add_argument("--layout", default="reference", choices=cnn6.LAYOUTS,
-                        help="orientation stored as the encoder's default (SPEC 3)")
+                        help="orientation stored as the encoder's default (docs/method.md §3)")
     parser.add_argument("--channels", default=cnn6.DEFAULT_CHANNELS, type=_channels,
                         help="expected block widths (default 64,128,256,512)")
     parser.add_argument("--overwrite", action="store_true",

@@ -2,7 +2,7 @@
 
 `tools/benchmark.py train-step --vs-torch` times this beside the JAX step on the same device:
 CNN6 encoder (reference orientation) + projector, the two views through the encoder in two
-separate calls, SupCon with the all-but-self denominator (SPEC 4), PyTorch Adam with L2 weight
+separate calls, SupCon with the all-but-self denominator (docs/method.md §4), PyTorch Adam with L2 weight
 decay. Nothing in the package imports this module.
 """
 
@@ -24,7 +24,7 @@ class _ConvBlock(nn.Module):
 
 
 class CNN6(nn.Module):
-    """Input [B, 64 mel, T]; mean over time, then max + mean over frequency (SPEC 3)."""
+    """Input [B, 64 mel, T]; mean over time, then max + mean over frequency (docs/method.md §3)."""
 
     def __init__(self, channels=(64, 128, 256, 512)):
         super().__init__()

@@ -1,6 +1,6 @@
 """Recordings to 16 kHz cycles: load (mono, resampled), cut with fades, fit to a fixed length.
 
-SPEC 2.1-2.3. Every function works on 1-D float32 numpy arrays; nothing here knows about
+docs/method.md §2.1-2.3. Every function works on 1-D float32 numpy arrays; nothing here knows about
 datasets or TF, so the TFDS builders and the tests share one definition of a cycle.
 """
 
@@ -12,22 +12,23 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from resp_jax.data import readers
+from resp_jax.data import wav_checks
 from resp_jax.data.records import DataError
 
-SAMPLE_RATE = 16000
-FADE = 1000  # samples: 1/16 s at 16 kHz (SPEC 2.2)
+SAMPLE_RATE = 16000  # Hz: every recording is resampled to it
+PAD_MODES = ("circular", "zero")  # data.pad: how `fit` extends a short cycle
+FADE = 1000  # samples: 1/16 s at 16 kHz (docs/method.md §2.2)
 
 
 def load(path, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Reads a dataset recording as mono float32 at ``sr`` Hz (channels averaged, soxr HQ).
 
     A missing, empty, truncated or non-WAV file raises `DataError` naming the file (the same
-    header checks the readers make, `readers.wav_info`).
+    header checks the readers make, `wav_checks.wav_info`).
     """
     path = os.fspath(path)
-    readers.wav_info(path)
-    return _decode(path, sr, readers.EXPECTED_WAV)
+    wav_checks.wav_info(path)
+    return _decode(path, sr, wav_checks.EXPECTED_WAV)
 
 
 ANY_AUDIO = "a sound file that libsndfile reads (WAV, FLAC, OGG, AIFF, ...)"
@@ -81,14 +82,16 @@ def cut(wave: np.ndarray, start_s: float, end_s: float, sr: int = SAMPLE_RATE,
 
 
 def fit(wave: np.ndarray, n: int, mode: str = "circular", fade: int = FADE) -> np.ndarray:
-    """Makes a cycle exactly ``n`` samples long (SPEC 2.3).
+    """Makes a cycle exactly ``n`` samples long (docs/method.md §2.3).
 
     Longer: the first ``n`` samples. Shorter: 'circular' repeats it, crops to ``n`` and fades
     out the last ``fade`` samples; 'zero' centres it in zeros (the extra zero on the right).
     """
     wave = np.asarray(wave, dtype=np.float32)
-    if mode not in ("circular", "zero"):
-        raise ValueError(f"pad mode {mode!r}; expected 'circular' or 'zero'")
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad mode {mode!r}; expected one of {PAD_MODES}")
+
+
     if len(wave) >= n:
         return np.array(wave[:n])
     if len(wave) == 0:

@@ -1,4 +1,4 @@
-"""The log-mel spectrogram of SPEC 2.4, in numpy/librosa (reference) and TF (pipeline).
+"""The log-mel spectrogram of docs/method.md §2.4, in numpy/librosa (reference) and TF (pipeline).
 
 n_fft 1024, periodic Hann window of 1024, hop 512, centred frames with reflect padding,
 power 2, 64 HTK mel bands 50-2000 Hz without area normalisation, 10*log10(max(x, 1e-10)).
@@ -12,7 +12,8 @@ import functools
 import librosa
 import numpy as np
 
-SAMPLE_RATE = 16000
+from resp_jax.data.audio import SAMPLE_RATE
+
 N_FFT = 1024
 HOP = 512
 N_MELS = 64

@@ -1,4 +1,4 @@
-"""ICBHI 2017 reader: the distributed files (SPEC 1.1) to one `Cycle` per annotated cycle.
+"""ICBHI 2017 reader: the distributed files (docs/method.md §1.1) to one `Cycle` per annotated cycle.
 
 Layout: ``ROOT/ICBHI_final_database/<stem>.wav|.txt`` (or the same files directly in ROOT),
 beside the official split, the demographics and the diagnosis files (looked up in ROOT, then
@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Optional
 
 from resp_jax.data import metadata, records
-from resp_jax.data.readers import Problems, clamp_to_audio, wav_info
+from resp_jax.data.wav_checks import Problems, clamp_to_audio, wav_info
 
 AUDIO_DIR = "ICBHI_final_database"
 SPLIT_FILE = "ICBHI_challenge_train_test.txt"
 DEMOGRAPHICS_FILES = ("ICBHI_Challenge_demographic_information.txt", "demographic_info.txt")
 DIAGNOSIS_FILE = "ICBHI_Challenge_diagnosis.txt"
-ADULT_AGE = 18.0   # adult if age > 18, child otherwise (SPEC 1.1)
+ADULT_AGE = 18.0   # adult if age > 18, child otherwise (docs/method.md §1.1)
 MISSING = ("NA", "")
 
 # Annotation files start with the numeric patient id; other .txt files (README, file lists,

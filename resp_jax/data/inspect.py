@@ -70,7 +70,7 @@ def _table(summary: dict, result: records.ReadResult, dropped: list) -> list:
     for field, counts in summary["metadata"].items():
         lines.append(f"{field}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if dropped:
-        lines.append(f"{len(dropped)} event(s) with end <= start left out as SPEC 1.2 says")
+        lines.append(f"{len(dropped)} event(s) with end <= start left out as docs/method.md §1.2 says")
     lines.append(f"skipped: {len(result.skipped)}")
     for s in result.skipped[:20]:
         where = s.path if s.line is None else f"{s.path}:{s.line}"

@@ -1,7 +1,7 @@
 """From prepared cycles to batches: log-mel once per run, then per epoch shuffle, two-view
 SpecAugment and normalisation in tf.data, yielded as numpy dicts.
 
-SPEC 2.3-2.6. Everything random is a pure function of (config.train.seed, epoch, batch index):
+docs/method.md §2.3-2.6. Everything random is a pure function of (config.train.seed, epoch, batch index):
 the order comes from a numpy Generator seeded with (seed, epoch), the masks from stateless TF
 random ops, so a resumed run replays an epoch exactly and every host sees the same global
 batches (each host yields its own rows of them).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -18,6 +19,9 @@ import numpy as np
 from resp_jax.data import audio, features, metadata, records
 
 FEATURE_CHUNK = 64  # cycles per log-mel call (float64 STFT: ~0.4 GB transient at 8 s)
+NORMS = ("reference", "dataset")  # data.norm: fixed constants | statistics of the inputs
+APPLY_PER = ("batch", "example")  # augment.apply_per: who draws whether SpecAugment applies
+REFERENCE_ORDER = "icbhi_reference_order.txt"  # beside this module (package data)
 
 
 @dataclasses.dataclass
@@ -72,7 +76,7 @@ class Features:
         sr = int(config.data.sample_rate)
         if sr != audio.SAMPLE_RATE:
             raise ValueError(f"config.data.sample_rate={sr}; the log-mel is defined at "
-                             f"{audio.SAMPLE_RATE} Hz (SPEC 2.4)")
+                             f"{audio.SAMPLE_RATE} Hz (docs/method.md §2.4)")
         self.dataset = prepared.dataset
         self.samples = int(round(float(config.data.duration) * sr))
         if self.samples <= features.HOP:
@@ -124,24 +128,6 @@ class Features:
             self._field_cache[key] = metadata.combine(self.dataset, field, self[split].codes)
         return self._field_cache[key]
 
-    @functools.cached_property
-    def dataset_norm(self) -> tuple:
-        """(mean, std) of the training features after min-max over the whole training split:
-        the 'dataset' alternative to the reference constants (SPEC 2.5)."""
-        s = self["train"]
-        if not len(s):
-            raise ValueError(f"{self.dataset}: no training cycles to compute statistics from")
-        lo, hi = float(s.lo.min()), float(s.hi.max())
-        scale = 1.0 / max(hi - lo, 1e-12)
-        total = total_sq = 0.0
-        for a in range(0, len(s), FEATURE_CHUNK):
-            z = (s.x[a:a + FEATURE_CHUNK].astype(np.float64) - lo) * scale
-            total += z.sum()
-            total_sq += np.square(z).sum()
-        count = s.x.size
-        mean = total / count
-        return mean, float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
-
     def variable(self, split: str):
         """The split's features as a TF variable: tf.data captures it by handle, not by value."""
         import tensorflow as tf
@@ -167,7 +153,7 @@ def class_counts(prepared, split: str) -> np.ndarray:
 
 
 def class_weights(counts) -> np.ndarray:
-    """1 / class frequency, normalised to sum 1 (SPEC 4); absent classes get weight 0."""
+    """1 / class frequency, normalised to sum 1 (docs/method.md §4); absent classes get weight 0."""
     counts = np.asarray(counts, np.float64)
     if not (counts > 0).any():
         raise ValueError(f"class counts {counts.tolist()} hold no example")
@@ -176,13 +162,59 @@ def class_weights(counts) -> np.ndarray:
 
 
 def norm_constants(feats: Features, config) -> tuple:
-    """(mean, std) of the standardisation after the batch min-max (SPEC 2.5)."""
+    """(mean, std) of the standardisation after the batch min-max (docs/method.md §2.5)."""
     mode = str(config.data.norm)
     if mode == "reference":
         return float(config.data.norm_mean), float(config.data.norm_std)
     if mode == "dataset":
-        return feats.dataset_norm
-    raise ValueError(f"config.data.norm={mode!r}; expected 'reference' or 'dataset'")
+        return dataset_norm(feats, config)
+    raise ValueError(f"config.data.norm={mode!r}; expected one of {NORMS}")
+
+
+def dataset_norm(feats: Features, config) -> tuple:
+    """(mean, std) of the training inputs as the train step receives them before the
+    standardisation: the first epoch's shuffled batches of ``train.batch_size``, each min-maxed
+    over its real examples (docs/method.md §2.5), without SpecAugment's masks."""
+    s = feats["train"]
+    if not len(s):
+        raise ValueError(f"{feats.dataset}: no training cycles to compute statistics from")
+    order = np.random.default_rng([int(config.train.seed), 0]).permutation(len(s))
+    total = total_sq = 0.0
+    for rows in _row_table(order.astype(np.int32), int(config.train.batch_size)):
+        rows = rows[rows >= 0]
+        lo, hi = float(s.lo[rows].min()), float(s.hi[rows].max())
+        scale = 1.0 / max(hi - lo, 1e-12)
+        for a in range(0, len(rows), FEATURE_CHUNK):
+            z = (s.x[np.sort(rows[a:a + FEATURE_CHUNK])].astype(np.float64) - lo) * scale
+            total += z.sum()
+            total_sq += np.square(z).sum()
+    count = s.x.size
+    mean = total / count
+    return mean, float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_ranks() -> dict:
+    path = Path(__file__).with_name(REFERENCE_ORDER)
+    stems = [l.strip() for l in path.read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    return {stem: rank for rank, stem in enumerate(stems)}
+
+
+def eval_order(feats: Features, split: str) -> np.ndarray:
+    """Row order of evaluation batches (their per-batch min-max makes scores depend on it).
+
+    ICBHI: the reference code's order (recordings as its metadata table lists them, cycles in
+    annotation order), with recordings it does not list after them in stem order. Other
+    datasets: the prepared order (recordings sorted by stem, cycles in annotation order).
+    """
+    s = feats[split]
+    n = len(s)
+    if feats.dataset != records.ICBHI or not n:
+        return np.arange(n, dtype=np.int32)
+    ranks = _reference_ranks()
+    rank = np.array([ranks.get(stem, len(ranks)) for stem in s.stem], np.int64)
+    return np.lexsort((np.arange(n), rank)).astype(np.int32)  # stable: unlisted keep order
 
 
 def _local_rows(global_batch: int, process_index: int, process_count: int) -> slice:
@@ -211,17 +243,16 @@ def _label_table(feats: Features, split: str, fields: Sequence[str]) -> tuple:
     return names, table
 
 
-def _spec_masks(u, prob: float, n_freq: int, n_time: int, freq_masks: int, freq_width: int,
+def _spec_masks(u, apply, n_freq: int, n_time: int, freq_masks: int, freq_width: int,
                 time_masks: int, time_width: int):
-    """Keep-masks [..., F, T] from uniforms ``u`` [..., 1 + 2 * (freq_masks + time_masks)].
+    """Keep-masks [..., F, T] from uniforms ``u`` [..., 1 + 2 * (freq_masks + time_masks)]
+    (``u[..., 0]`` unused here) where ``apply`` [...] (bool) says the block applies.
 
-    Per draw: the block applies with probability ``prob``; each mask has a width
-    floor(U * W) (uniform in [0, W)) and starts at floor(U' * (size - U * W)), as torchaudio's
-    masking does.
+    Each mask has a width floor(U * W) (uniform in [0, W)) and starts at
+    floor(U' * (size - U * W)), as torchaudio's masking does.
     """
     import tensorflow as tf
 
-    apply = u[..., 0] < prob
     k = 1
 
     def band(size, count, width):
@@ -255,6 +286,7 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
     n_freq, n_time = features.N_MELS, feats.frames
     if augment is not None:
         n_draws = 1 + 2 * (int(augment.freq_masks) + int(augment.time_masks))
+        prob = float(augment.prob)
         base_seed = tf.constant([int(seed), int(epoch)], tf.int64)
 
     def make(b, r):
@@ -276,7 +308,13 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
         batch_seed = tf.random.experimental.stateless_fold_in(base_seed, b, alg="philox")
         u = tf.random.stateless_uniform([rows.shape[1], 2, n_draws], batch_seed,
                                         alg="philox")[local]
-        keep = _spec_masks(u, float(augment.prob), n_freq, n_time, int(augment.freq_masks),
+        if augment.apply_per == "batch":  # one draw per batch and view (the reference)
+            view_seed = tf.random.experimental.stateless_fold_in(batch_seed, 1, alg="philox")
+            apply = tf.random.stateless_uniform([2], view_seed, alg="philox")[None, :] < prob
+            apply = tf.broadcast_to(apply, tf.shape(u)[:2])
+        else:  # one draw per example and view
+            apply = u[..., 0] < prob
+        keep = _spec_masks(u, apply, n_freq, n_time, int(augment.freq_masks),
                            int(augment.freq_width), int(augment.time_masks),
                            int(augment.time_width))                 # [L, 2, F, T]
         for v in range(2):
@@ -322,13 +360,25 @@ def train_batches(feats: Features, config, *, epoch: int, fields: Sequence[str] 
 
 
 def eval_batches(feats: Features, config, split: str, *, fields: Sequence[str] = ("label",),
-                 global_batch: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict]:
-    """Unaugmented batches of ``split`` in file order: ``x`` (batch min-max, standardised),
-    ``label``, the fields and ``mask``, the last batch padded and masked."""
+                 global_batch: int, process_index: int = 0, process_count: int = 1,
+                 order: np.ndarray | None = None) -> Iterator[dict]:
+    """Unaugmented batches of ``split`` in `eval_order` (or ``order``): ``x`` (batch min-max,
+    standardised), ``label``, the fields and ``mask``, the last batch padded and masked."""
     local = _local_rows(global_batch, process_index, process_count)
-    n = len(feats[split])
     names, table = _label_table(feats, split, fields)
     mean, std = norm_constants(feats, config)
-    return _batches(feats, split, _row_table(np.arange(n, dtype=np.int32), global_batch),
+    order = eval_order(feats, split) if order is None else np.asarray(order, np.int32)
+    return _batches(feats, split, _row_table(order, global_batch),
                     names=names, table=table, mean=mean, std=std, local=local)
+
+
+def linear_batches(feats: Features, config, *, epoch: int, global_batch: int,
+                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+    """The linear stage's training batches of ``epoch`` (the reference's): the training split
+    shuffled anew each epoch (seeded by train.seed and epoch), each batch min-maxed on its own
+    and standardised, without augmentation; ``x``, ``label``, ``mask``."""
+    order = np.random.default_rng([int(config.train.seed), 1, int(epoch)]).permutation(
+        len(feats["train"]))
+    return eval_batches(feats, config, "train", global_batch=global_batch,
+                        process_index=process_index, process_count=process_count,
+                        order=order.astype(np.int32))

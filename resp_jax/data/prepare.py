@@ -157,7 +157,7 @@ def _builder_class(dataset: str):
         code_path = epath.Path(os.path.abspath(__file__))
         VERSION = tfds.core.Version(FORMAT_VERSION)
         MANUAL_DOWNLOAD_INSTRUCTIONS = (
-            f"Pass the root of the distributed {dataset} files (SPEC 1) as the manual dir.")
+            f"Pass the root of the distributed {dataset} files (docs/method.md §1) as the manual dir.")
         DATASET = dataset
 
         def __init__(self, *, skip_bad: bool = False, workers: int = 0, **kw):

@@ -1,24 +1,15 @@
-"""One entry point for both dataset readers, and the checks they share.
-
-`read(dataset, root)` dispatches to `icbhi.read` or `sprsound.read`. The shared pieces are
-`Problems`, which turns bad input into a `DataError` or (when asked to skip) a listed
-`Skipped` item so nothing is dropped silently, and `wav_info`, which checks a recording from
-its header alone (no decoding) and returns its duration and sample rate.
+"""One entry point for every dataset reader: `read(dataset, root)` and
+`read_annotation(path)` dispatch to the dataset's module. The checks the readers share live in
+`wav_checks`, which imports no reader, so there is no import cycle.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import struct
-from typing import Optional
 
-import soundfile as sf
-
-from resp_jax.data import records
-
-EXPECTED_WAV = "a PCM WAV recording"
-_WAV_FORMATS = ("WAV", "WAVEX", "RF64")
+from resp_jax.data import icbhi, records, sprsound
+from resp_jax.data.wav_checks import (EXPECTED_WAV, Problems, WavInfo, clamp_to_audio,  # noqa: F401
+                                      wav_info)
 
 
 def read(dataset: str, root, **kw) -> records.ReadResult:
@@ -27,10 +18,8 @@ def read(dataset: str, root, **kw) -> records.ReadResult:
     Keyword arguments (``annotations_only``, ``skip_bad``) go to the dataset's reader.
     """
     if dataset == records.ICBHI:
-        from resp_jax.data import icbhi
         return icbhi.read(root, **kw)
     if dataset == records.SPRSOUND:
-        from resp_jax.data import sprsound
         return sprsound.read(root, **kw)
     raise ValueError(f"unknown dataset {dataset!r}; expected one of {records.DATASETS}")
 
@@ -50,94 +39,5 @@ def read_annotation(path) -> tuple:
     if not os.path.isfile(path):
         raise records.DataError(path, "file not found; expected an annotation file")
     if dataset == records.ICBHI:
-        from resp_jax.data import icbhi
         return dataset, icbhi.read_annotation_file(path), []
-    from resp_jax.data import sprsound
     return (dataset, *sprsound.read_event_file(path))
-
-
-class Problems:
-    """Collects bad input: raises at once by default, records and continues with ``skip_bad``."""
-
-    def __init__(self, skip_bad: bool):
-        self.skip_bad = skip_bad
-        self.skipped: list = []
-
-    def bad(self, path, reason: str, line: Optional[int] = None) -> None:
-        """Reports one bad item; returns only when it may be skipped."""
-        if not self.skip_bad:
-            raise records.DataError(path, reason, line)
-        self.skipped.append(records.Skipped(str(path), reason, line))
-
-    def error(self, err: records.DataError, what: str = "") -> None:
-        """Reports an already raised `DataError`, optionally saying what is skipped with it."""
-        if not self.skip_bad:
-            raise err
-        reason = f"{err.reason} ({what})" if what else err.reason
-        self.skipped.append(records.Skipped(err.path, reason, err.line))
-
-
-@dataclasses.dataclass(frozen=True)
-class WavInfo:
-    duration: float   # seconds
-    samplerate: int
-    channels: int
-    subtype: str      # e.g. 'PCM_16'
-
-
-def _check_riff(path: str, size: int) -> None:
-    """Fails when the header is not RIFF/WAVE or the data chunk runs past the end of the file.
-
-    libsndfile quietly shortens a truncated file, so a half-copied recording would otherwise
-    pass with a shorter duration.
-    """
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-            raise records.DataError(
-                path, f"not a WAV file (no RIFF/WAVE header); expected {EXPECTED_WAV}")
-        if head[:4] == b"RF64":
-            return  # 64-bit sizes live in the ds64 chunk; libsndfile checks those
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            tag, length = struct.unpack("<4sI", f.read(8))
-            if tag == b"data":
-                if length != 0xFFFFFFFF and pos + 8 + length > size:
-                    raise records.DataError(
-                        path, f"truncated WAV: the data chunk declares {length} bytes but "
-                              f"only {size - pos - 8} follow; expected {EXPECTED_WAV}")
-                return
-            pos += 8 + length + (length & 1)
-    raise records.DataError(path, f"WAV file without a data chunk; expected {EXPECTED_WAV}")
-
-
-def wav_info(path) -> WavInfo:
-    """Duration and format of a recording from its header; `DataError` naming it when bad.
-
-    Missing, empty, truncated, non-WAV and sample-less files are all errors.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise records.DataError(path, f"file not found; expected {EXPECTED_WAV}")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise records.DataError(path, f"empty file; expected {EXPECTED_WAV}")
-    _check_riff(path, size)
-    try:
-        info = sf.info(path)
-    except (sf.SoundFileError, RuntimeError) as e:
-        raise records.DataError(path, f"unreadable audio ({e}); expected {EXPECTED_WAV}") from None
-    if info.format not in _WAV_FORMATS:
-        raise records.DataError(path, f"{info.format} file; expected {EXPECTED_WAV}")
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise records.DataError(path, f"WAV file without samples; expected {EXPECTED_WAV}")
-    return WavInfo(duration=info.frames / info.samplerate, samplerate=int(info.samplerate),
-                   channels=int(info.channels), subtype=str(info.subtype))
-
-
-def clamp_to_audio(start: float, end: float, duration: float):
-    """``(start, end)`` clamped to a recording of ``duration`` s; None if it starts past it."""
-    if start >= duration:
-        return None
-    return start, min(end, duration)

@@ -13,7 +13,7 @@ ICBHI = "icbhi"
 SPRSOUND = "sprsound"
 DATASETS = (ICBHI, SPRSOUND)
 
-# Class names in label order (SPEC 1.1 and 1.2).
+# Class names in label order (docs/method.md §1.1 and 1.2).
 ICBHI_CLASSES = ("normal", "crackle", "wheeze", "both")
 SPRSOUND_CLASSES = (
     "Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle",
@@ -28,58 +28,58 @@ TEST_SPLIT = {ICBHI: "test", SPRSOUND: "inter_test"}
 
 
 class DataError(ValueError):
-  """Bad input in a dataset file. The message names the file (and line) and what was expected."""
+    """Bad input in a dataset file. The message names the file (and line) and what was expected."""
 
-  def __init__(self, path, reason: str, line: Optional[int] = None):
-    self.path = str(path)
-    self.line = line
-    self.reason = reason
-    where = self.path if line is None else f"{self.path}:{line}"
-    super().__init__(f"{where}: {reason}")
+    def __init__(self, path, reason: str, line: Optional[int] = None):
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {reason}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
-  """One item a reader skipped because the config asked it to skip bad input."""
-  path: str
-  reason: str
-  line: Optional[int] = None
+    """One item a reader skipped because the config asked it to skip bad input."""
+    path: str
+    reason: str
+    line: Optional[int] = None
 
-  def to_json(self) -> dict:
-    return dataclasses.asdict(self)
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class Cycle:
-  """One annotated respiratory cycle (ICBHI) or event (SPRSound)."""
-  dataset: str            # ICBHI or SPRSOUND
-  split: str              # one of SPLITS[dataset]
-  stem: str               # recording file name without extension
-  wav_path: str           # path of the recording ('' when read with annotations only)
-  index: int              # position of the cycle in its annotation file (after sorting)
-  patient: str            # patient id as written in the stem
-  start: float            # seconds from the start of the recording
-  end: float              # seconds; may lie past the end of the audio (clamped when cut)
-  label: int              # index into CLASSES[dataset]
-  label_name: str
-  sex: Optional[str] = None        # 'M' or 'F'
-  age: Optional[float] = None      # years
-  age_group: Optional[str] = None  # ICBHI 'adult'/'child'; SPRSound 'baby'/'kid'
-  device: Optional[str] = None     # ICBHI recording device
-  location: Optional[str] = None   # chest location (ICBHI Tc..Lr, SPRSound p1..p4)
-  mode: Optional[str] = None       # ICBHI acquisition mode 'sc' / 'mc'
-  diagnosis: Optional[str] = None  # ICBHI patient diagnosis
+    """One annotated respiratory cycle (ICBHI) or event (SPRSound)."""
+    dataset: str            # ICBHI or SPRSOUND
+    split: str              # one of SPLITS[dataset]
+    stem: str               # recording file name without extension
+    wav_path: str           # path of the recording ('' when read with annotations only)
+    index: int              # position of the cycle in its annotation file (after sorting)
+    patient: str            # patient id as written in the stem
+    start: float            # seconds from the start of the recording
+    end: float              # seconds; may lie past the end of the audio (clamped when cut)
+    label: int              # index into CLASSES[dataset]
+    label_name: str
+    sex: Optional[str] = None        # 'M' or 'F'
+    age: Optional[float] = None      # years
+    age_group: Optional[str] = None  # ICBHI 'adult'/'child'; SPRSound 'baby'/'kid'
+    device: Optional[str] = None     # ICBHI recording device
+    location: Optional[str] = None   # chest location (ICBHI Tc..Lr, SPRSound p1..p4)
+    mode: Optional[str] = None       # ICBHI acquisition mode 'sc' / 'mc'
+    diagnosis: Optional[str] = None  # ICBHI patient diagnosis
 
-  @property
-  def duration(self) -> float:
-    return self.end - self.start
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
 
 
 @dataclasses.dataclass
 class ReadResult:
-  """What a reader returns: the cycles, and every item it skipped (never dropped silently)."""
-  cycles: list
-  skipped: list = dataclasses.field(default_factory=list)
+    """What a reader returns: the cycles, and every item it skipped (never dropped silently)."""
+    cycles: list
+    skipped: list = dataclasses.field(default_factory=list)
 
-  def split(self, name: str) -> list:
-    return [c for c in self.cycles if c.split == name]
+    def split(self, name: str) -> list:
+        return [c for c in self.cycles if c.split == name]

@@ -49,8 +49,25 @@ class RunData:
             process_index=jax.process_index(), process_count=jax.process_count())
         return parallel.prefetch(batches, mesh)
 
+    @property
+    def input_shape(self) -> tuple:
+        """(bins, frames) of one example as the model receives it."""
+        from resp_jax.data import features
+        return (features.N_MELS, self.frames)
+
+    def linear_batches(self, epoch: int, mesh) -> Iterator[dict]:
+        """The linear stage's training batches of ``epoch``: shuffled anew, each min-maxed on
+        its own, unaugmented (`pipeline.linear_batches`), on the mesh."""
+        from resp_jax.data import pipeline
+        batches = pipeline.linear_batches(
+            self.features, self.config, epoch=epoch,
+            global_batch=self.config.linear_eval.batch_size,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        return parallel.prefetch(batches, mesh)
+
     def eval_batches(self, split: str, mesh) -> Iterator[dict]:
-        """Unaugmented batches of a logical split in file order, padded and masked."""
+        """Unaugmented batches of a logical split in `pipeline.eval_order`, padded and
+        masked."""
         from resp_jax.data import pipeline
         batches = pipeline.eval_batches(
             self.features, self.config, self._split(split), fields=self.fields,

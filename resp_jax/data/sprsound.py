@@ -1,4 +1,4 @@
-"""SPRSound reader: the 2022 release (SPEC 1.2) to one `Cycle` per annotated event.
+"""SPRSound reader: the 2022 release (docs/method.md §1.2) to one `Cycle` per annotated event.
 
 Two layouts are accepted: ``ROOT/{train_wav, train_json, test_wav, test_json}`` and
 ``ROOT/BioCAS2022/{train2022_wav, train2022_json, test2022_wav, test2022_json}`` (or ROOT
@@ -6,7 +6,7 @@ being the BioCAS2022 folder). A test recording is inter-patient when its JSON li
 ``inter_test_json`` and intra-patient under ``intra_test_json``. Stems are
 ``PATIENT_AGE_GENDER_LOCATION_REC`` with patient ids of varying length. Each JSON holds one
 object whose ``event_annotation`` lists unsorted events with start/end as millisecond strings;
-events are sorted by start and only those with end > start are kept (SPEC 1.2). The others
+events are sorted by start and only those with end > start are kept (docs/method.md §1.2). The others
 are not bad input, so they are not errors: they are logged, and listed in ``dropped`` when the
 caller passes a list.
 """
@@ -21,7 +21,7 @@ from typing import Optional
 from absl import logging
 
 from resp_jax.data import metadata, records
-from resp_jax.data.readers import Problems, clamp_to_audio, wav_info
+from resp_jax.data.wav_checks import Problems, clamp_to_audio, wav_info
 
 # (base folder relative to ROOT, train wav, train json, test wav, test json)
 LAYOUTS = (
@@ -31,7 +31,7 @@ LAYOUTS = (
 )
 TEST_FOLDERS = {"inter_test_json": "inter_test", "intra_test_json": "intra_test"}
 EVENT_CLASSES = {name: i for i, name in enumerate(records.SPRSOUND_CLASSES)}
-BABY_AGE = 5.0     # baby if age < 5, kid otherwise (SPEC 1.2)
+BABY_AGE = 5.0     # baby if age < 5, kid otherwise (docs/method.md §1.2)
 _GENDER = {"0": "M", "1": "F"}
 _STEM_FORMAT = "PATIENT_AGE_GENDER_LOCATION_REC (e.g. 65109516_0.2_0_p1_3659)"
 _JSON_FORMAT = ('expected one JSON object {"record_annotation": ..., "event_annotation": '
@@ -155,7 +155,7 @@ def _read_events(path: Path, problems: Problems, dropped: list) -> Optional[list
         if end <= start:
             dropped.append(records.Skipped(
                 str(path), f"event {k} ({kind}, {ev['start']}-{ev['end']} ms) has end <= "
-                           "start; SPEC 1.2 keeps only events with end > start"))
+                           "start; docs/method.md §1.2 keeps only events with end > start"))
             continue
         events.append((k, start / 1000.0, end / 1000.0, EVENT_CLASSES[kind]))
     events.sort(key=lambda e: e[1])
@@ -165,7 +165,7 @@ def _read_events(path: Path, problems: Problems, dropped: list) -> Optional[list
 def read_event_file(path) -> tuple:
     """``([(start s, end s, label)] sorted by start, [dropped events])`` of one event JSON;
     `DataError` naming the file for anything malformed. Dropped events (end <= start, which
-    SPEC 1.2 leaves out) are returned as `records.Skipped` for the caller to report."""
+    docs/method.md §1.2 leaves out) are returned as `records.Skipped` for the caller to report."""
     dropped: list = []
     events = _read_events(Path(path), Problems(skip_bad=False), dropped)
     return [(start, end, label) for _, start, end, label in events], dropped
@@ -177,7 +177,7 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
 
     ``annotations_only`` leaves the WAV files alone (no clamping, ``wav_path`` ''). Bad input
     raises `DataError` naming the file; with ``skip_bad`` the bad event or file is left out and
-    listed in ``ReadResult.skipped``. Events with end <= start are left out as SPEC 1.2 says:
+    listed in ``ReadResult.skipped``. Events with end <= start are left out as docs/method.md §1.2 says:
     logged, and appended to ``dropped`` when given.
     """
     root = Path(root)
@@ -238,7 +238,7 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
                 age_group=age_group(info["age"]), location=info["location"]))
 
     if dropped_here:
-        logging.warning("SPRSound: %d event(s) with end <= start left out (SPEC 1.2), e.g. %s: %s",
+        logging.warning("SPRSound: %d event(s) with end <= start left out (docs/method.md §1.2), e.g. %s: %s",
                         len(dropped_here), dropped_here[0].path, dropped_here[0].reason)
         if dropped is not None:
             dropped.extend(dropped_here)

@@ -1,0 +1,82 @@
+"""Synthetic ICBHI 2017 and SPRSound datasets, written in the real distributed layouts.
+
+They let every stage run (and be tested) without the real recordings, and they go through
+the same readers as real data. The sounds are made to be learnable but not trivial:
+- breath noise: Gaussian noise with a breath-like spectrum (brighter for children), shaped
+  by an inspiration/expiration envelope per cycle, plus heart thumps;
+- crackles: short damped broadband transients (fine: short and high; coarse: longer, lower);
+- wheezes: tonal components between 100 and 1000 Hz with harmonics and a slow pitch drift
+  (rhonchi low with many harmonics, stridor high and inspiratory, for SPRSound);
+- levels vary from obvious to faint, and some normal cycles hold a stray click or a faint
+  short tone, so a model cannot key on presence alone;
+- each device colours the sound (its own frequency response, hiss, hum), and records at its
+  own sample rate (ICBHI: 4, 10 or 44.1 kHz; SPRSound 8 kHz), with 16-, 24- or 32-bit PCM;
+- labels depend on the patient's diagnosis and age group (and so correlate with sex and age).
+
+    python -m resp_jax.data.synthetic --dataset=icbhi --out=/tmp/icbhi_syn [--recordings=48]
+    python -m resp_jax.data.synthetic --dataset=icbhi --out=/tmp/icbhi_full \\
+        --from_annotations=../shared/data/icbhi2017     # a wav for each real annotation file
+
+Every recording has its own random stream derived from (seed, stem), so the output is a pure
+function of the arguments, whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from absl import logging
+
+from resp_jax.data import readers, records
+# The public API (the writers and their constants), whichever module holds it.
+from resp_jax.data.synthetic.icbhi import ICBHI_LOCATIONS, icbhi_rate, write_icbhi  # noqa: F401
+from resp_jax.data.synthetic.sounds import (  # noqa: F401
+    _COMPLETE, CACHE_DIR, CACHE_VERSION, DEFAULT_DATASET_RECORDINGS, DEFAULT_RECORDINGS,
+    SPRSOUND_RATE, SUBTYPES, render)
+from resp_jax.data.synthetic.sprsound import (  # noqa: F401
+    SPRSOUND_LAYOUTS, sprsound_split_dirs, write_sprsound)
+
+
+def write(dataset: str, out, **kw) -> Path:
+    if dataset == records.ICBHI:
+        return write_icbhi(out, **kw)
+    if dataset == records.SPRSOUND:
+        if kw.pop("from_annotations", None) is not None:
+            raise ValueError("from_annotations is for ICBHI roots only")
+        return write_sprsound(out, **kw)
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of {records.DATASETS}")
+
+
+def default_dataset(dataset: str, cache_dir=None) -> Path:
+    """The small synthetic dataset used when no data root is given: made once, then reused.
+
+    It lives in ``<cache_dir>/<dataset>-<CACHE_VERSION>`` (``cache_dir`` defaults to
+    ~/.cache/resp_jax/synthetic) and is written to a temporary folder, checked with the
+    reader, then renamed into place, so a crash or a concurrent run never leaves half of one.
+    """
+    if dataset not in records.DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {records.DATASETS}")
+    parent = Path(os.path.expanduser(str(cache_dir or CACHE_DIR)))
+    target = parent / f"{dataset}-{CACHE_VERSION}"
+    if not (target / _COMPLETE).is_file():
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+        tmp.chmod(0o755)   # mkdtemp makes it private; the cache is an ordinary folder
+        try:
+            write(dataset, tmp, recordings=DEFAULT_DATASET_RECORDINGS[dataset], seed=0)
+            readers.read(dataset, tmp)   # never cache something the reader rejects
+            (tmp / _COMPLETE).write_text(CACHE_VERSION + "\n")
+            if target.exists():          # an incomplete leftover from a crashed run
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not (target / _COMPLETE).is_file():   # not a concurrent run that won
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    logging.info("Using the synthetic %s dataset (no data root given) in %s", dataset, target)
+    return target
