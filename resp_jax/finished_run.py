@@ -89,15 +89,15 @@ class TrainedRun:
         """`outputs` for 16 kHz cycles from any recording (e.g. cut with `audio.cut`), fitted
         to the run's duration and batched ``eval.batch_size`` at a time in the given order.
         ``labels`` (int, -1 unknown) are passed through."""
-        from resp_jax.data import pipeline, prepare
+        from resp_jax.data import feature_store, pipeline, prepare
 
         n = len(waves)
         labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
         split = prepare.Split(audio=list(waves), codes={"label": labels}, stem=[""] * n,
                               patient=[""] * n, index=np.arange(n, dtype=np.int32))
         config = self.inference_config()
-        feats = pipeline.Features(prepare.Prepared(self.dataset, "", {"new": split}, []),
-                                  config)
+        feats = feature_store.Features(
+            prepare.Prepared(self.dataset, "", {"new": split}, []), config)
         return self.outputs(pipeline.eval_batches(feats, config, "new",
                                                   global_batch=config.eval.batch_size))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from resp_jax.data import audio, metadata, pipeline, prepare, records
+from resp_jax.data import audio, feature_store, metadata, pipeline, prepare, records
 
 SR = 16000
 MEAN, STD = 0.3690, 0.0255
@@ -59,7 +59,7 @@ def prepared():
 
 @pytest.fixture(scope="module")
 def feats(prepared):
-    return pipeline.Features(prepared, make_config())
+    return feature_store.Features(prepared, make_config())
 
 
 def librosa_logmel(wave):
@@ -89,7 +89,7 @@ def test_features_are_logmel_of_fitted_cycles(prepared, feats):
     for i in (0, 5, 12):
         ref = librosa_logmel(audio.fit(prepared["train"].audio[i], 2 * SR, "circular"))
         np.testing.assert_allclose(feats["train"].x[i], ref, atol=0.01)
-    zero = pipeline.Features(prepared, make_config(data__pad="zero", data__duration=1.5))
+    zero = feature_store.Features(prepared, make_config(data__pad="zero", data__duration=1.5))
     assert zero.frames == 1 + 24000 // 512
     ref = librosa_logmel(audio.fit(prepared["test"].audio[2], 24000, "zero"))
     np.testing.assert_allclose(zero["test"].x[2], ref, atol=0.01)
@@ -97,7 +97,7 @@ def test_features_are_logmel_of_fitted_cycles(prepared, feats):
 
 def test_features_reject_other_sample_rates(prepared):
     with pytest.raises(ValueError, match="sample_rate"):
-        pipeline.Features(prepared, make_config(data__sample_rate=8000))
+        feature_store.Features(prepared, make_config(data__sample_rate=8000))
 
 
 # ---------------------------------------------------------------- evaluation batches
@@ -150,14 +150,14 @@ def test_evaluation_batches_follow_the_reference_order():
     x = np.random.default_rng(0).normal(size=(n, 64, 8)).astype(np.float32)
     codes = {f: np.zeros(n, np.int32) for f in metadata.BASE_FIELDS}
     codes["label"] = np.arange(n, dtype=np.int32) % 4
-    f = pipeline.Features.from_splits("icbhi", {"test": pipeline.SplitFeatures.of(
+    f = feature_store.Features.from_splits("icbhi", {"test": feature_store.SplitFeatures.of(
         x, codes, stem=stems, index=[0, 0, 0, 1, 1])}, 8 * 512 - 512)
     order = pipeline.eval_order(f, "test")
     assert [(stems[i], i) for i in order] == [(listed[2], 2), (listed[2], 4), (listed[5], 0),
                                               (listed[5], 3), ("999_1b1_Al_sc_Meditron", 1)]
     b = next(pipeline.eval_batches(f, make_config(), "test", global_batch=8))
     np.testing.assert_array_equal(b["label"][:n], codes["label"][order])
-    sprsound = pipeline.Features.from_splits("sprsound", dict(f.splits), 8 * 512 - 512)
+    sprsound = feature_store.Features.from_splits("sprsound", dict(f.splits), 8 * 512 - 512)
     np.testing.assert_array_equal(pipeline.eval_order(sprsound, "test"), np.arange(n))
 
 
@@ -230,7 +230,7 @@ def test_deterministic_in_seed_and_epoch(feats):
     cfg = make_config()
     first = _epoch(feats, cfg, 2)
     _assert_same(first, _epoch(feats, cfg, 2))
-    _assert_same(first, _epoch(pipeline.Features.from_splits("icbhi", feats.splits, 2 * SR),
+    _assert_same(first, _epoch(feature_store.Features.from_splits("icbhi", feats.splits, 2 * SR),
                                cfg, 2))
     assert _differs(first, _epoch(feats, cfg, 3))
     assert _differs(first, _epoch(feats, make_config(train__seed=1), 2))
@@ -294,7 +294,7 @@ def _mask_draws(apply_per, global_batch):
     x = np.full((n, 64, frames), 1.0, np.float32)
     x[:, 0, 0], x[:, 0, 1] = 0.0, 2.0
     codes = {f: np.zeros(n, np.int32) for f in metadata.BASE_FIELDS}
-    f = pipeline.Features.from_splits("icbhi", {"train": pipeline.SplitFeatures.of(x, codes)},
+    f = feature_store.Features.from_splits("icbhi", {"train": feature_store.SplitFeatures.of(x, codes)},
                                       3 * SR)
     out = {"view1": [], "view2": []}
     for b in pipeline.train_batches(f, make_config(augment__apply_per=apply_per), epoch=0,

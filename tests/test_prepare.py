@@ -1,14 +1,17 @@
 """Prepared datasets (TFDS): cycles as the readers and `audio` define them, cache reuse and
-invalidation, bad audio, skipped items surviving the cache."""
+invalidation, removal of a root's older copies, bad audio, skipped items surviving the cache."""
 
+import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from resp_jax.data import audio, metadata, prepare, readers, records, synthetic
+from resp_jax.data import audio, metadata, prepare, prepared_copies, readers, records, synthetic
 from resp_jax.data.records import DataError
 
 
@@ -178,3 +181,46 @@ def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     b = prepare.builder("icbhi", tmp_path)
     assert str(b.data_dir).startswith(str(tmp_path / ".cache" / "resp_jax" / "tfds") + "/")
+
+
+def _copies_of(data_dir, root):
+    return [c for c in prepared_copies.copies(data_dir) if c.root == str(root.resolve())]
+
+
+def test_a_new_copy_removes_the_older_copies_of_its_root_only(icbhi_root, fresh_root, tmp_path,
+                                                               caplog):
+    data_dir = tmp_path / "tfds"
+    (fresh_root / "readme.txt").write_text("unlike icbhi_root, so not the same copy")
+    prepare.load("icbhi", icbhi_root, data_dir=data_dir)
+    prepare.load("icbhi", fresh_root, data_dir=data_dir)
+    (old,) = _copies_of(data_dir, fresh_root)
+    (other,) = _copies_of(data_dir, icbhi_root)
+    (fresh_root / "notes.txt").write_text("a new file: a new key")
+    with caplog.at_level(logging.INFO, logger="absl"):
+        prepare.load("icbhi", fresh_root, data_dir=data_dir)
+    (new,) = _copies_of(data_dir, fresh_root)
+    assert new.path != old.path and not old.path.exists() and not old.path.parent.exists()
+    assert _copies_of(data_dir, icbhi_root) == [other]     # another root's copy stays
+    assert any(str(old.path) in r.getMessage() and prepared_copies.human(old.size)
+               in r.getMessage() for r in caplog.records)
+
+
+def test_clean_command_lists_then_removes_stale_copies(icbhi_root, fresh_root, tmp_path):
+    data_dir = tmp_path / "tfds"
+    (fresh_root / "readme.txt").write_text("unlike icbhi_root, so not the same copy")
+    prepare.load("icbhi", icbhi_root, data_dir=data_dir)
+    prepare.load("icbhi", fresh_root, data_dir=data_dir)
+    (stale,) = _copies_of(data_dir, fresh_root)
+    (current,) = _copies_of(data_dir, icbhi_root)
+    (fresh_root / "notes.txt").write_text("changed since it was prepared")
+    cmd = [sys.executable, "-m", "resp_jax.data.prepare", "--clean", f"--data_dir={data_dir}"]
+    dry = subprocess.run(cmd + ["--dry_run"], capture_output=True, text=True, check=True)
+    assert f"stale {stale.path}" in dry.stdout and f"keep    {current.path}" in dry.stdout
+    assert "1 stale prepared copies" in dry.stdout and stale.path.exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert f"removed {stale.path}" in done.stdout and not stale.path.exists()
+    assert prepared_copies.copies(data_dir) == [current]
+    # A copy whose root is gone cannot be checked: it is listed and kept.
+    shutil.rmtree(fresh_root)
+    prepare.load("icbhi", icbhi_root, data_dir=data_dir)
+    assert prepared_copies.clean(data_dir, out=lambda line: None) == []

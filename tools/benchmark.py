@@ -64,7 +64,7 @@ def config_for(name: str, arg: str | None = None):
 
 
 def run_input(args) -> dict:
-    from resp_jax.data import pipeline, prepare
+    from resp_jax.data import feature_store, pipeline, prepare
 
     config = config_for("base", args.dataset)
     config.data.duration = args.duration
@@ -74,7 +74,7 @@ def run_input(args) -> dict:
     prepared = prepare.load(args.dataset, args.data_dir, data_dir=args.tfds_dir or None)
     prepare_s = time.perf_counter() - t
     t = time.perf_counter()
-    feats = pipeline.Features(prepared, config)
+    feats = feature_store.Features(prepared, config)
     features_s = time.perf_counter() - t
     del prepared
 

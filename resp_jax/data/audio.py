@@ -90,8 +90,6 @@ def fit(wave: np.ndarray, n: int, mode: str = "circular", fade: int = FADE) -> n
     wave = np.asarray(wave, dtype=np.float32)
     if mode not in PAD_MODES:
         raise ValueError(f"pad mode {mode!r}; expected one of {PAD_MODES}")
-
-
     if len(wave) >= n:
         return np.array(wave[:n])
     if len(wave) == 0:

@@ -1,4 +1,4 @@
-"""From prepared cycles to batches: log-mel once per run, then per epoch shuffle, two-view
+"""From the log-mel features (`feature_store`) to batches: per epoch shuffle, two-view
 SpecAugment and normalisation in tf.data, yielded as numpy dicts.
 
 docs/method.md §2.3-2.6. Everything random is a pure function of (config.train.seed, epoch, batch index):
@@ -9,133 +9,18 @@ batches (each host yields its own rows of them).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from resp_jax.data import audio, features, metadata, records
+from resp_jax.data import features, records
+from resp_jax.data.feature_store import FEATURE_CHUNK, Features
 
-FEATURE_CHUNK = 64  # cycles per log-mel call (float64 STFT: ~0.4 GB transient at 8 s)
 NORMS = ("reference", "dataset")  # data.norm: fixed constants | statistics of the inputs
 APPLY_PER = ("batch", "example")  # augment.apply_per: who draws whether SpecAugment applies
 REFERENCE_ORDER = "icbhi_reference_order.txt"  # beside this module (package data)
-
-
-@dataclasses.dataclass
-class SplitFeatures:
-    """Log-mel features of one split, with the codes needed to label a batch."""
-    x: np.ndarray            # [n, 64, T] float32 log-mel (dB)
-    lo: np.ndarray           # [n] float32 per-example minimum of x (for batch min-max)
-    hi: np.ndarray           # [n] float32 per-example maximum of x
-    codes: dict              # base field -> int32 [n]
-    stem: list
-    patient: list
-    index: np.ndarray | None = None  # int32 [n]: cycle position in its recording
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    @property
-    def label(self) -> np.ndarray:
-        return self.codes["label"]
-
-    @classmethod
-    def of(cls, x, codes: dict, stem=None, patient=None, index=None) -> "SplitFeatures":
-        """From a [n, 64, T] array and base-field codes (per-example extremes computed)."""
-        x = np.asarray(x, np.float32)
-        n = len(x)
-        empty = np.zeros(0, np.float32)
-        return cls(x=x, lo=x.min(axis=(1, 2)) if n else empty,
-                   hi=x.max(axis=(1, 2)) if n else empty,
-                   codes={k: np.asarray(v, np.int32) for k, v in codes.items()},
-                   stem=list(stem) if stem is not None else [""] * n,
-                   patient=list(patient) if patient is not None else [""] * n,
-                   index=np.asarray(index if index is not None else np.arange(n), np.int32))
-
-    def take(self, rows) -> "SplitFeatures":
-        """The examples at ``rows`` (e.g. a validation split carved from training)."""
-        rows = np.asarray(rows, np.int64)
-        return SplitFeatures(x=self.x[rows], lo=self.lo[rows], hi=self.hi[rows],
-                             codes={k: v[rows] for k, v in self.codes.items()},
-                             stem=[self.stem[i] for i in rows],
-                             patient=[self.patient[i] for i in rows],
-                             index=None if self.index is None else self.index[rows])
-
-
-class Features:
-    """The log-mel features of every split of a prepared dataset, computed once per run.
-
-    Each cycle is made ``config.data.duration`` s long (`audio.fit`, mode ``config.data.pad``)
-    and turned into a [64, T] log-mel with `features.logmel_tf`, in batches.
-    """
-
-    def __init__(self, prepared, config, *, chunk: int = FEATURE_CHUNK):
-        sr = int(config.data.sample_rate)
-        if sr != audio.SAMPLE_RATE:
-            raise ValueError(f"config.data.sample_rate={sr}; the log-mel is defined at "
-                             f"{audio.SAMPLE_RATE} Hz (docs/method.md §2.4)")
-        self.dataset = prepared.dataset
-        self.samples = int(round(float(config.data.duration) * sr))
-        if self.samples <= features.HOP:
-            raise ValueError(f"config.data.duration={config.data.duration} s is too short; "
-                             f"expected more than {features.HOP / sr} s")
-        self.frames = features.num_frames(self.samples)
-        self.pad = str(config.data.pad)
-        self.splits = {name: self._compute(split, chunk)
-                       for name, split in prepared.splits.items()}
-        self._variables = {}
-        self._field_cache = {}
-
-    @classmethod
-    def from_splits(cls, dataset: str, splits: dict, samples: int, pad: str = "circular"):
-        """Features assembled from `SplitFeatures` already computed (subsets, tests)."""
-        self = cls.__new__(cls)
-        self.dataset, self.samples, self.pad = dataset, int(samples), pad
-        self.frames = features.num_frames(self.samples)
-        for name, s in splits.items():
-            if s.x.shape[1:] != (features.N_MELS, self.frames):
-                raise ValueError(f"split {name!r} has features {s.x.shape[1:]}; expected "
-                                 f"{(features.N_MELS, self.frames)} for {samples} samples")
-        self.splits = dict(splits)
-        self._variables = {}
-        self._field_cache = {}
-        return self
-
-    def _compute(self, split, chunk: int) -> SplitFeatures:
-        n = len(split)
-        x = np.empty((n, features.N_MELS, self.frames), np.float32)
-        for a in range(0, n, chunk):
-            waves = np.stack([audio.fit(w, self.samples, self.pad)
-                              for w in split.audio[a:a + chunk]])
-            x[a:a + len(waves)] = features.logmel_tf(waves).numpy()
-        return SplitFeatures.of(x, split.codes, split.stem, split.patient, split.index)
-
-    def __getitem__(self, split: str) -> SplitFeatures:
-        try:
-            return self.splits[split]
-        except KeyError:
-            raise KeyError(f"{self.dataset} features have no split {split!r}; "
-                           f"expected one of {sorted(self.splits)}") from None
-
-    def field(self, split: str, field: str) -> np.ndarray:
-        """int32 [n] codes of a (possibly composite) metadata field; -1 unknown."""
-        key = (split, field)
-        if key not in self._field_cache:
-            metadata.check_fields(self.dataset, [field])
-            self._field_cache[key] = metadata.combine(self.dataset, field, self[split].codes)
-        return self._field_cache[key]
-
-    def variable(self, split: str):
-        """The split's features as a TF variable: tf.data captures it by handle, not by value."""
-        import tensorflow as tf
-
-        if split not in self._variables:
-            with tf.device("/cpu:0"):
-                self._variables[split] = tf.Variable(self[split].x, trainable=False)
-        return self._variables[split]
 
 
 def num_batches(n: int, global_batch: int) -> int:

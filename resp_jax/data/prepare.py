@@ -7,7 +7,7 @@ A second run reads the cache: no decoding, no resampling, no reader.
 
 The cache key is a fingerprint of the root's contents (relative path, size and mtime of every
 file) used as the builder config name, so changing, adding or removing a file makes a new
-prepared copy. Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
+prepared copy, and the root's older copies are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
 a cached load reports them too.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import itertools
 import os
 import time
@@ -26,10 +25,10 @@ from typing import Iterator
 import numpy as np
 from absl import logging
 
-from resp_jax.data import audio, metadata, records
+from resp_jax.data import audio, metadata, prepared_copies, records
+from resp_jax.data.prepared_copies import (DEFAULT_DATA_DIR, FORMAT_VERSION,  # noqa: F401
+                                           fingerprint)
 
-DEFAULT_DATA_DIR = "~/.cache/resp_jax/tfds"
-FORMAT_VERSION = "1.0.0"   # bump when what a prepared example holds changes
 _BUILDERS = {records.ICBHI: "RespJaxIcbhi", records.SPRSOUND: "RespJaxSprsound"}
 
 
@@ -73,25 +72,6 @@ class Prepared:
         except KeyError:
             raise KeyError(f"{self.dataset} has no split {split!r}; "
                            f"expected one of {sorted(self.splits)}") from None
-
-
-def fingerprint(dataset: str, root, exclude=None) -> str:
-    """A short hash of the dataset, the prepared format and every file under ``root``
-    (relative path, size, mtime), leaving out the directory ``exclude`` (a cache inside it)."""
-    root = Path(root)
-    skip = os.path.realpath(exclude) if exclude else None
-    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{audio.SAMPLE_RATE}|{audio.FADE}".encode())
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames
-                             if os.path.realpath(os.path.join(dirpath, d)) != skip)
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            st = os.stat(full)
-            entries.append(f"{os.path.relpath(full, root)}\t{st.st_size}\t{st.st_mtime_ns}")
-    for e in sorted(entries):
-        h.update(e.encode() + b"\n")
-    return h.hexdigest()[:20]
 
 
 def _decode_recording(path: str, cycles: list) -> list:
@@ -150,7 +130,7 @@ def _builder_class(dataset: str):
     from etils import epath
 
     class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        name = f"resp_jax_{dataset}"
+        name = prepared_copies.BUILDER_PREFIX + dataset
         # Given, so TFDS does not infer them through importlib.resources (which fails for
         # editable installs of this package).
         pkg_dir_path = epath.Path(os.path.dirname(os.path.abspath(__file__)))
@@ -225,8 +205,8 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
 
     if dataset not in _BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(_BUILDERS)}")
-    data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
-    config = tfds.core.BuilderConfig(name="r" + fingerprint(dataset, root, exclude=data_dir),
+    data_dir = prepared_copies.data_dir_path(data_dir)
+    config = tfds.core.BuilderConfig(name=prepared_copies.config_name(dataset, root, data_dir),
                                      version=FORMAT_VERSION,
                                      description=f"prepared from {root}")
     cls = _builder_class(dataset)
@@ -268,6 +248,7 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
                 raise
         logging.info("prepared %s in %.1f s", dataset, time.perf_counter() - t)
         b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers)
+        prepared_copies.remove_older(dataset, root, b.data_dir, data_dir)
     else:
         logging.info("reading prepared %s from %s", dataset, b.data_dir)
     skipped = [records.Skipped(**s) for s in b.info.metadata.get("skipped", [])]
@@ -295,3 +276,26 @@ def _read_split(b, split: str) -> Split:
                  stem=[r["stem"].decode() for r in rows],
                  patient=[r["patient"].decode() for r in rows],
                  index=np.array([r["index"] for r in rows], np.int32).reshape(-1))
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    if not f.clean:
+        raise SystemExit("nothing to do: pass --clean (datasets are prepared by the first run "
+                         "that uses them)")
+    prepared_copies.clean(f.data_dir, dry_run=f.dry_run)
+
+
+if __name__ == "__main__":
+    # python -m resp_jax.data.prepare --clean [--data_dir=DIR] [--dry_run]: removes the prepared
+    # copies that a newer one of the same root replaced (or that an older format wrote).
+    from absl import app, flags
+
+    flags.DEFINE_bool("clean", False, "Remove stale prepared copies.")
+    flags.DEFINE_string("data_dir", None, f"Prepared datasets (default {DEFAULT_DATA_DIR}; "
+                        "the runs' --config.data.tfds_dir).")
+    flags.DEFINE_bool("dry_run", False, "List the stale copies without removing them.")
+    app.run(main)

@@ -29,7 +29,7 @@ class RunData:
     sizes: dict                 # logical split -> number of cycles
     config: Any
     fields: tuple
-    features: Any               # pipeline.Features
+    features: Any               # feature_store.Features
     norm: tuple                 # (mean, std) of the standardisation after the batch min-max
 
     def _split(self, split: str) -> str:
@@ -78,7 +78,7 @@ class RunData:
 
 def load(config) -> RunData:
     """Reads (or makes) the dataset of a resolved ``config`` and computes its features."""
-    from resp_jax.data import pipeline, prepare
+    from resp_jax.data import feature_store, pipeline, prepare
 
     name = config.data.name
     root = config.data.root
@@ -106,7 +106,7 @@ def load(config) -> RunData:
     if config.loss.class_weighted:
         class_weights = np.asarray(
             pipeline.class_weights(pipeline.class_counts(prepared, "train")), np.float32)
-    features = pipeline.Features(prepared, config)  # log-mel of every cycle, once per run
+    features = feature_store.Features(prepared, config)  # log-mel of every cycle, once per run
     frames = int(features.frames)
     logging.info("%s: %s cycles; %d frames per example", name, sizes, frames)
     return RunData(name=name, test_split=test_split, eval_splits=eval_splits,

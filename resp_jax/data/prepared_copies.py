@@ -1,0 +1,155 @@
+"""The prepared copies on disk: the key that names a root's copy, the root each copy came from,
+and removal of the copies a newer key replaced.
+
+Every change under a data root makes a new copy (the key is a fingerprint of its files), so
+without housekeeping old copies pile up. A copy records its root in the TFDS metadata; only
+copies of the same dataset and root are ever removed, never another root's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from absl import logging
+
+from resp_jax.data import audio, records
+
+DEFAULT_DATA_DIR = "~/.cache/resp_jax/tfds"
+FORMAT_VERSION = "1.0.0"   # bump when what a prepared example holds changes
+BUILDER_PREFIX = "resp_jax_"  # TFDS builder name (and folder under data_dir): prefix + dataset
+
+
+def fingerprint(dataset: str, root, exclude=None) -> str:
+    """A short hash of the dataset, the prepared format and every file under ``root``
+    (relative path, size, mtime), leaving out the directory ``exclude`` (a cache inside it)."""
+    root = Path(root)
+    skip = os.path.realpath(exclude) if exclude else None
+    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{audio.SAMPLE_RATE}|{audio.FADE}".encode())
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames
+                             if os.path.realpath(os.path.join(dirpath, d)) != skip)
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            st = os.stat(full)
+            entries.append(f"{os.path.relpath(full, root)}\t{st.st_size}\t{st.st_mtime_ns}")
+    for e in sorted(entries):
+        h.update(e.encode() + b"\n")
+    return h.hexdigest()[:20]
+
+
+def data_dir_path(data_dir=None) -> str:
+    return os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
+
+
+def config_name(dataset: str, root, data_dir=None) -> str:
+    """The builder config name (folder) of ``root``'s current copy."""
+    return "r" + fingerprint(dataset, root, exclude=data_dir_path(data_dir))
+
+
+@dataclasses.dataclass(frozen=True)
+class Copy:
+    """One finished prepared copy: ``<data_dir>/resp_jax_<dataset>/<config>/<version>``."""
+    dataset: str
+    path: Path
+    root: str | None   # None: no root recorded (not made by resp_jax's builder)
+    size: int          # bytes
+
+    @property
+    def config(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def version(self) -> str:
+        return self.path.name
+
+
+def copies(data_dir=None) -> list:
+    """Every finished copy under ``data_dir``; copies still being written are left out."""
+    found = []
+    for dataset in records.DATASETS:
+        for info in sorted(Path(data_dir_path(data_dir), BUILDER_PREFIX + dataset)
+                           .glob("*/*/dataset_info.json")):
+            path = info.parent
+            if "incomplete" in path.name or "incomplete" in path.parent.name:
+                continue
+            try:
+                root = json.loads((path / "metadata.json").read_text()).get("root")
+            except (OSError, ValueError):
+                root = None
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            found.append(Copy(dataset, path, root, size))
+    return found
+
+
+def human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
+def remove(copy: Copy) -> None:
+    """Deletes a copy (and its config folder once empty); a copy another process removed
+    first is not an error."""
+    shutil.rmtree(copy.path, ignore_errors=True)
+    try:
+        copy.path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def remove_older(dataset: str, root, keep, data_dir=None) -> list:
+    """Removes the copies of ``dataset`` made from ``root`` other than ``keep`` (the copy just
+    prepared), logging each with its size; returns them."""
+    keep = os.path.realpath(keep)
+    older = [c for c in copies(data_dir) if c.dataset == dataset and c.root == str(root)
+             and os.path.realpath(c.path) != keep]
+    for c in older:
+        remove(c)
+        logging.info("removed an older prepared copy of %s (%s): %s, %s", root, dataset,
+                     c.path, human(c.size))
+    return older
+
+
+def stale(data_dir=None) -> tuple:
+    """(stale, kept): copies replaced by their root's current key (or an older format), and
+    the ones kept, each kept one with why: current, or its root cannot be checked."""
+    old, kept = [], []
+    current = {}
+    for c in copies(data_dir):
+        if c.root is None:
+            kept.append((c, "no root recorded"))
+            continue
+        if not os.path.isdir(c.root):
+            kept.append((c, "root not found"))
+            continue
+        key = (c.dataset, c.root)
+        if key not in current:
+            current[key] = config_name(c.dataset, c.root, data_dir)
+        if c.config == current[key] and c.version == FORMAT_VERSION:
+            kept.append((c, "current"))
+        else:
+            old.append(c)
+    return old, kept
+
+
+def clean(data_dir=None, dry_run: bool = False, out=print) -> list:
+    """Lists (and unless ``dry_run`` removes) the stale copies under ``data_dir``."""
+    old, kept = stale(data_dir)
+    for c, why in kept:
+        out(f"keep    {c.path}  {human(c.size)}  ({why}: {c.root})")
+    for c in old:
+        out(f"{'stale' if dry_run else 'removed'} {c.path}  {human(c.size)}  (from {c.root})")
+        if not dry_run:
+            remove(c)
+    total = human(sum(c.size for c in old))
+    out(f"{len(old)} stale prepared copies ({total})"
+        + (" would be removed (--dry_run)" if dry_run else " removed") + f" in "
+        f"{data_dir_path(data_dir)}")
+    return old
