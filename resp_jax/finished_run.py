@@ -85,15 +85,16 @@ class TrainedRun:
             config.data.norm_mean, config.data.norm_std = (float(v) for v in norm)
         return config
 
-    def classify_waves(self, waves: Sequence[np.ndarray], labels=None) -> dict:
+    def classify_waves(self, waves: Sequence[np.ndarray], labels=None, source: str = "") -> dict:
         """`outputs` for 16 kHz cycles from any recording (e.g. cut with `audio.cut`), fitted
         to the run's duration and batched ``eval.batch_size`` at a time in the given order.
-        ``labels`` (int, -1 unknown) are passed through."""
+        ``labels`` (int, -1 unknown) are passed through; ``source`` (the recording) names the
+        cycles in warnings."""
         from resp_jax.data import feature_store, pipeline, prepare
 
         n = len(waves)
         labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
-        split = prepare.Split(audio=list(waves), codes={"label": labels}, stem=[""] * n,
+        split = prepare.Split(audio=list(waves), codes={"label": labels}, stem=[source] * n,
                               patient=[""] * n, index=np.arange(n, dtype=np.int32))
         config = self.inference_config()
         feats = feature_store.Features(

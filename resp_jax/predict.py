@@ -48,7 +48,7 @@ def segments(wav: str, annotations: str | None, window: float, hop: float,
     """``(wave at 16 kHz, rows)`` of one recording: a row per cycle or window, with its
     start, end and (annotations) annotated class name; cycles starting past the end of the
     audio are left out with a warning that names them."""
-    from resp_jax.data import audio, readers, records
+    from resp_jax.data import audio, readers, records, wav_checks
 
     wave = audio.load_any(wav)
     duration = len(wave) / audio.SAMPLE_RATE
@@ -59,7 +59,7 @@ def segments(wav: str, annotations: str | None, window: float, hop: float,
         logging.warning("%s: %s (left out)", d.path, d.reason)
     rows, past = [], []
     for k, (start, end, label) in enumerate(cycles):
-        clamped = readers.clamp_to_audio(start, end, duration)
+        clamped = wav_checks.clamp_to_audio(start, end, duration)
         if clamped is None:
             past.append(k)
             continue
@@ -101,7 +101,7 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
         wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
                               run.dataset)
         cuts = [audio.cut(wave, r["start"], r["end"]) for r in rows]
-        result = run.classify_waves(cuts, [r.get("label", -1) for r in rows])
+        result = run.classify_waves(cuts, [r.get("label", -1) for r in rows], source=str(wav))
         for k, (row, p) in enumerate(zip(rows, result["probabilities"])):
             record = {"wav": wav, "index": k, "start": round(row["start"], 4),
                       "end": round(row["end"], 4),

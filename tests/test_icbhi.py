@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from resp_jax.data import icbhi, metadata, readers, records
+from resp_jax.data import icbhi, metadata, records, wav_checks
 
 DB = icbhi.AUDIO_DIR
 TAB_DEMO = (
@@ -162,7 +162,7 @@ def test_sample_rates_and_bit_depths(tmp_path, sr, subtype):
                                                                       "1.0\t9.0\t1\t1\n"},
                      split="104_1p1_Lr_sc_Litt3200\ttest\r\n")
     n = write_wav(root / DB / "104_1p1_Lr_sc_Litt3200.wav", 1.2345, sr, subtype)
-    info = readers.wav_info(root / DB / "104_1p1_Lr_sc_Litt3200.wav")
+    info = wav_checks.wav_info(root / DB / "104_1p1_Lr_sc_Litt3200.wav")
     assert (info.samplerate, info.subtype, info.channels) == (sr, subtype, 1)
     result = icbhi.read(root)
     assert [c.label for c in result.cycles] == [2, 3]
@@ -388,9 +388,9 @@ def test_real_recordings_are_read(icbhi_real, tmp_path):
     annotations = icbhi.read(root, annotations_only=True)
     assert [(c.stem, c.start, c.end) for c in result.cycles] == [
         (c.stem, c.start, c.end) for c in annotations.cycles]   # no real cycle runs past
-    rates = {c.device: readers.wav_info(c.wav_path).samplerate for c in result.cycles}
+    rates = {c.device: wav_checks.wav_info(c.wav_path).samplerate for c in result.cycles}
     assert rates["Litt3200"] == 4000 and rates["Meditron"] == 44100
-    subtypes = {readers.wav_info(root / DB / f"{s}.wav").subtype for s in REAL_WAV_STEMS}
+    subtypes = {wav_checks.wav_info(root / DB / f"{s}.wav").subtype for s in REAL_WAV_STEMS}
     assert subtypes == {"PCM_16", "PCM_24", "PCM_32"}
 
 

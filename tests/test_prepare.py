@@ -92,13 +92,13 @@ def test_cache_inside_the_data_root_is_reused(fresh_root, monkeypatch):
 def test_changed_file_invalidates_the_cache(fresh_root, tmp_path, monkeypatch):
     data_dir = tmp_path / "tfds"
     first = prepare.load("icbhi", fresh_root, data_dir=data_dir)
-    key = prepare.fingerprint("icbhi", fresh_root)
+    key = prepared_copies.fingerprint("icbhi", fresh_root)
     wav = _wavs(fresh_root)[0]
     info = sf.info(wav)
     quieter = sf.read(wav, dtype="float64")[0] * 0.5
     sf.write(wav, np.concatenate([quieter, quieter[:100]]), info.samplerate,
              subtype=info.subtype)
-    assert prepare.fingerprint("icbhi", fresh_root) != key
+    assert prepared_copies.fingerprint("icbhi", fresh_root) != key
     calls = []
     real_load = audio.load
     monkeypatch.setattr(audio, "load", lambda *a, **k: calls.append(a) or real_load(*a, **k))
@@ -108,9 +108,9 @@ def test_changed_file_invalidates_the_cache(fresh_root, tmp_path, monkeypatch):
     i = second[split].stem.index(wav.stem)
     assert not np.array_equal(first[split].audio[i], second[split].audio[i])
     # Adding a file changes the key too.
-    key = prepare.fingerprint("icbhi", fresh_root)
+    key = prepared_copies.fingerprint("icbhi", fresh_root)
     (fresh_root / "notes.txt").write_text("x")
-    assert prepare.fingerprint("icbhi", fresh_root) != key
+    assert prepared_copies.fingerprint("icbhi", fresh_root) != key
 
 
 def test_bad_audio_is_named_or_skipped_and_counted(fresh_root, tmp_path, monkeypatch):

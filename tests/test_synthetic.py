@@ -18,7 +18,7 @@ import scipy.signal
 import soundfile as sf
 from scipy.stats import chi2_contingency
 
-from resp_jax.data import icbhi, readers, records, sprsound, synthetic
+from resp_jax.data import icbhi, readers, records, sprsound, synthetic, wav_checks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,12 +49,12 @@ def test_icbhi_layout_and_quirks(small_icbhi):
     stems = sorted({c.stem for c in result.cycles})
     assert len(stems) == 12
     assert sorted(p.stem for p in (root / icbhi.AUDIO_DIR).glob("*.wav")) == stems
-    infos = [readers.wav_info(root / icbhi.AUDIO_DIR / f"{s}.wav") for s in stems]
+    infos = [wav_checks.wav_info(root / icbhi.AUDIO_DIR / f"{s}.wav") for s in stems]
     assert {i.samplerate for i in infos} == {4000, 10000, 44100}
     assert {i.subtype for i in infos} == {"PCM_16", "PCM_24", "PCM_32"}
     assert {c.device for c in result.cycles} == {"AKGC417L", "LittC2SE", "Litt3200", "Meditron"}
     for c in result.cycles:   # the rate follows the device
-        rate = readers.wav_info(c.wav_path).samplerate
+        rate = wav_checks.wav_info(c.wav_path).samplerate
         assert rate == 4000 if c.device == "Litt3200" else rate in (10000, 44100)
     # CRLF split file with one entry naming the wrong device, still matched.
     split = (root / icbhi.SPLIT_FILE).read_bytes()
@@ -71,7 +71,7 @@ def test_icbhi_layout_and_quirks(small_icbhi):
     clamped = [c for c in result.cycles if c.end < ends[(c.stem, c.index)]]
     assert clamped
     for c in clamped:
-        assert c.end == pytest.approx(readers.wav_info(c.wav_path).duration)
+        assert c.end == pytest.approx(wav_checks.wav_info(c.wav_path).duration)
     # Patient-disjoint splits, both with every class.
     train, test = result.split("train"), result.split("test")
     assert not {c.patient for c in train} & {c.patient for c in test}
@@ -165,7 +165,7 @@ def test_from_annotations_writes_a_wav_per_annotation_file(icbhi_real, tmp_path)
     for name in (icbhi.SPLIT_FILE, icbhi.DEMOGRAPHICS_FILES[0], icbhi.DIAGNOSIS_FILE):
         assert (out / name).read_bytes() == (src / name).read_bytes()
     for stem in REAL_SUBSET:
-        info = readers.wav_info(out / icbhi.AUDIO_DIR / f"{stem}.wav")
+        info = wav_checks.wav_info(out / icbhi.AUDIO_DIR / f"{stem}.wav")
         last = max(c.end for c in got.cycles if c.stem == stem)
         assert info.duration >= last
         if stem.endswith("Litt3200"):
@@ -208,7 +208,7 @@ def test_sprsound_layouts_splits_and_format(tmp_path, layout):
         starts = [int(e["start"]) for e in events]
         unsorted += starts != sorted(starts)
         assert all(isinstance(e["start"], str) and isinstance(e["end"], str) for e in events)
-        info = readers.wav_info(folders["train_wav"] / f"{js.stem}.wav")
+        info = wav_checks.wav_info(folders["train_wav"] / f"{js.stem}.wav")
         assert (info.samplerate, info.subtype) == (8000, "PCM_16")
     assert unsorted > 0
 

@@ -26,8 +26,7 @@ import numpy as np
 from absl import logging
 
 from resp_jax.data import audio, metadata, prepared_copies, records
-from resp_jax.data.prepared_copies import (DEFAULT_DATA_DIR, FORMAT_VERSION,  # noqa: F401
-                                           fingerprint)
+from resp_jax.data.prepared_copies import DEFAULT_DATA_DIR, FORMAT_VERSION
 
 _BUILDERS = {records.ICBHI: "RespJaxIcbhi", records.SPRSOUND: "RespJaxSprsound"}
 
@@ -211,12 +210,15 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
                                      description=f"prepared from {root}")
     cls = _builder_class(dataset)
     # TFDS warns about every config not declared in the class: ours never are, by design.
-    level = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
+    # The logger's own level, not the --verbosity flag's, is restored: a level set on the
+    # logger directly (pytest's caplog) would otherwise be lost.
+    absl_logger = logging.get_absl_logger()
+    level = absl_logger.level
+    absl_logger.setLevel(logging.converter.absl_to_standard(logging.ERROR))
     try:
         return cls(data_dir=data_dir, config=config, skip_bad=skip_bad, workers=workers)
     finally:
-        logging.set_verbosity(level)
+        absl_logger.setLevel(level)
 
 
 def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,

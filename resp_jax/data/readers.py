@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 
 from resp_jax.data import icbhi, records, sprsound
-from resp_jax.data.wav_checks import (EXPECTED_WAV, Problems, WavInfo, clamp_to_audio,  # noqa: F401
-                                      wav_info)
 
 
 def read(dataset: str, root, **kw) -> records.ReadResult:
