@@ -113,7 +113,9 @@ KALDI_EPSILON = float(np.finfo(np.float32).eps)  # torch.finfo(torch.float).eps,
 
 def kaldi_num_frames(n_samples: int) -> int:
     """Frames of Kaldi's snip-edges framing: 1 + (n - 400) // 160 (8 s at 16 kHz -> 798)."""
-    return 0 if n_samples < KALDI_FRAME_LENGTH else 1 + (n_samples - KALDI_FRAME_LENGTH) // KALDI_FRAME_SHIFT
+    if n_samples < KALDI_FRAME_LENGTH:
+        return 0
+    return 1 + (n_samples - KALDI_FRAME_LENGTH) // KALDI_FRAME_SHIFT
 
 
 def _kaldi_mel(freq):

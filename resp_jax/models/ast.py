@@ -1,4 +1,4 @@
-"""Audio Spectrogram Transformer (AST) encoder and its converted-weights format (docs/method.md §9).
+"""The Audio Spectrogram Transformer (AST) encoder and its weights on disk (docs/method.md §9).
 
 Why a second backbone: AST (Gong, Chung and Glass, Interspeech 2021; YuanGongND/ast) pretrained
 on ImageNet and AudioSet is the encoder of Patch-Mix CL (Bae et al., Interspeech 2023), the
