@@ -25,9 +25,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) -e .
 	touch $@
 
-# torch (CPU is enough) only for the weight-converter and PyTorch parity tests.
+# torch (CPU is enough), transformers and safetensors only for the weight converters and the
+# PyTorch / Hugging Face parity tests.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -e '.[torch,dev]'
+	$(PIP) -e '.[torch,ast,dev]'
 	touch $@
 
 clean:

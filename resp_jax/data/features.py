@@ -92,3 +92,104 @@ def logmel_tf(waves, dtype: str = "float64"):
     import tensorflow as tf
 
     return _compiled(dtype)(tf.convert_to_tensor(waves, tf.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Kaldi fbank: the AST front end (docs/method.md §9).
+#
+# Why a second front end: AST was pretrained on AudioSet with torchaudio.compliance.kaldi.fbank
+# features, so fine-tuning it needs the same numbers. This is a numpy re-implementation with
+# AST's arguments (htk_compat=True, window_type='hanning', dither 0, frame_shift 10 ms,
+# frame_length 25 ms, use_energy False, 128 mel bins) and Kaldi's defaults for the rest, so
+# torchaudio stays out of the product.
+
+AUDIOSET_MEAN = -4.2677393  # AST's AudioSet fbank statistics (its dataloader and the HF hub)
+AUDIOSET_STD = 4.5689974
+KALDI_FRAME_LENGTH = 400  # 25 ms at 16 kHz
+KALDI_FRAME_SHIFT = 160  # 10 ms at 16 kHz
+KALDI_PREEMPHASIS = 0.97
+KALDI_LOW_FREQ = 20.0
+KALDI_EPSILON = float(np.finfo(np.float32).eps)  # torch.finfo(torch.float).eps, the log floor
+
+
+def kaldi_num_frames(n_samples: int) -> int:
+    """Frames of Kaldi's snip-edges framing: 1 + (n - 400) // 160 (8 s at 16 kHz -> 798)."""
+    if n_samples < KALDI_FRAME_LENGTH:
+        return 0
+    return 1 + (n_samples - KALDI_FRAME_LENGTH) // KALDI_FRAME_SHIFT
+
+
+def _kaldi_mel(freq):
+    return 1127.0 * np.log1p(np.asarray(freq, np.float64) / 700.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _kaldi_banks(num_mel_bins: int, fft_size: int, sample_rate: int) -> np.ndarray:
+    """[fft_size // 2 + 1, bins] float64 Kaldi mel filters (torchaudio's get_mel_banks).
+
+    Triangles are linear in Kaldi's mel scale 1127 ln(1 + f / 700), evenly spaced between
+    20 Hz and Nyquist, evaluated at the FFT bin frequencies k * sr / fft_size for k < fft_size / 2;
+    the Nyquist bin gets no weight. No area normalisation.
+    """
+    half = fft_size // 2
+    low, high = _kaldi_mel(KALDI_LOW_FREQ), _kaldi_mel(sample_rate / 2.0)
+    delta = (high - low) / (num_mel_bins + 1)
+    left = low + delta * np.arange(num_mel_bins)[:, None]
+    centre, right = left + delta, left + 2.0 * delta
+    mel = _kaldi_mel(np.arange(half) * (sample_rate / fft_size))[None, :]
+    up = (mel - left) / (centre - left)
+    down = (right - mel) / (right - centre)
+    banks = np.maximum(0.0, np.minimum(up, down))  # [bins, half]
+    banks = np.concatenate([banks, np.zeros((num_mel_bins, 1))], axis=1).T
+    banks.setflags(write=False)
+    return banks
+
+
+def kaldi_fbank(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = 128,
+                *, remove_mean: bool = True) -> np.ndarray:
+    """Log mel filterbank ``[frames, num_mel_bins]`` float32 of a mono ``waveform`` [n].
+
+    The numbers of ``torchaudio.compliance.kaldi.fbank(w, htk_compat=True, sample_frequency=sr,
+    use_energy=False, window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)``:
+    frames of 25 ms every 10 ms, only whole frames (snip_edges: 1 + (n - 400) // 160, so 8 s
+    gives 798); per frame the DC offset removed, pre-emphasis 0.97 (the first sample against
+    itself), a symmetric Hann window ('hanning': 0.5 - 0.5 cos(2 pi i / 399)), zero-padded to a
+    512-point FFT, power spectrum, Kaldi mel filters 20 Hz - Nyquist, natural log floored at
+    float32 epsilon. Computed in float64, returned as float32.
+
+    ``remove_mean``: first subtract the waveform's mean, as AST's dataloader (_wav2fbank in
+    YuanGongND/ast src/dataloader.py) does before calling fbank. This function does it (the
+    pipeline must not do it again); Hugging Face's ASTFeatureExtractor and Patch-Mix CL's
+    generate_fbank do not, so pass False to reproduce them. The scale of ``waveform`` matters
+    (log of power): AST and AUDIOSET_MEAN / AUDIOSET_STD assume float samples in [-1, 1].
+    Normalise with :func:`normalise_fbank`; cutting or padding to the clip's frame count is
+    the caller's.
+    """
+    x = np.asarray(waveform, np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"kaldi_fbank expects a mono waveform [n], got shape {x.shape}")
+    frames = kaldi_num_frames(x.shape[0])
+    if frames == 0:
+        raise ValueError(f"kaldi_fbank needs at least {KALDI_FRAME_LENGTH} samples "
+                         f"(one 25 ms frame), got {x.shape[0]}")
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"kaldi_fbank's frame sizes are for {SAMPLE_RATE} Hz, got {sample_rate}")
+    if remove_mean:
+        x = x - x.mean()
+    starts = np.arange(frames) * KALDI_FRAME_SHIFT
+    strided = x[starts[:, None] + np.arange(KALDI_FRAME_LENGTH)[None, :]]
+    strided = strided - strided.mean(axis=1, keepdims=True)
+    previous = np.concatenate([strided[:, :1], strided[:, :-1]], axis=1)
+    strided = strided - KALDI_PREEMPHASIS * previous
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(KALDI_FRAME_LENGTH)
+                                / (KALDI_FRAME_LENGTH - 1))
+    fft_size = 1 << (KALDI_FRAME_LENGTH - 1).bit_length()  # 512
+    spectrum = np.fft.rfft(strided * window, n=fft_size, axis=1)
+    power = spectrum.real ** 2 + spectrum.imag ** 2
+    mel = power @ _kaldi_banks(num_mel_bins, fft_size, sample_rate)
+    return np.log(np.maximum(mel, KALDI_EPSILON)).astype(np.float32)
+
+
+def normalise_fbank(x):
+    """AST's normalisation with the AudioSet statistics: (x - mean) / (2 * std)."""
+    return (x - AUDIOSET_MEAN) / (2.0 * AUDIOSET_STD)

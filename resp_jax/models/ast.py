@@ -1,0 +1,460 @@
+"""The Audio Spectrogram Transformer (AST) encoder and its weights on disk (docs/method.md §9).
+
+Why a second backbone: AST (Gong, Chung and Glass, Interspeech 2021; YuanGongND/ast) pretrained
+on ImageNet and AudioSet is the encoder of Patch-Mix CL (Bae et al., Interspeech 2023), the
+strongest published ICBHI result we compare with.
+
+``ASTEncoder`` maps Kaldi fbank features ``x [batch, frames, bins]`` (``resp_jax.data.features.
+kaldi_fbank`` then ``normalise_fbank``) to pooled features ``[batch, width]`` float32:
+
+1. the input is transposed to a one-channel (frequency, time) image, as AST does;
+2. a 16 x 16 convolution with strides (fstride, tstride) cuts it into a grid of
+   ``f_dim x t_dim`` overlapping patches (12 x 101 for 128 bins x 1024 frames, 12 x 79 for 798
+   frames), flattened frequency-major (patch ``f * t_dim + t``) like PyTorch's ``flatten(2)``;
+3. optionally Patch-Mix (``resp_jax.patchmix``) replaces some patch embeddings by another
+   example's, before the position embedding is added (the authors' models/ast.py order; since a
+   mixed patch keeps its position, adding the embedding before or after gives the same tokens);
+4. a class and a distillation token are prepended, learned position embeddings added;
+5. ``depth`` pre-LayerNorm Transformer blocks (multi-head self-attention with a fused ``qkv``
+   projection as in timm's DeiT, then a 4x MLP with exact GELU);
+6. a final LayerNorm; the output is the mean of the two token outputs, as AST's forward and
+   Hugging Face's ``ASTModel.pooler_output``.
+
+The classification head (AST's ``mlp_head``: LayerNorm + Linear) is not part of the encoder.
+
+Variables are ``{'params'}`` only: AST has no BatchNorm, so there is no ``batch_stats``
+collection (code written for CNN6, which has one, must not assume it). Dropout and stochastic
+depth draw from the ``'dropout'`` rng, and only when ``train=True`` and their rate is > 0 (the
+Patch-Mix recipe uses 0 everywhere, as timm's DeiT-base does by default).
+
+Converted encoders live in a directory holding ``encoder.json`` (architecture, sizes, the
+source patch grid, provenance) and ``state/`` (an orbax checkpoint of ``{'params'}`` with the
+position embedding at the source grid); tools/convert_ast.py writes one with
+:func:`save_encoder` and :func:`load_pretrained` reads it, adapting the position embedding to
+the run's clip length as AST's ast_models.py does (:func:`adapt_position_embedding`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENCODER_FORMAT = 1
+META_FILE = "encoder.json"
+STATE_DIR = "state"
+# encoder.json fields that define the architecture (the rest is provenance).
+ARCH_FIELDS = ("width", "depth", "heads", "mlp_ratio", "patch", "fstride", "tstride",
+               "layer_norm_eps", "grid", "num_bins", "frames")
+
+
+def patch_grid(num_bins: int, frames: int, patch: int = 16, fstride: int = 10,
+               tstride: int = 10) -> tuple[int, int]:
+    """(f_dim, t_dim) of the patch grid: 128 bins x 1024 frames -> (12, 101); 798 -> (12, 79)."""
+    if num_bins < patch or frames < patch:
+        raise ValueError(f"an AST with {patch} x {patch} patches needs at least {patch} bins and "
+                         f"{patch} frames, got {num_bins} bins and {frames} frames")
+    return (num_bins - patch) // fstride + 1, (frames - patch) // tstride + 1
+
+
+_trunc_normal = nn.initializers.truncated_normal(stddev=0.02)  # timm's ViT init
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a block's residual branch per example, scaling kept ones."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if not train or self.rate <= 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        kept = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(kept, x / keep, jnp.zeros_like(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, fused qkv (output laid out as [3, heads, head_dim])."""
+
+    width: int
+    heads: int
+    attention_dropout: float = 0.0
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        batch, tokens, _ = x.shape
+        head_dim = self.width // self.heads
+        qkv = nn.Dense(3 * self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=_trunc_normal, name="qkv")(x)
+        qkv = qkv.reshape(batch, tokens, 3, self.heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim ** -0.5)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.attention_dropout, deterministic=not train)(weights)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, tokens, self.width)
+        out = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=_trunc_normal, name="proj")(out)
+        return nn.Dropout(self.dropout, deterministic=not train)(out)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    width: int
+    heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
+    layer_norm_eps: float = 1e-6
+    dtype: Any = jnp.float32
+
+    def _norm(self, name: str) -> nn.LayerNorm:
+        return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                            param_dtype=jnp.float32, use_fast_variance=False, name=name)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        drop_path = DropPath(self.drop_path)
+        h = Attention(self.width, self.heads, self.attention_dropout, self.dropout, self.dtype,
+                      name="attn")(self._norm("norm1")(x), train)
+        x = x + drop_path(h, train)
+        h = self._norm("norm2")(x)
+        h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                     kernel_init=_trunc_normal, name="fc1")(h)
+        h = nn.gelu(h, approximate=False)
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                     kernel_init=_trunc_normal, name="fc2")(h)
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        return x + drop_path(h, train)
+
+
+class ASTEncoder(nn.Module):
+    """AST feature extractor: ``x [B, frames, bins]`` -> ``[B, width]`` float32 (see module doc).
+
+    ``frames`` and ``num_bins`` fix the patch grid and so the position embedding's shape.
+    ``mask`` [B] is accepted for a common encoder interface and ignored (no batch statistics).
+    ``patch_mix``: a ``resp_jax.patchmix.PatchMixPlan`` (or any object with ``index`` [B] and
+    ``patches`` [f_dim * t_dim] bool): row ``i``'s patch ``p`` is replaced by row
+    ``index[i]``'s where ``patches[p]``; class and distillation tokens are untouched.
+    Stochastic depth rates rise linearly from 0 to ``drop_path`` over the blocks (timm).
+    """
+
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4
+    patch: int = 16
+    fstride: int = 10
+    tstride: int = 10
+    num_bins: int = 128
+    frames: int = 1024
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
+    layer_norm_eps: float = 1e-6
+    dtype: Any = jnp.float32
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(f_dim, t_dim): the patch grid of this encoder's input size."""
+        return patch_grid(self.num_bins, self.frames, self.patch, self.fstride, self.tstride)
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(round(self.width * self.mlp_ratio))
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None,
+                 patch_mix: Any = None) -> jax.Array:
+        del mask  # no batch statistics in a Transformer
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        x = jnp.asarray(x)
+        if x.ndim != 3 or x.shape[1:] != (self.frames, self.num_bins):
+            raise ValueError(f"ASTEncoder expects fbank x of shape [batch, frames, bins] = "
+                             f"[batch, {self.frames}, {self.num_bins}], got shape {x.shape}")
+        f_dim, t_dim = self.grid
+        batch = x.shape[0]
+
+        image = jnp.swapaxes(x, 1, 2)[..., None].astype(self.dtype)  # (B, freq, time, 1)
+        patches = nn.Conv(self.width, (self.patch, self.patch),
+                          strides=(self.fstride, self.tstride), padding="VALID",
+                          dtype=self.dtype, param_dtype=jnp.float32, name="patch_embed")(image)
+        patches = patches.reshape(batch, f_dim * t_dim, self.width)  # frequency-major
+        if patch_mix is not None:
+            patches = apply_patch_mix(patches, patch_mix.index, patch_mix.patches)
+
+        cls = self.param("cls_token", _trunc_normal, (1, 1, self.width), jnp.float32)
+        dist = self.param("dist_token", _trunc_normal, (1, 1, self.width), jnp.float32)
+        pos = self.param("pos_embed", _trunc_normal, (1, 2 + f_dim * t_dim, self.width),
+                         jnp.float32)
+        tokens = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(self.dtype),
+                                  jnp.broadcast_to(dist, (batch, 1, self.width)).astype(self.dtype),
+                                  patches], axis=1)
+        tokens = tokens + pos.astype(self.dtype)
+        tokens = nn.Dropout(self.dropout, deterministic=not train)(tokens)
+        for i in range(self.depth):
+            rate = self.drop_path * i / max(self.depth - 1, 1)
+            tokens = Block(self.width, self.heads, self.mlp_dim, self.dropout,
+                           self.attention_dropout, rate, self.layer_norm_eps, self.dtype,
+                           name=f"block{i}")(tokens, train)
+        tokens = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=jnp.float32,
+                              param_dtype=jnp.float32, use_fast_variance=False,
+                              name="norm")(tokens[:, :2])
+        return tokens.mean(axis=1)
+
+
+def apply_patch_mix(patches: jax.Array, index: jax.Array, mixed: jax.Array) -> jax.Array:
+    """``patches [B, P, D]`` with patch ``p`` of row ``i`` taken from row ``index[i]`` where
+    ``mixed[p]`` (the authors' ``image[:, mask] = image[index][:, mask]``)."""
+    index = jnp.asarray(index)
+    mixed = jnp.asarray(mixed)
+    if index.shape != patches.shape[:1] or mixed.shape != patches.shape[1:2]:
+        raise ValueError(f"patch_mix needs index [batch] = [{patches.shape[0]}] and patches "
+                         f"[num_patches] = [{patches.shape[1]}], got {index.shape} and "
+                         f"{mixed.shape}")
+    return jnp.where(mixed[None, :, None], patches[index], patches)
+
+
+# ----------------------------------------------------------------------------------------------
+# Position embeddings for another clip length.
+
+
+def _resize_linear(a: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """1-D linear resampling along ``axis`` as torch.nn.functional.interpolate's 'bilinear'
+    (align_corners=False) does along one axis: source coordinate (dst + 0.5) * in / out - 0.5,
+    clamped at 0, between its floor and the next sample (clamped at the end). The coordinate and
+    weights are computed in float32 as PyTorch's CPU kernel does for float32 tensors, so the
+    result matches AST's to float32 rounding."""
+    n = a.shape[axis]
+    if size == n:
+        return a
+    scale = np.float32(n) / np.float32(size)
+    dst = np.arange(size, dtype=np.float32)
+    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
+    lo = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    w1 = np.clip(src - lo.astype(np.float32), 0.0, 1.0).astype(np.float32)
+    w0 = (np.float32(1.0) - w1).astype(np.float64)
+    shape = [-1 if d == axis else 1 for d in range(a.ndim)]
+    return (np.take(a, lo, axis=axis) * w0.reshape(shape)
+            + np.take(a, hi, axis=axis) * w1.astype(np.float64).reshape(shape))
+
+
+def adapt_position_embedding(pos_embed: np.ndarray, source_grid: tuple[int, int],
+                             target_grid: tuple[int, int]) -> np.ndarray:
+    """``pos_embed [1, 2 + F*T, D]`` of a (F, T) patch grid made fit for ``target_grid`` (f, t).
+
+    As AST's ast_models.py: the two token embeddings are kept; the patch embeddings, as a
+    (D, F, T) image, first along time: the centre t columns ``T//2 - t//2 ..`` when t < T
+    (101 -> 79 keeps columns 11..89), bilinear interpolation (align_corners=False) when t > T;
+    then along frequency likewise (centre rows when f < F, interpolation when f > F).
+    """
+    pos_embed = np.asarray(pos_embed, np.float64)
+    (f0, t0), (f1, t1) = tuple(source_grid), tuple(target_grid)
+    if pos_embed.ndim != 3 or pos_embed.shape[:2] != (1, 2 + f0 * t0):
+        raise ValueError(f"pos_embed of a {f0} x {t0} grid must have shape [1, {2 + f0 * t0}, D], "
+                         f"got {pos_embed.shape}")
+    if min(f1, t1) < 1:
+        raise ValueError(f"target grid must be positive, got {target_grid}")
+    tokens, grid = pos_embed[:, :2], pos_embed[0, 2:].reshape(f0, t0, -1)
+    if t1 < t0:
+        start = t0 // 2 - t1 // 2
+        grid = grid[:, start:start + t1]
+    else:
+        grid = _resize_linear(grid, t1, axis=1)
+    if f1 < f0:
+        start = f0 // 2 - f1 // 2
+        grid = grid[start:start + f1]
+    else:
+        grid = _resize_linear(grid, f1, axis=0)
+    out = np.concatenate([tokens, grid.reshape(1, f1 * t1, -1)], axis=1)
+    return out.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Converted encoders on disk.
+
+
+def _encoder_from_meta(meta: Mapping[str, Any], **overrides: Any) -> ASTEncoder:
+    fields = {k: meta[k] for k in ("width", "depth", "heads", "mlp_ratio", "patch", "fstride",
+                                   "tstride", "layer_norm_eps", "num_bins", "frames")}
+    fields.update(overrides)
+    return ASTEncoder(**fields)
+
+
+def encoder_shapes(encoder: ASTEncoder) -> dict[str, Any]:
+    """``{'params'}`` of ``jax.ShapeDtypeStruct`` for ``encoder`` (no compute)."""
+    x = jax.ShapeDtypeStruct((1, encoder.frames, encoder.num_bins), jnp.float32)
+    return jax.eval_shape(lambda x: encoder.init(jax.random.key(0), x, train=False), x)
+
+
+def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        out["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
+    return out
+
+
+def _differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
+    """Every missing / unexpected / wrong-shape entry of ``got`` against ``expected``."""
+    want, have = _flat(expected), _flat(got)
+    diffs = [f"missing {k} (shape {tuple(want[k].shape)})" for k in sorted(want.keys() - have)]
+    diffs += [f"unexpected {k}" for k in sorted(have.keys() - want)]
+    for k in sorted(want.keys() & have.keys()):
+        shape = tuple(np.shape(have[k]))
+        if shape != tuple(want[k].shape):
+            diffs.append(f"{k}: shape {shape}, expected {tuple(want[k].shape)}")
+    return diffs
+
+
+def _check_meta(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The architecture fields of ``meta``, checked and normalised (grid from bins/frames)."""
+    missing = [k for k in ARCH_FIELDS if k not in meta and k != "grid"]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    out = dict(meta)
+    try:
+        for k in ("width", "depth", "heads", "patch", "fstride", "tstride", "num_bins", "frames"):
+            if isinstance(out[k], bool) or int(out[k]) != out[k] or int(out[k]) <= 0:
+                raise ValueError(f"{k} must be a positive int, got {out[k]!r}")
+            out[k] = int(out[k])
+        out["mlp_ratio"] = float(out["mlp_ratio"])
+        out["layer_norm_eps"] = float(out["layer_norm_eps"])
+        if out["width"] % out["heads"]:
+            raise ValueError(f"width {out['width']} is not divisible by heads {out['heads']}")
+        grid = list(patch_grid(out["num_bins"], out["frames"], out["patch"], out["fstride"],
+                               out["tstride"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from e
+    if "grid" in meta and list(meta["grid"]) != grid:
+        raise ValueError(f"{where}: grid {meta['grid']} does not match {out['num_bins']} bins x "
+                         f"{out['frames']} frames (expected {grid})")
+    out["grid"] = grid
+    return out
+
+
+def _write_state(path: Path, state: Mapping[str, Any]) -> None:
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, state)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(path)
+    return {k: restored[k] for k in restored}
+
+
+def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
+                 meta: Mapping[str, Any], *, overwrite: bool = False) -> Path:
+    """Writes encoder ``variables`` ({'params'}) and ``meta`` atomically.
+
+    ``meta`` needs the architecture: ``width, depth, heads, mlp_ratio, patch, fstride, tstride,
+    layer_norm_eps`` and the source input size ``num_bins, frames`` (whose patch grid the
+    position embedding is laid out on; it is stored as ``grid``); anything else
+    JSON-serialisable is kept as provenance (e.g. ``source``). Everything is written to a
+    temporary directory beside ``directory`` and renamed into place, so a failure leaves
+    nothing behind. An existing non-empty ``directory`` is an error unless ``overwrite``.
+    """
+    meta = _check_meta(meta, "meta")
+    variables = {k: variables[k] for k in variables}
+    diffs = _differences(encoder_shapes(_encoder_from_meta(meta)), variables)
+    if diffs:
+        raise ValueError(f"variables do not fit an AST encoder of width {meta['width']}, depth "
+                         f"{meta['depth']}, grid {meta['grid']}:\n  " + "\n  ".join(diffs))
+    state = jax.tree.map(lambda a: np.asarray(a, dtype=np.float32), variables)
+    record = {**meta, "format": ENCODER_FORMAT, "architecture": "ast"}
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"  # fails before anything is written
+
+    directory = Path(directory).absolute()
+    if directory.exists() and not overwrite and not (directory.is_dir()
+                                                     and not any(directory.iterdir())):
+        raise FileExistsError(f"{directory} already exists and is not empty "
+                              "(choose another directory or overwrite it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        _write_state(tmp / STATE_DIR, state)
+        (tmp / META_FILE).write_text(text)
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.rename(directory, old / directory.name)
+            os.rename(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def encoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """The checked contents of ``directory/encoder.json`` (architecture, grid, provenance)."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a converted AST encoder: {path} not found "
+                                "(create one with tools/convert_ast.py)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != ENCODER_FORMAT or meta.get("architecture") != "ast":
+        raise ValueError(f"{path}: expected format {ENCODER_FORMAT} and architecture 'ast', got "
+                         f"format {meta.get('format')!r}, architecture "
+                         f"{meta.get('architecture')!r}")
+    return _check_meta(meta, str(path))
+
+
+def load_pretrained(directory: str | os.PathLike, *, frames: int | None = None,
+                    num_bins: int | None = None, dtype: Any = jnp.float32,
+                    **fields: Any) -> tuple[ASTEncoder, dict[str, Any]]:
+    """Reads an encoder written by :func:`save_encoder` / tools/convert_ast.py.
+
+    Returns ``(encoder, {'params'})`` for inputs of ``frames`` x ``num_bins`` (default: the
+    source size, e.g. 1024 x 128); the position embedding is adapted with
+    :func:`adapt_position_embedding`. ``encoder.apply(variables, x, train=False)`` maps
+    ``x [B, frames, num_bins]`` to ``[B, width]``. ``fields`` sets the regularisation fields
+    (``dropout``, ``attention_dropout``, ``drop_path``); there is no ``batch_stats``.
+    """
+    allowed = {"dropout", "attention_dropout", "drop_path"}
+    if fields.keys() - allowed:
+        raise TypeError(f"load_pretrained accepts only {sorted(allowed)} as extra fields, got "
+                        f"{sorted(fields.keys() - allowed)}")
+    meta = encoder_meta(directory)
+    state_dir = (Path(directory) / STATE_DIR).absolute()
+    try:
+        restored = _read_state(state_dir)
+    except Exception as e:  # orbax raises many types; name the directory
+        raise ValueError(f"{state_dir}: cannot read the orbax checkpoint: {e}") from e
+    diffs = _differences(encoder_shapes(_encoder_from_meta(meta)), restored)
+    if diffs:
+        raise ValueError(f"{state_dir} does not fit an AST encoder of width {meta['width']}, "
+                         f"depth {meta['depth']}, grid {meta['grid']}:\n  " + "\n  ".join(diffs))
+    encoder = _encoder_from_meta(meta, frames=int(frames or meta["frames"]),
+                                 num_bins=int(num_bins or meta["num_bins"]), dtype=dtype, **fields)
+    params = dict(restored["params"])
+    params["pos_embed"] = adapt_position_embedding(np.asarray(params["pos_embed"]),
+                                                   tuple(meta["grid"]), encoder.grid)
+    variables = {"params": jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)}
+    return encoder, variables
