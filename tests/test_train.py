@@ -60,7 +60,8 @@ def mesh():
     return parallel.make_mesh(jax.devices()[:1])
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", [n if n in ("ce", "scl", "mscl") else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS])
 def test_every_method_step_lowers_its_loss_on_a_fixed_batch(name, mesh):
     config, model, state, step = _setup(name, mesh)
     batch = parallel.to_global(_fields(config, _batch()), mesh)
@@ -83,6 +84,7 @@ def test_every_method_step_lowers_its_loss_on_a_fixed_batch(name, mesh):
     assert np.isfinite(float(m["grad_norm"])) and float(m["grad_norm"]) > 0
 
 
+@pytest.mark.slow
 def test_two_stage_state_has_no_classifier_one_stage_has_no_projector(mesh):
     _, _, scl_state, _ = _setup("mscl", mesh)
     assert set(scl_state.params) == {"encoder", "proj_label", "proj_sex_age_group"}
@@ -92,6 +94,7 @@ def test_two_stage_state_has_no_classifier_one_stage_has_no_projector(mesh):
     assert set(hybrid_state.params) == {"encoder", "classifier", "proj_label"}
 
 
+@pytest.mark.slow
 def test_encoder_starts_from_converted_weights(mesh, tmp_path):
     from resp_jax.models import cnn6
     channels = (4, 8, 8, 16)
@@ -114,6 +117,7 @@ def test_encoder_starts_from_converted_weights(mesh, tmp_path):
 MANY_HEADS = (("label", 0.4), ("mode", 0.3), ("diagnosis", 0.2), ("sex", 0.1))
 
 
+@pytest.mark.slow
 def test_hybrid_and_mscl_losses_are_the_papers_combinations(mesh):
     """The step's loss equals alpha CE + (1 - alpha) SupCon (hybrid) and the weighted head sum
     (M-SCL, any number of metadata heads from the config alone), recomputed here from the
@@ -151,6 +155,7 @@ def test_hybrid_and_mscl_losses_are_the_papers_combinations(mesh):
         np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mscl", "ce"])
 def test_padding_rows_do_not_change_the_step(name, mesh):
     """Padded rows (mask 0) take no part: their contents cannot change loss or state."""
@@ -169,6 +174,7 @@ def test_padding_rows_do_not_change_the_step(name, mesh):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_step_donates_the_state_it_is_given(mesh):
     """The old state's buffers are reused for the new one (no second copy of the model and
     optimiser state on the device)."""
@@ -178,6 +184,7 @@ def test_train_step_donates_the_state_it_is_given(mesh):
     assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new))
 
 
+@pytest.mark.slow
 def test_bn_statistics_per_view_follow_the_reference(mesh):
     """With bn_per_view the encoder runs once per view, so the running statistics take two
     momentum-0.1 updates per step; with one call, one update over both views."""
