@@ -191,10 +191,10 @@ class Job:
         self.kill()
 
 
-def _config(tiny_icbhi, epochs=2):
+def _config(data, epochs=2):
     config = tiny_config("scl", batch_size=8, epochs=epochs, duration=1.0)
-    config.data.root = str(tiny_icbhi["root"])
-    config.data.tfds_dir = str(tiny_icbhi["tfds"])
+    config.data.root = str(data["root"])
+    config.data.tfds_dir = str(data["tfds"])
     return config
 
 
