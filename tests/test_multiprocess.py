@@ -123,6 +123,31 @@ def test_initialize_passes_the_settings_to_jax(monkeypatch):
     assert calls[1]["num_processes"] is None  # JAX reads the SLURM variables
 
 
+def test_processes_making_the_default_dataset_at_once_keep_the_one_that_finished(
+        tmp_path, monkeypatch):
+    """Every process of a job without data.root makes the synthetic default dataset; one that
+    finishes second must not delete the copy the first one already put in place (and is
+    reading)."""
+    import shutil
+
+    from resp_jax.data import synthetic
+    monkeypatch.setitem(synthetic.DEFAULT_DATASET_RECORDINGS, "icbhi", 4)
+    target = tmp_path / f"icbhi-{synthetic.CACHE_VERSION}"
+    write = synthetic.write
+
+    def write_while_another_process_finishes(dataset, out, **kw):
+        write(dataset, out, **kw)
+        shutil.copytree(out, target)  # the other process's complete copy, renamed into place
+        (target / synthetic._COMPLETE).write_text(synthetic.CACHE_VERSION + "\n")
+        (target / "in-use").touch()
+        return out
+
+    monkeypatch.setattr(synthetic, "write", write_while_another_process_finishes)
+    assert synthetic.default_dataset("icbhi", cache_dir=tmp_path) == target
+    assert (target / "in-use").exists() and (target / synthetic._COMPLETE).is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary copy left
+
+
 # ------------------------------------------------------------------------------------------
 # Real processes
 
