@@ -185,10 +185,14 @@ def initialize(environ: Mapping[str, str] | None = None) -> Launch | None:
     # JAX's own deadline aborts the process from C++ with a stack trace; the watchdog ends it
     # first, with one line and exit status JOIN_TIMEOUT_EXIT.
     kwargs["initialization_timeout"] = launch.timeout_s + 60
+    if launch.source == "manual":
+        hint = (f"Start the same command on every process, with the same {COORDINATOR_ENV} "
+                f"and {NUM_PROCESSES_ENV}, each its own {PROCESS_ID_ENV}")
+    else:
+        hint = (f"Start the same command as every task of the job (SLURM: with srun); "
+                f"{DISTRIBUTED_ENV}=0 runs one process on its own")
     message = (f"{who} could not join the job through {where}: not every process arrived "
-               f"within {launch.timeout_s} s. Start the same command on every process, with "
-               f"the same {COORDINATOR_ENV} and {NUM_PROCESSES_ENV}, each its own "
-               f"{PROCESS_ID_ENV} ({TIMEOUT_ENV} sets the wait)")
+               f"within {launch.timeout_s} s. {hint} ({TIMEOUT_ENV} sets the wait)")
     watchdog = threading.Timer(launch.timeout_s, _give_up, (message,))
     watchdog.daemon = True
     watchdog.start()
