@@ -164,7 +164,9 @@ def initialize(environ: Mapping[str, str] | None = None) -> Launch | None:
     """Joins a multi-process job when the environment describes one (see the module
     docstring); call before any other JAX call. Returns how it joined, or None (one process).
     Raises `DistributedSetupError` (one line) on a wrong or partial setting, a cluster JAX
-    cannot read, or peers that did not all arrive within RESP_JAX_DISTRIBUTED_TIMEOUT s."""
+    cannot read or a coordinator that fails; when not every process has arrived within
+    RESP_JAX_DISTRIBUTED_TIMEOUT seconds, writes one line to stderr and exits with status
+    JOIN_TIMEOUT_EXIT (JAX would abort later, with a C++ stack trace)."""
     launch = launch_from_env(environ)
     if launch is None:
         return None
@@ -173,27 +175,26 @@ def initialize(environ: Mapping[str, str] | None = None) -> Launch | None:
     if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):  # the user's choice wins
         # gloo: CPU processes exchange data over TCP; a no-op for GPU and TPU devices.
         jax.config.update("jax_cpu_collectives_implementation", CPU_COLLECTIVES)
+    # JAX's own deadline aborts the process from C++ with a stack trace: the watchdog below
+    # ends it first, with one line and exit status JOIN_TIMEOUT_EXIT.
     kwargs = dict(coordinator_address=launch.coordinator, num_processes=launch.num_processes,
-                  process_id=launch.process_id, initialization_timeout=launch.timeout_s)
+                  process_id=launch.process_id, initialization_timeout=launch.timeout_s + 60)
     if launch.source in _CLUSTERS:
         kwargs["cluster_detection_method"] = launch.source
     who = (f"process {launch.process_id} of {launch.num_processes}"
            if launch.source == "manual" else f"this process ({launch.source})")
-    where = launch.coordinator or "the detected coordinator"
-    logging.info("joining a multi-process job as %s through %s (timeout %d s)", who, where,
-                 launch.timeout_s)
-    # JAX's own deadline aborts the process from C++ with a stack trace; the watchdog ends it
-    # first, with one line and exit status JOIN_TIMEOUT_EXIT.
-    kwargs["initialization_timeout"] = launch.timeout_s + 60
+    failed = f"{who} could not join the job through {launch.coordinator or 'its coordinator'}"
     if launch.source == "manual":
         hint = (f"Start the same command on every process, with the same {COORDINATOR_ENV} "
                 f"and {NUM_PROCESSES_ENV}, each its own {PROCESS_ID_ENV}")
     else:
         hint = (f"Start the same command as every task of the job (SLURM: with srun); "
                 f"{DISTRIBUTED_ENV}=0 runs one process on its own")
-    message = (f"{who} could not join the job through {where}: not every process arrived "
-               f"within {launch.timeout_s} s. {hint} ({TIMEOUT_ENV} sets the wait)")
-    watchdog = threading.Timer(launch.timeout_s, _give_up, (message,))
+    logging.info("joining a multi-process job as %s through %s (timeout %d s)", who,
+                 launch.coordinator or "the detected coordinator", launch.timeout_s)
+    watchdog = threading.Timer(launch.timeout_s, _give_up, (
+        f"{failed}: not every process arrived within {launch.timeout_s} s. {hint} "
+        f"({TIMEOUT_ENV} sets the wait)",))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -201,10 +202,11 @@ def initialize(environ: Mapping[str, str] | None = None) -> Launch | None:
         jax.devices()  # the backend exchanges every process's devices: inside the wait too
     except ValueError as e:  # JAX found no cluster to fill in what is missing
         raise DistributedSetupError(
-            f"JAX could not read the job from the environment ({_first_line(e)}); set {COORDINATOR_ENV}, {NUM_PROCESSES_ENV} and "
-            f"{PROCESS_ID_ENV} on every process") from e
+            f"JAX could not read the job from the environment ({_first_line(e)}); set "
+            f"{COORDINATOR_ENV}, {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV} on every "
+            "process") from e
     except Exception as e:  # the coordinator's client: refused, bad address, ...
-        raise DistributedSetupError(f"{message.split(':')[0]}: {_first_line(e)}") from e
+        raise DistributedSetupError(f"{failed}: {_first_line(e)}. {hint}") from e
     finally:
         watchdog.cancel()
     logging.info("joined: process %d of %d", jax.process_index(), jax.process_count())

@@ -123,6 +123,31 @@ def test_initialize_passes_the_settings_to_jax(monkeypatch):
     assert calls[1]["num_processes"] is None  # JAX reads the SLURM variables
 
 
+def test_a_failing_join_is_one_line(monkeypatch):
+    import jax
+
+    def fail(**kw):
+        raise RuntimeError("UNAVAILABLE: failed to connect\n(details...)")
+
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", fail)
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    env = dict(JAX_COORDINATOR_ADDRESS="127.0.0.1:1", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="1")
+    with pytest.raises(parallel.DistributedSetupError) as e:
+        parallel.initialize(env)
+    assert str(e.value).startswith("process 1 of 2 could not join the job through 127.0.0.1:1: "
+                                   "RuntimeError: UNAVAILABLE: failed to connect. Start the")
+    assert "\n" not in str(e.value)
+
+    def no_cluster(**kw):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    with pytest.raises(parallel.DistributedSetupError, match=r"^JAX could not read the job "
+                       r"from the environment \(ValueError: coordinator_address should"):
+        parallel.initialize({"RESP_JAX_DISTRIBUTED": "1"})
+
+
 def test_processes_making_the_default_dataset_at_once_keep_the_one_that_finished(
         tmp_path, monkeypatch):
     """Every process of a job without data.root makes the synthetic default dataset; one that
