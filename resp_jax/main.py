@@ -5,13 +5,15 @@
 
 Without --workdir the run goes to runs/<config name>-<YYYYmmdd-HHMMSS>. Running the same
 command with the same --workdir resumes an interrupted run. Exit status: 0 done, 1 the loss
-became NaN/inf, 2 a bad config value, 128 + signal number after SIGINT/SIGTERM (a checkpoint
-was saved).
+became NaN/inf, 2 a bad config value or multi-process setting (README, "Several hosts"), 3 the
+processes of a multi-process job did not all join in time, 128 + signal number after
+SIGINT/SIGTERM (a checkpoint was saved).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
@@ -30,8 +32,12 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from resp_jax import parallel, cli
-    parallel.initialize()  # multi-host jobs join before any other JAX call
+    from resp_jax import cli, parallel
+    try:
+        parallel.initialize()  # multi-process jobs join before any other JAX call
+    except parallel.DistributedSetupError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     import jax
     workdir = _WORKDIR.value
     if workdir is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -91,9 +92,13 @@ def markdown(summary: dict) -> str:
 
 
 def run_sweep(config, seeds: int, workdir) -> tuple[int, dict | None]:
-    """Runs the missing seeds; returns (exit status, summary or None when a run stopped)."""
-    from resp_jax import logging_utils, cli
+    """Runs the missing seeds; returns (exit status, summary or None when a run stopped, and
+    on every process but process 0, which alone reads the results and writes the summary)."""
+    import jax
+
+    from resp_jax import cli, logging_utils
     workdir = Path(workdir)
+    lead = jax.process_index() == 0
     runs = []
     for k in range(seeds):
         rundir = workdir / f"seed_{k}"
@@ -108,20 +113,25 @@ def run_sweep(config, seeds: int, workdir) -> tuple[int, dict | None]:
                 return status, None
         else:
             logging.info("seed %d/%d already done: %s", k + 1, seeds, done)
-        runs.append(json.loads(done.read_text()))
+        if lead:  # results.json is written by process 0 at the end of its run
+            runs.append(json.loads(done.read_text()))
+    if not lead:
+        return 0, None
     summary = summarize(runs, method_label(config))
-    import jax
-    if jax.process_index() == 0:
-        logging_utils.write_json(workdir / "summary.json", summary)
-        (workdir / "summary.md").write_text(markdown(summary))
+    logging_utils.write_json(workdir / "summary.json", summary)
+    (workdir / "summary.md").write_text(markdown(summary))
     return 0, summary
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from resp_jax import parallel, cli
-    parallel.initialize()
+    from resp_jax import cli, parallel
+    try:
+        parallel.initialize()  # multi-process jobs join before any other JAX call
+    except parallel.DistributedSetupError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     workdir = _WORKDIR.value
     if workdir is None:
         import jax

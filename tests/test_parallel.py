@@ -95,11 +95,13 @@ def test_prefetch_keeps_order_and_content():
 
 
 def test_distributed_initialize_only_when_asked(monkeypatch):
+    """No launch variables: one process; RESP_JAX_DISTRIBUTED=1 asks JAX to detect the job
+    (the launch settings themselves: tests/test_multiprocess.py)."""
     calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda: calls.append(1))
-    monkeypatch.delenv(parallel.DISTRIBUTED_ENV, raising=False)
-    parallel.initialize()
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    assert parallel.initialize({}) is None
     assert calls == []
-    monkeypatch.setenv(parallel.DISTRIBUTED_ENV, "1")
-    parallel.initialize()
-    assert calls == [1]
+    assert parallel.initialize({parallel.DISTRIBUTED_ENV: "1"}).source == "auto"
+    assert len(calls) == 1 and calls[0]["coordinator_address"] is None

@@ -69,8 +69,8 @@ def default_dataset(dataset: str, cache_dir=None) -> Path:
             write(dataset, tmp, recordings=DEFAULT_DATASET_RECORDINGS[dataset], seed=0)
             readers.read(dataset, tmp)   # never cache something the reader rejects
             (tmp / _COMPLETE).write_text(CACHE_VERSION + "\n")
-            if target.exists():          # an incomplete leftover from a crashed run
-                shutil.rmtree(target, ignore_errors=True)
+            if target.exists() and not (target / _COMPLETE).is_file():  # a crashed run's
+                shutil.rmtree(target, ignore_errors=True)  # leftover, not a concurrent run's
             try:
                 os.rename(tmp, target)
             except OSError:
