@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from resp_jax.data.records import CLASSES, SPRSOUND  # the fixed datasets' class names
+from resp_jax.data.records import CLASSES, DATASETS, SPRSOUND
 
 # The metrics a run reports, in table order, with their display names (results.json, report,
 # sweep).
@@ -82,7 +82,9 @@ def scores(cm, dataset: Optional[str] = None) -> dict:
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] < 2:
         raise ValueError(f"confusion matrix must be square [C, C] with C >= 2, got {cm.shape}")
-    if dataset in CLASSES:
+    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if dataset in CLASSES:  # fixed classes (a manifest's: num_classes from its config)
         if cm.shape[0] != len(CLASSES[dataset]):
             raise ValueError(f"{dataset} has {len(CLASSES[dataset])} classes, the confusion "
                              f"matrix has {cm.shape[0]}")
@@ -113,9 +115,11 @@ def summarize(y_true, y_pred, mask=None, dataset: Optional[str] = None,
     the two is required.
     """
     if num_classes is None:
+        if dataset is not None and dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
         if dataset not in CLASSES:
-            raise ValueError(f"summarize needs num_classes, or a dataset with fixed classes "
-                             f"{tuple(CLASSES)}; got dataset {dataset!r}")
+            raise ValueError(f"summarize needs num_classes or dataset (one of {tuple(CLASSES)}"
+                             f", whose classes are fixed), got dataset {dataset!r}")
         num_classes = len(CLASSES[dataset])
     cm = confusion_matrix(y_true, y_pred, num_classes, mask)
     out = scores(cm, dataset)

@@ -65,9 +65,11 @@ def default_dataset(dataset: str, cache_dir=None) -> Path:
     ~/.cache/resp_jax/synthetic) and is written to a temporary folder, checked with the
     reader, then renamed into place, so a crash or a concurrent run never leaves half of one.
     """
-    if dataset not in records.CLASSES:
-        raise ValueError(f"no synthetic default for dataset {dataset!r}; expected one of "
-                         f"{tuple(records.CLASSES)} (a manifest needs data.root=PATH/manifest.csv)")
+    if dataset == records.MANIFEST:
+        raise ValueError("no synthetic default for a manifest: set data.root=PATH/manifest.csv "
+                         "(python -m resp_jax.data.synthetic --dataset=manifest writes one)")
+    if dataset not in records.DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {records.DATASETS}")
     parent = Path(os.path.expanduser(str(cache_dir or CACHE_DIR)))
     target = parent / f"{dataset}-{CACHE_VERSION}"
     if not (target / _COMPLETE).is_file():
