@@ -5,8 +5,8 @@
 
 Without --workdir the run goes to runs/<config name>-<YYYYmmdd-HHMMSS>. Running the same
 command with the same --workdir resumes an interrupted run. Exit status: 0 done, 1 the loss
-became NaN/inf, 2 a bad config value, 128 + signal number after SIGINT/SIGTERM (a checkpoint
-was saved).
+became NaN/inf, 2 a bad config value or bad input data, 128 + signal number after
+SIGINT/SIGTERM (a checkpoint was saved).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ prepared copy keyed by content, and a run, predict, report and embed on it."""
 import json
 import logging
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -217,6 +216,18 @@ def test_resolve_records_classes_fields_and_test_split(small, tmp_path):
         configuration.resolve(_manifest_config(csv, name="icbhi", root="", classes=("a", "b")))
 
 
+def test_runs_recorded_before_classes_existed_still_resume(tmp_path):
+    config = configuration.resolve(load_config("mscl"))
+    old = json.loads(config.to_json())
+    for key in ("classes", "normal_class", "fields"):
+        del old["data"][key]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    configuration.check_resume(tmp_path, config, resuming=True)
+    config.data.duration = 4.0
+    with pytest.raises(ValueError, match="differs in data.duration"):
+        configuration.check_resume(tmp_path, config, resuming=True)
+
+
 def test_classes_from_the_command_line(small):
     csv = small(GOOD)
     values = flags.FlagValues()
@@ -257,6 +268,18 @@ def test_skip_bad_rows_survive_the_cache(small, tmp_path):
     assert len(p.skipped) == 1 and p.skipped[0].line == 6 and len(p["train"]) == 2
     with pytest.raises(DataError, match="1 bad item"):
         prepare.load("manifest", csv, data_dir=tmp_path / "tfds")
+
+
+def test_a_bad_row_stops_a_run_with_one_line_naming_it(small, tmp_path, capsys):
+    from resp_jax import cli
+
+    config = tiny_config("ce")
+    config.data.name, config.data.root = "manifest", str(small(GOOD + ["gone.wav,0,1,normal,"
+                                                                       "train,p3,,"]))
+    config.data.tfds_dir = str(tmp_path / "tfds")
+    assert cli.run(config, tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest.csv:6: column path: file not found" in err[0]
 
 
 @pytest.mark.slow
