@@ -57,6 +57,7 @@ def run(config, workdir) -> int:
 
     from resp_jax import configuration, train
     from resp_jax.data.records import DataError
+    from resp_jax.stopping import Interrupted, NonFiniteLoss
     try:
         configuration.resolve(config)  # train resolves again; this only reports config errors
     except ValueError as e:
@@ -64,10 +65,10 @@ def run(config, workdir) -> int:
         return 2
     try:
         results = train.train_and_evaluate(config, workdir)
-    except train.Interrupted as e:
+    except Interrupted as e:
         logging.warning("%s", e)
         return 128 + e.signum
-    except train.NonFiniteLoss as e:
+    except NonFiniteLoss as e:
         logging.error("%s", e)
         return 1
     except DataError as e:

@@ -80,11 +80,11 @@ def test_same_cycles_labels_metadata_and_counts_as_the_icbhi_reader(icbhi_csv, c
     assert readers.read("manifest", csv).classes == ("normal", "both", "crackle", "wheeze")
 
 
-def test_prepared_copy_holds_the_icbhi_cycles_and_metadata(icbhi_csv, tmp_path):
+def test_prepared_copy_holds_the_icbhi_cycles_and_metadata(icbhi_csv, tiny_icbhi):
     csv, root = icbhi_csv
     schema = manifest.describe(csv, records.ICBHI_CLASSES)[0]
-    got = prepare.load("manifest", csv, data_dir=tmp_path, schema=schema)
-    want = prepare.load("icbhi", root, data_dir=tmp_path)
+    got = prepare.load("manifest", csv, data_dir=tiny_icbhi["tfds"], schema=schema)
+    want = prepare.load("icbhi", root, data_dir=tiny_icbhi["tfds"])   # shared by the session
     assert set(got.splits) == {"train", "test"} and got.schema == schema
     for split in ("train", "test"):
         g, w = got[split], want[split]
@@ -287,7 +287,8 @@ def test_run_predict_report_and_embed_on_a_manifest(example, tmp_path):
     from resp_jax import embed, finished_run, predict, report, train
     from resp_jax.data import run_data
 
-    config = tiny_config("mscl", epochs=2)
+    config = tiny_config("mscl", epochs=1)
+    config.linear_eval.epochs = 1
     config.data.name, config.data.root = "manifest", str(example)
     config.data.tfds_dir = str(tmp_path / "tfds")
     config.loss.heads = (("label", 0.75), ("sex+age_group", 0.25))
