@@ -7,8 +7,8 @@ A second run reads the cache: no decoding, no resampling, no reader.
 
 The cache key is a fingerprint of the root's contents (relative path, size and mtime of every
 file; a manifest: its CSV's content, its audio files' sizes and mtimes, and the classes and
-field values its codes follow) used as the builder config name, so changing, adding or removing a file makes a new
-prepared copy, and the root's older copies are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
+field values its codes follow) used as the builder config name, so changing, adding or
+removing a file makes a new prepared copy, and the root's older copies are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
 a cached load reports them too.
 """
 
