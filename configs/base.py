@@ -5,7 +5,7 @@ Fields left as placeholders (None) are dataset- or init-dependent and are filled
 `resp_jax.configuration.resolve`, when a run starts; the resolved values are what `config.json` records.
 
 Config arguments, comma separated after the file name (`configs/mscl.py:quick,sprsound`):
-  icbhi | sprsound   the dataset (data.name);
+  icbhi | sprsound   the dataset (data.name; 'manifest' also needs data.root=PATH/manifest.csv);
   quick              the README demo preset: short clips, small widths, few epochs, small batch.
 Command-line overrides come after: `--config.train.epochs=10`.
 """
@@ -28,8 +28,9 @@ def get_config(arg=None):
     config.method = "ce"
 
     config.data = data = config_dict.ConfigDict()
-    data.name = "icbhi"            # 'icbhi' or 'sprsound'
-    data.root = ""                 # dataset root; '' = the small synthetic default dataset
+    data.name = "icbhi"            # 'icbhi', 'sprsound' or 'manifest' (your own recordings)
+    data.root = ""                 # dataset root ('manifest': PATH/manifest.csv); '' = the
+                                   # small synthetic default dataset (ICBHI, SPRSound)
     data.tfds_dir = ""             # where prepared (TFDS) data is cached;
                                    # '' = ~/.cache/resp_jax/tfds
     data.skip_bad = False          # skip (and report) unreadable files instead of failing
@@ -40,8 +41,15 @@ def get_config(arg=None):
                                    # of this dataset's min-max-ed training features
     data.norm_mean = 0.3690        # standardisation after the batch min-max (ICBHI values,
     data.norm_std = 0.0255         # reused for SPRSound as the reference code does)
-    data.test_split = placeholder(str)  # split reported as 'test'; None = 'test' (ICBHI),
-                                        # 'inter_test' (SPRSound)
+    data.test_split = placeholder(str)  # split reported as 'test'; None = 'test' (ICBHI,
+                                        # manifest), 'inter_test' (SPRSound)
+    data.classes = placeholder(tuple)   # class names in label order; None = the dataset's
+                                        # (manifest: the labels of its CSV); the normal class
+                                        # comes first (label 0: Sp is its recall)
+    data.normal_class = placeholder(str)  # None = 'normal' (manifest), the first class
+                                          # (ICBHI 'normal', SPRSound 'Normal')
+    data.fields = placeholder(tuple)    # filled when a run starts, not set: ((field, (value,
+                                        # ...)), ...), the metadata codes the run used
 
     # SpecAugment on training views only (docs/method.md §2.6); each view draws its own masks.
     config.augment = augment = config_dict.ConfigDict()

@@ -50,11 +50,14 @@ def summary_line(results: dict) -> str:
 
 def run(config, workdir) -> int:
     """Trains in ``workdir`` and prints the result line; returns the process exit status:
-    0 done, 1 the loss became NaN/inf, 2 a bad config value (one line naming the field, no
-    traceback), 128 + signal number after SIGINT/SIGTERM."""
+    0 done, 1 the loss became NaN/inf, 2 a bad config value or bad input data (one line
+    naming the field, or the file, line and column; no traceback), 128 + signal number after
+    SIGINT/SIGTERM."""
     import jax
 
     from resp_jax import configuration, train
+    from resp_jax.data.records import DataError
+    from resp_jax.stopping import Interrupted, NonFiniteLoss
     try:
         configuration.resolve(config)  # train resolves again; this only reports config errors
     except ValueError as e:
@@ -62,12 +65,15 @@ def run(config, workdir) -> int:
         return 2
     try:
         results = train.train_and_evaluate(config, workdir)
-    except train.Interrupted as e:
+    except Interrupted as e:
         logging.warning("%s", e)
         return 128 + e.signum
-    except train.NonFiniteLoss as e:
+    except NonFiniteLoss as e:
         logging.error("%s", e)
         return 1
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     if jax.process_index() == 0:
         print(summary_line(results), flush=True)
         print(f"outputs in {workdir}", flush=True)

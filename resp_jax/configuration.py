@@ -17,13 +17,14 @@ import jax
 import ml_collections
 
 from resp_jax import linear_eval, logging_utils, losses, models, optim, selection
-from resp_jax.data import audio, metadata, pipeline, records
+from resp_jax.data import audio, metadata, pipeline, readers, records
 
 # What differs between datasets (docs/method.md §4, §5). Normalisation constants are the same for both
-# (the reference reuses ICBHI's) and live in configs/base.py.
+# (the reference reuses ICBHI's) and live in configs/base.py. A manifest gets ICBHI's.
 DATASET_DEFAULTS = {
     records.ICBHI: {"epochs": 400, "class_weighted": True},
     records.SPRSOUND: {"epochs": 200, "class_weighted": False},
+    records.MANIFEST: {"epochs": 400, "class_weighted": True},
 }
 LR_PRETRAINED = 1e-4   # fine-tuning AudioSet weights
 LR_SCRATCH = 1e-3
@@ -84,10 +85,22 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.loss.class_weighted = defaults["class_weighted"]
     if config.train.lr is None:
         config.train.lr = LR_PRETRAINED if config.model.init_from else LR_SCRATCH
+    # Classes, metadata fields and splits: fixed for ICBHI and SPRSound, a manifest's from
+    # its CSV; recorded here so config.json says what every code meant.
+    schema, splits, normal = readers.describe(name, config.data.root, config.data.classes,
+                                              config.data.normal_class)
+    config.data.classes = schema.classes
+    config.data.normal_class = normal
+    config.data.fields = schema.to_config()
+    if "train" not in splits:
+        raise ValueError(f"{config.data.root}: no 'train' split (splits found: "
+                         f"{', '.join(splits) or 'none'}); training needs one")
     if config.data.test_split is None:
-        config.data.test_split = records.TEST_SPLIT[name]
-    _choice("data.test_split", config.data.test_split,
-            [s for s in records.SPLITS[name] if s != "train"])
+        config.data.test_split = records.TEST_SPLIT.get(name, "test")
+    _choice("data.test_split", config.data.test_split, [s for s in splits if s != "train"])
+    if config.eval.selection == "val" and selection.VAL_SPLIT in splits:
+        raise ValueError(f"{config.data.root} has a split named {selection.VAL_SPLIT!r}, and "
+                         "eval.selection='val' carves its own from 'train': rename that split")
 
     for key in ("train.epochs", "train.batch_size", "train.lr", "linear_eval.batch_size",
                 "eval.batch_size", "data.duration", "loss.temperature", "train.log_every"):
@@ -114,7 +127,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError("method 'hybrid' combines CE with supervised heads; 'instance' "
                          "belongs to 'simclr'")
     try:
-        metadata.check_fields(name, [f for f in names if f != INSTANCE])
+        metadata.check_fields(schema, [f for f in names if f != INSTANCE])
     except KeyError as e:
         raise ValueError(f"config.loss.heads: {e.args[0]}") from None
     return config
@@ -122,6 +135,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 # Fields a resumed run may change: they do not affect the results.
 RESUME_MAY_CHANGE = ("train.log_every",)
+# Fields added since runs began recording config.json: a run recorded without them resumes.
+ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -141,7 +156,8 @@ def check_resume(workdir: Path, config, resuming: bool) -> None:
     if resuming and path.exists():
         old, new = _flat(json.loads(path.read_text())), _flat(current)
         diff = sorted(k for k in old.keys() | new.keys()
-                      if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
+                      if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE
+                      and not (k in ADDED_SINCE and k not in old))
         if diff:
             raise ValueError(f"{workdir} holds a run with a different config (differs in "
                              f"{', '.join(diff)}); resume with the same config or use a new "

@@ -8,7 +8,8 @@ Writes one ``.npz`` (numpy.load reads it) with, per cycle of the split, in the d
   probabilities  float32 [n, C]  classifier output;  prediction int32 [n]
   label          int32 [n]       class index; label_names [C]
   <field>        int32 [n]       code of every metadata field of the dataset (sex, age_group,
-                                 device, location, mode, diagnosis; -1 unknown), with
+                                 device, location, mode, diagnosis; a manifest's columns;
+                                 -1 unknown), with
                                  <field>_names holding the value of each code
   stem, patient  str [n]         recording and patient;  index int32 [n]: cycle in recording
   dataset, split str             e.g. 'icbhi', 'test'
@@ -43,9 +44,9 @@ def embed(run, data, split: str) -> dict:
               "label_names": np.asarray(run.classes), "stem": out["stem"],
               "patient": out["patient"], "index": out["index"],
               "dataset": np.asarray(run.dataset), "split": np.asarray(out["split"])}
-    for field in metadata.dataset_fields(run.dataset)[1:]:
+    for field in metadata.dataset_fields(run.schema)[1:]:
         arrays[field] = out["codes"][field]
-        arrays[f"{field}_names"] = np.asarray(metadata.vocab(run.dataset, field))
+        arrays[f"{field}_names"] = np.asarray(metadata.vocab(run.schema, field))
     return arrays
 
 

@@ -172,19 +172,28 @@ def embed_2d(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
                 learning_rate="auto").fit_transform(x)
 
 
-def map_panels(dataset: str) -> list:
-    """(field, title) of each colouring of the embedding map."""
+def map_panels(dataset) -> list:
+    """(field, title) of each colouring of the embedding map: class, then up to three
+    metadata fields of the dataset (a name or a `metadata.Schema`), sex, age group and
+    device first (chest location when there is no device), then any other."""
     from resp_jax.data import metadata
-    last = ("device", "device") if "device" in metadata.dataset_fields(dataset) else \
-        ("location", "chest location (no device in this dataset)")
-    return [("label", "class"), ("sex", "sex"), ("age_group", "age group"), last]
+    fields = metadata.dataset_fields(dataset)[1:]
+    titles = {"sex": "sex", "age_group": "age group", "device": "device"}
+    chosen = [f for f in ("sex", "age_group", "device") if f in fields]
+    if "device" not in fields and "location" in fields:
+        chosen.append("location")
+        titles["location"] = "chest location (no device in this dataset)"
+    chosen += [f for f in fields if f not in chosen]
+    return [("label", "class")] + [(f, titles.get(f, f)) for f in chosen[:3]]
 
 
-def plot_embedding(xy: np.ndarray, codes: dict, dataset: str, path: Path, title: str) -> None:
+def plot_embedding(xy: np.ndarray, codes: dict, dataset, path: Path, title: str) -> None:
     from resp_jax.data import metadata
     plt = _pyplot()
     panels = map_panels(dataset)
     fig, axes = plt.subplots(2, 2, figsize=(11, 10))
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
     cmap = plt.get_cmap("tab10")
     for ax, (field, name) in zip(axes.ravel(), panels):
         values = codes[field]

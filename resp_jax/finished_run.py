@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resp_jax.data import records
+from resp_jax.data import metadata
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -40,8 +40,13 @@ class TrainedRun:
         return self.config.data.name
 
     @property
+    def schema(self) -> metadata.Schema:
+        """Class names and metadata values, as the run recorded them (`metadata.schema`)."""
+        return metadata.schema(self.config.data)
+
+    @property
     def classes(self) -> tuple:
-        return records.CLASSES[self.dataset]
+        return self.schema.classes
 
     @functools.cached_property
     def _forward(self):
@@ -98,7 +103,7 @@ class TrainedRun:
                               patient=[""] * n, index=np.arange(n, dtype=np.int32))
         config = self.inference_config()
         feats = feature_store.Features(
-            prepare.Prepared(self.dataset, "", {"new": split}, []), config)
+            prepare.Prepared(self.dataset, "", {"new": split}, [], self.schema), config)
         return self.outputs(pipeline.eval_batches(feats, config, "new",
                                                   global_batch=config.eval.batch_size))
 
@@ -144,7 +149,7 @@ def load(workdir) -> TrainedRun:
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(read_json(workdir / CONFIG_FILE, "its config"))
     results = read_json(workdir / RESULTS_FILE, "the results of the finished run")
-    model = build_model(config, len(records.CLASSES[config.data.name]))
+    model = build_model(config, len(metadata.schema(config.data).classes))
     frames = features.num_frames(int(round(config.data.duration * audio.SAMPLE_RATE)))
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
                             jax.ShapeDtypeStruct((1, features.N_MELS, frames), jnp.float32))

@@ -121,7 +121,8 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
         log.write({"epoch": epoch, "stage": "linear", "split": "train", "loss": loss})
         results = {}
         for split in data.eval_splits:
-            results[split] = steps.scores([predict(params, *feats[split])], data.name)
+            results[split] = steps.scores([predict(params, *feats[split])], data.name,
+                                          data.num_classes)
             log.write({"epoch": epoch, "stage": "linear", "split": split, **results[split]})
         if selector.update(epoch, results):
             best = params

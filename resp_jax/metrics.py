@@ -1,6 +1,7 @@
 """Challenge metrics (docs/method.md §6): confusion matrix, Sp, Se, Score, HS, SPRSound score, recalls.
 
-Class 0 is the normal class on both datasets; every other class is abnormal. Sp is the recall
+Class 0 is the normal class (``data.normal_class``: `configuration.resolve` puts it first, for
+every dataset); every other class is abnormal. Sp is the recall
 of the normal class; Se counts an abnormal cycle as detected only when it gets its exact class
 (a wheeze predicted as a crackle is a miss). All scores are in percent (0-100).
 
@@ -15,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from resp_jax.data.records import CLASSES, SPRSOUND
+from resp_jax.data.records import CLASSES, DATASETS, SPRSOUND
 
 # The metrics a run reports, in table order, with their display names (results.json, report,
 # sweep).
@@ -75,14 +76,15 @@ def scores(cm, dataset: Optional[str] = None) -> dict:
 
     Returns 'sp', 'se', 'score' = (Se + Sp) / 2, 'hs' = 2 Se Sp / (Se + Sp), 'recall' (per
     class, list) and 'support' (cycles per true class, list); with dataset 'sprsound' also
-    'sprsound_score' = (Score + HS) / 2. ``dataset`` (if given) fixes the number of classes.
+    'sprsound_score' = (Score + HS) / 2. ``dataset`` (if given, ICBHI or SPRSound) fixes
+    the number of classes; a manifest's come from its config.
     """
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] < 2:
         raise ValueError(f"confusion matrix must be square [C, C] with C >= 2, got {cm.shape}")
-    if dataset is not None:
-        if dataset not in CLASSES:
-            raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(CLASSES)}")
+    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if dataset in CLASSES:  # fixed classes (a manifest's: num_classes from its config)
         if cm.shape[0] != len(CLASSES[dataset]):
             raise ValueError(f"{dataset} has {len(CLASSES[dataset])} classes, the confusion "
                              f"matrix has {cm.shape[0]}")
@@ -109,13 +111,15 @@ def summarize(y_true, y_pred, mask=None, dataset: Optional[str] = None,
               num_classes: Optional[int] = None) -> dict:
     """`scores` of the predictions plus the confusion matrix (nested lists, for logging).
 
-    ``num_classes`` defaults to the dataset's class count; one of the two is required.
+    ``num_classes`` defaults to the class count of a fixed dataset (ICBHI, SPRSound); one of
+    the two is required.
     """
     if num_classes is None:
-        if dataset is None:
-            raise ValueError("summarize needs num_classes or dataset")
+        if dataset is not None and dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
         if dataset not in CLASSES:
-            raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(CLASSES)}")
+            raise ValueError(f"summarize needs num_classes or dataset (one of {tuple(CLASSES)}"
+                             f", whose classes are fixed), got dataset {dataset!r}")
         num_classes = len(CLASSES[dataset])
     cm = confusion_matrix(y_true, y_pred, num_classes, mask)
     out = scores(cm, dataset)

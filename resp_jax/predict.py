@@ -64,7 +64,7 @@ def segments(wav: str, annotations: str | None, window: float, hop: float,
             past.append(k)
             continue
         row = {"start": clamped[0], "end": clamped[1],
-               "annotated": records.CLASSES[kind][label]}
+               "annotated": records.CLASSES[kind][label]}  # the annotation format's
         if kind == dataset:
             row["label"] = label
         rows.append(row)
@@ -150,7 +150,8 @@ def summary(records: list, run) -> str | None:
              if r.get("annotated") in index]
     if not pairs or len(pairs) != len(records):
         return None
-    s = metrics.summarize([a for a, _ in pairs], [b for _, b in pairs], dataset=run.dataset)
+    s = metrics.summarize([a for a, _ in pairs], [b for _, b in pairs], dataset=run.dataset,
+                          num_classes=len(run.classes))
     normal = sum(a == 0 for a, _ in pairs)
     abnormal = len(pairs) - normal
     sp = f"{s['sp']:.2f}" if normal else "n/a"

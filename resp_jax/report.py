@@ -77,7 +77,7 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     out = run.split_outputs(data, "test")
     classes = run.classes
     cm = metrics.confusion_matrix(out["label"], out["prediction"], len(classes))
-    recomputed = metrics.scores(cm, dataset=run.dataset)
+    recomputed = metrics.scores(cm, dataset=run.dataset)  # SPRSound: + its challenge score
     recall, support = np.asarray(recomputed["recall"]), np.asarray(recomputed["support"])
 
     figures = workdir / FIGURE_DIR
@@ -95,7 +95,7 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     map_note = ""
     if len(rows) >= 5:
         xy = embed_2d(out["features"][rows], embedding, seed=int(run.config.train.seed))
-        plot_embedding(xy, codes, run.dataset, figures / "embedding.png",
+        plot_embedding(xy, codes, run.schema, figures / "embedding.png",
                        f"{MAP_NAMES[embedding]} of frozen encoder features, {out['split']} split "
                        f"({len(rows)} of {n} cycles)")
     else:
@@ -144,7 +144,7 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
                   f"{MAP_NAMES[embedding]} of the frozen encoder features of the "
                   f"{out['split']} split "
                   f"({len(rows)} of {n} cycles), coloured by "
-                  + ", ".join(t for _, t in map_panels(run.dataset)) + "."]
+                  + ", ".join(t for _, t in map_panels(run.schema)) + "."]
     path = workdir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -74,12 +74,13 @@ def make_eval_step(model, class_weights, mesh) -> Callable:
                    in_shardings=(repl, parallel.batch_sharding(mesh)), out_shardings=repl)
 
 
-def scores(outputs: list, dataset: str) -> dict:
+def scores(outputs: list, dataset: str, num_classes: int | None = None) -> dict:
     """Metrics of a split from the per-batch outputs of an eval step (one host read)."""
     out = jax.tree.map(lambda *xs: np.concatenate([np.atleast_1d(parallel.to_host(x))
                                                    for x in xs]), *outputs)
     keep = out["mask"] > 0
-    s = metrics.summarize(out["label"][keep], out["pred"][keep], dataset=dataset)
+    s = metrics.summarize(out["label"][keep], out["pred"][keep], dataset=dataset,
+                          num_classes=num_classes)
     result = {"loss": float(out["loss_sum"].sum() / max(out["weight"].sum(), 1e-12))}
     result.update({k: s[k] for k in metrics.REPORTED if k in s})
     return result

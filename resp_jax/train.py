@@ -100,7 +100,8 @@ def train_epoch(state, epoch: int, skip: int, acc, *, train_step, data, mesh, co
 def evaluate(eval_step, variables, data, mesh) -> dict:
     """Metrics of every evaluated split ('test', and 'val' under validation selection)."""
     return {split: steps.scores([eval_step(variables, b)
-                                 for b in data.eval_batches(split, mesh)], data.name)
+                                 for b in data.eval_batches(split, mesh)], data.name,
+                                data.num_classes)
             for split in data.eval_splits}
 
 

@@ -37,7 +37,7 @@ def small_icbhi(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def defaults(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
-    for dataset in records.DATASETS:
+    for dataset in records.CLASSES:   # the datasets with a synthetic default
         synthetic.default_dataset(dataset, cache_dir=cache)
     return cache
 

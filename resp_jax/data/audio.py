@@ -31,7 +31,7 @@ def load(path, sr: int = SAMPLE_RATE) -> np.ndarray:
     return _decode(path, sr, wav_checks.EXPECTED_WAV)
 
 
-ANY_AUDIO = "a sound file that libsndfile reads (WAV, FLAC, OGG, AIFF, ...)"
+ANY_AUDIO = wav_checks.ANY_AUDIO
 
 
 def load_any(path, sr: int = SAMPLE_RATE) -> np.ndarray:

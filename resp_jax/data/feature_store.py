@@ -72,6 +72,7 @@ class Features:
             raise ValueError(f"config.data.sample_rate={sr}; the log-mel is defined at "
                              f"{audio.SAMPLE_RATE} Hz (docs/method.md §2.4)")
         self.dataset = prepared.dataset
+        self.schema = prepared.schema
         self.samples = int(round(float(config.data.duration) * sr))
         if self.samples <= features.HOP:
             raise ValueError(f"config.data.duration={config.data.duration} s is too short; "
@@ -84,10 +85,12 @@ class Features:
         self._field_cache = {}
 
     @classmethod
-    def from_splits(cls, dataset: str, splits: dict, samples: int, pad: str = "circular"):
+    def from_splits(cls, dataset: str, splits: dict, samples: int, pad: str = "circular",
+                    schema=None):
         """Features assembled from `SplitFeatures` already computed (subsets, tests)."""
         self = cls.__new__(cls)
         self.dataset, self.samples, self.pad = dataset, int(samples), pad
+        self.schema = metadata.schema(schema or dataset)
         self.frames = features.num_frames(self.samples)
         for name, s in splits.items():
             if s.x.shape[1:] != (features.N_MELS, self.frames):
@@ -119,8 +122,8 @@ class Features:
         """int32 [n] codes of a (possibly composite) metadata field; -1 unknown."""
         key = (split, field)
         if key not in self._field_cache:
-            metadata.check_fields(self.dataset, [field])
-            self._field_cache[key] = metadata.combine(self.dataset, field, self[split].codes)
+            metadata.check_fields(self.schema, [field])
+            self._field_cache[key] = metadata.combine(self.schema, field, self[split].codes)
         return self._field_cache[key]
 
     def variable(self, split: str):

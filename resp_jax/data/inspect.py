@@ -2,6 +2,7 @@
 
     python -m resp_jax.data.inspect --dataset=icbhi --data_dir=../shared/data/icbhi2017 \\
         --annotations_only
+    python -m resp_jax.data.inspect --dataset=manifest --data_dir=PATH/manifest.csv
 
 Prints a human-readable table, then as its last line one JSON object: cycles, recordings,
 patients and classes per split, metadata counts, and the skipped items.
@@ -15,11 +16,12 @@ import sys
 
 from absl import app, flags
 
-from resp_jax.data import readers, records
+from resp_jax.data import metadata, readers, records
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(records.DATASETS), "Which dataset's layout to read.")
-flags.DEFINE_string("data_dir", None, "Root of the distributed dataset files.")
+flags.DEFINE_string("data_dir", None, "Root of the distributed dataset files (manifest: the "
+                    "CSV).")
 flags.DEFINE_bool("annotations_only", False,
                   "Read the annotation and metadata files only; do not open the WAV files.")
 flags.DEFINE_bool("skip_bad", False,
@@ -38,7 +40,7 @@ def _count(values) -> dict:
 def summarize(dataset: str, result: records.ReadResult) -> dict:
     """The JSON summary of a read: per split counts, metadata counts, skipped items."""
     splits = {}
-    for split in records.SPLITS[dataset]:
+    for split in result.splits:
         cycles = result.split(split)
         labels = collections.Counter(c.label for c in cycles)
         splits[split] = {
@@ -46,17 +48,20 @@ def summarize(dataset: str, result: records.ReadResult) -> dict:
             "recordings": len({c.stem for c in cycles}),
             "patients": len({c.patient for c in cycles}),
             "classes": {name: labels.get(i, 0)
-                        for i, name in enumerate(records.CLASSES[dataset])},
+                        for i, name in enumerate(result.classes)},
         }
-    fields = ("sex", "age_group", _EXTRA_FIELD[dataset])
-    meta = {f: _count(getattr(c, f) for c in result.cycles) for f in fields}
+    if dataset in _EXTRA_FIELD:
+        fields = ("sex", "age_group", _EXTRA_FIELD[dataset])
+    else:   # a manifest: every metadata column
+        fields = tuple(f for f, _ in result.cycles[0].extra) if result.cycles else ()
+    meta = {f: _count(metadata.value(c, f) for c in result.cycles) for f in fields}
     return {"dataset": dataset, "splits": splits, "metadata": meta,
             "skipped": [s.to_json() for s in result.skipped]}
 
 
 def _table(summary: dict, result: records.ReadResult, dropped: list) -> list:
     dataset = summary["dataset"]
-    names = records.CLASSES[dataset]
+    names = result.classes
     width = max(10, *(len(n) for n in names))
     lines = [f"{dataset}: {len(result.cycles)} cycles, "
              f"{len({c.stem for c in result.cycles})} recordings, "

@@ -33,7 +33,7 @@ def num_batches(n: int, global_batch: int) -> int:
 def class_counts(prepared, split: str) -> np.ndarray:
     """Cycles per class in ``split`` of a `prepare.Prepared` (or `Features`)."""
     labels = np.asarray(prepared[split].label)
-    c = len(records.CLASSES[prepared.dataset])
+    c = len(prepared.schema.classes)
     return np.bincount(labels[labels >= 0], minlength=c).astype(np.int64)
 
 

@@ -6,8 +6,9 @@ with its label, stem, patient, cycle index and the integer code of every base me
 A second run reads the cache: no decoding, no resampling, no reader.
 
 The cache key is a fingerprint of the root's contents (relative path, size and mtime of every
-file) used as the builder config name, so changing, adding or removing a file makes a new
-prepared copy, and the root's older copies are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
+file; a manifest: its CSV's content, its audio files' sizes and mtimes, and the classes and
+field values its codes follow) used as the builder config name, so changing, adding or
+removing a file makes a new prepared copy, and the root's older copies are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
 a cached load reports them too.
 """
 
@@ -28,14 +29,15 @@ from absl import logging
 from resp_jax.data import audio, metadata, prepared_copies, records
 from resp_jax.data.prepared_copies import DEFAULT_DATA_DIR, FORMAT_VERSION
 
-_BUILDERS = {records.ICBHI: "RespJaxIcbhi", records.SPRSOUND: "RespJaxSprsound"}
+_BUILDERS = {records.ICBHI: "RespJaxIcbhi", records.SPRSOUND: "RespJaxSprsound",
+             records.MANIFEST: "RespJaxManifest"}
 
 
 @dataclasses.dataclass
 class Split:
     """The cycles of one split, in reader order."""
     audio: list                 # float32 [n_i] 16 kHz cycles, fades applied
-    codes: dict                 # base field -> int32 [n] (metadata.BASE_FIELDS; -1 unknown)
+    codes: dict                 # base field -> int32 [n] (Schema.stored_fields; -1 unknown)
     stem: list                  # recording stem per cycle
     patient: list               # patient id per cycle
     index: np.ndarray           # int32 [n]: cycle position in its recording's annotations
@@ -64,6 +66,11 @@ class Prepared:
     root: str
     splits: dict                # split name -> Split
     skipped: list               # records.Skipped
+    schema: metadata.Schema = None  # classes and field values (None: the dataset's fixed one)
+
+    def __post_init__(self):
+        if self.schema is None:
+            self.schema = metadata.fixed_schema(self.dataset)
 
     def __getitem__(self, split: str) -> Split:
         try:
@@ -74,8 +81,9 @@ class Prepared:
 
 
 def _decode_recording(path: str, cycles: list) -> list:
-    """All cycles of one recording from a single decode."""
-    wave = audio.load(path)
+    """All cycles of one recording from a single decode (a manifest's: any format)."""
+    manifest = cycles and cycles[0].dataset == records.MANIFEST
+    wave = audio.load_any(path) if manifest else audio.load(path)
     return [audio.cut(wave, c.start, c.end) for c in cycles]
 
 
@@ -139,13 +147,14 @@ def _builder_class(dataset: str):
             f"Pass the root of the distributed {dataset} files (docs/method.md §1) as the manual dir.")
         DATASET = dataset
 
-        def __init__(self, *, skip_bad: bool = False, workers: int = 0, **kw):
+        def __init__(self, *, root, schema, skip_bad: bool = False, workers: int = 0, **kw):
+            self._root, self._schema = Path(root), schema
             self._skip_bad = skip_bad
             self._workers = workers or max(1, min(4, os.cpu_count() or 1))
             super().__init__(**kw)
 
         def _info(self):
-            fields = {f: np.int32 for f in metadata.BASE_FIELDS}
+            fields = {f: np.int32 for f in self._schema.stored_fields}
             return self.dataset_info_from_configs(
                 description=f"{dataset} respiratory cycles at {audio.SAMPLE_RATE} Hz",
                 features=tfds.features.FeaturesDict({
@@ -164,15 +173,18 @@ def _builder_class(dataset: str):
         def _split_generators(self, dl_manager):
             from resp_jax.data import readers
 
-            root = Path(dl_manager.manual_dir)
-            result = readers.read(dataset, root, skip_bad=self._skip_bad)
+            root = self._root   # a manifest's CSV; its folder is the manual dir
+            kw = {"schema": self._schema} if dataset == records.MANIFEST else {}
+            result = readers.read(dataset, root, skip_bad=self._skip_bad, **kw)
             # Stored with the examples as JSON; extended while the splits are generated (TFDS
             # writes the metadata after the last split).
             skipped = [s.to_json() for s in result.skipped]
             self.info.metadata["root"] = str(root)
             self.info.metadata["skipped"] = skipped
+            if dataset == records.MANIFEST:
+                self.info.metadata["schema"] = prepared_copies.schema_json(self._schema)
             return {split: self._generate_examples(result.split(split), skipped)
-                    for split in records.SPLITS[dataset]}
+                    for split in result.splits}
 
         def _generate_examples(self, cycles, skipped):
             for pos, c, wave in _decoded(cycles, self._skip_bad, skipped, self._workers):
@@ -185,8 +197,8 @@ def _builder_class(dataset: str):
                     continue
                 ex = {"audio": wave, "stem": c.stem, "patient": c.patient,
                       "index": c.index, "order": pos}
-                for f in metadata.BASE_FIELDS:
-                    ex[f] = metadata.encode_base(dataset, f, getattr(c, f))
+                for f in self._schema.stored_fields:
+                    ex[f] = metadata.encode_base(self._schema, f, metadata.value(c, f))
                 yield f"{pos:07d}", ex
 
     _Builder.__name__ = _Builder.__qualname__ = _BUILDERS[dataset]
@@ -198,14 +210,28 @@ def _builder_class(dataset: str):
 _builder_classes: dict = {}
 
 
-def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, workers: int = 0):
+def _schema(dataset: str, root, schema):
+    """``schema`` or the dataset's own: fixed (ICBHI, SPRSound) or its CSV's (a manifest)."""
+    if schema is not None or dataset not in _BUILDERS:
+        return schema
+    if dataset == records.MANIFEST:
+        from resp_jax.data import manifest
+        return manifest.describe(root)[0]
+    return metadata.fixed_schema(dataset)
+
+
+def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, workers: int = 0,
+            schema=None):
     """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root``."""
     import tensorflow_datasets as tfds
 
     if dataset not in _BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(_BUILDERS)}")
+    schema = _schema(dataset, root, schema)
     data_dir = prepared_copies.data_dir_path(data_dir)
-    config = tfds.core.BuilderConfig(name=prepared_copies.config_name(dataset, root, data_dir),
+    key = schema if dataset == records.MANIFEST else None
+    config = tfds.core.BuilderConfig(name=prepared_copies.config_name(dataset, root, data_dir,
+                                                                      schema=key),
                                      version=FORMAT_VERSION,
                                      description=f"prepared from {root}")
     cls = _builder_class(dataset)
@@ -216,14 +242,18 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
     level = absl_logger.level
     absl_logger.setLevel(logging.converter.absl_to_standard(logging.ERROR))
     try:
-        return cls(data_dir=data_dir, config=config, skip_bad=skip_bad, workers=workers)
+        return cls(data_dir=data_dir, config=config, root=root, schema=schema,
+                   skip_bad=skip_bad, workers=workers)
     finally:
         absl_logger.setLevel(level)
 
 
 def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
-         workers: int = 0) -> Prepared:
+         workers: int = 0, schema=None) -> Prepared:
     """The prepared ``dataset`` of ``root``: built on first use, read from the cache after.
+
+    ``root``: a manifest's CSV. ``schema``: the classes and field values the codes follow
+    (the run's config, `metadata.schema`); default: the dataset's own.
 
     Bad items raise `DataError` naming the file unless ``skip_bad``; then they are listed in
     ``Prepared.skipped`` (also on cached loads). A cache built with skipping is not used
@@ -232,25 +262,34 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
     import tensorflow_datasets as tfds
 
     root = Path(root).expanduser().resolve()
-    if not root.is_dir():
+    if dataset == records.MANIFEST:
+        if not root.is_file():
+            raise records.DataError(root, "manifest not found; expected a CSV file (README, "
+                                          "\"Your own recordings\")")
+    elif not root.is_dir():
         raise records.DataError(root, f"dataset root not found; expected a directory with the "
                                       f"distributed {dataset} files")
-    b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers)
+    schema = _schema(dataset, root, schema)
+    manual = root.parent if dataset == records.MANIFEST else root
+    b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
+                schema=schema)
     if not b.is_prepared():
         logging.info("preparing %s from %s into %s (decoding and resampling once)", dataset,
                      root, b.data_dir)
         t = time.perf_counter()
         try:
             b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-                manual_dir=str(root)))
+                manual_dir=str(manual)))
         except OSError:
             # Another process (a second host on a shared data_dir) may have finished the
             # same copy first; TFDS then cannot move ours into place.
-            if not builder(dataset, root, data_dir=data_dir).is_prepared():
+            if not builder(dataset, root, data_dir=data_dir, schema=schema).is_prepared():
                 raise
         logging.info("prepared %s in %.1f s", dataset, time.perf_counter() - t)
-        b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers)
-        prepared_copies.remove_older(dataset, root, b.data_dir, data_dir)
+        b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
+                    schema=schema)
+        prepared_copies.remove_older(dataset, root, b.data_dir, data_dir,
+                                     b.info.metadata.get("schema"))
     else:
         logging.info("reading prepared %s from %s", dataset, b.data_dir)
     skipped = [records.Skipped(**s) for s in b.info.metadata.get("skipped", [])]
@@ -259,11 +298,13 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
         raise records.DataError(
             first.path, f"{first.reason} ({len(skipped)} bad item(s) in {root}; set "
                         "data.skip_bad to skip them)", first.line)
-    splits = {s: _read_split(b, s) for s in records.SPLITS[dataset]}
-    return Prepared(dataset=dataset, root=str(root), splits=splits, skipped=skipped)
+    names = records.SPLITS.get(dataset) or sorted(b.info.splits, key=lambda s: (s != "train", s))
+    splits = {s: _read_split(b, s, schema.stored_fields) for s in names}
+    return Prepared(dataset=dataset, root=str(root), splits=splits, skipped=skipped,
+                    schema=schema)
 
 
-def _read_split(b, split: str) -> Split:
+def _read_split(b, split: str, fields: tuple) -> Split:
     import tensorflow as tf
 
     n = b.info.splits[split].num_examples if split in b.info.splits else 0
@@ -272,8 +313,7 @@ def _read_split(b, split: str) -> Split:
         ds = b.as_dataset(split=split, shuffle_files=False)
         rows = list(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
         rows.sort(key=lambda r: int(r["order"]))
-    codes = {f: np.array([r[f] for r in rows], np.int32).reshape(-1)
-             for f in metadata.BASE_FIELDS}
+    codes = {f: np.array([r[f] for r in rows], np.int32).reshape(-1) for f in fields}
     return Split(audio=[r["audio"] for r in rows], codes=codes,
                  stem=[r["stem"].decode() for r in rows],
                  patient=[r["patient"].decode() for r in rows],

@@ -17,19 +17,44 @@ from pathlib import Path
 
 from absl import logging
 
-from resp_jax.data import audio, records
+from resp_jax.data import audio, manifest, metadata, records
 
 DEFAULT_DATA_DIR = "~/.cache/resp_jax/tfds"
 FORMAT_VERSION = "1.0.0"   # bump when what a prepared example holds changes
 BUILDER_PREFIX = "resp_jax_"  # TFDS builder name (and folder under data_dir): prefix + dataset
 
 
-def fingerprint(dataset: str, root, exclude=None) -> str:
+def schema_json(schema) -> str:
+    """A manifest copy's classes and field values as its metadata records them (they fix
+    its codes, so they are part of its key)."""
+    return json.dumps({"classes": list(schema.classes),
+                       "fields": [[f, list(v)] for f, v in schema.vocabs]})
+
+
+def schema_from_json(text: str):
+    d = json.loads(text)
+    return metadata.Schema(records.MANIFEST, tuple(d["classes"]),
+                           tuple((f, tuple(v)) for f, v in d["fields"]))
+
+
+def fingerprint(dataset: str, root, exclude=None, schema=None) -> str:
     """A short hash of the dataset, the prepared format and every file under ``root``
-    (relative path, size, mtime), leaving out the directory ``exclude`` (a cache inside it)."""
+    (relative path, size, mtime), leaving out the directory ``exclude`` (a cache inside it).
+    A manifest's: its CSV's content, the size and mtime of every audio file it names, and
+    the ``schema`` (classes and field values) its codes follow."""
     root = Path(root)
     skip = os.path.realpath(exclude) if exclude else None
     h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{audio.SAMPLE_RATE}|{audio.FADE}".encode())
+    if dataset == records.MANIFEST:
+        h.update(root.read_bytes())
+        for path in manifest.audio_paths(root):
+            try:
+                st = os.stat(path)
+                h.update(f"\n{path}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"\n{path}\tmissing".encode())
+        h.update(("\n" + (schema_json(schema) if schema else "")).encode())
+        return h.hexdigest()[:20]
     entries = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames
@@ -47,9 +72,9 @@ def data_dir_path(data_dir=None) -> str:
     return os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
 
 
-def config_name(dataset: str, root, data_dir=None) -> str:
+def config_name(dataset: str, root, data_dir=None, schema=None) -> str:
     """The builder config name (folder) of ``root``'s current copy."""
-    return "r" + fingerprint(dataset, root, exclude=data_dir_path(data_dir))
+    return "r" + fingerprint(dataset, root, exclude=data_dir_path(data_dir), schema=schema)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +84,7 @@ class Copy:
     path: Path
     root: str | None   # None: no root recorded (not made by resp_jax's builder)
     size: int          # bytes
+    schema: str | None = None  # a manifest copy's `schema_json`
 
     @property
     def config(self) -> str:
@@ -79,11 +105,11 @@ def copies(data_dir=None) -> list:
             if "incomplete" in path.name or "incomplete" in path.parent.name:
                 continue
             try:
-                root = json.loads((path / "metadata.json").read_text()).get("root")
+                meta = json.loads((path / "metadata.json").read_text())
             except (OSError, ValueError):
-                root = None
+                meta = {}
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            found.append(Copy(dataset, path, root, size))
+            found.append(Copy(dataset, path, meta.get("root"), size, meta.get("schema")))
     return found
 
 
@@ -104,12 +130,13 @@ def remove(copy: Copy) -> None:
         pass
 
 
-def remove_older(dataset: str, root, keep, data_dir=None) -> list:
-    """Removes the copies of ``dataset`` made from ``root`` other than ``keep`` (the copy just
-    prepared), logging each with its size; returns them."""
+def remove_older(dataset: str, root, keep, data_dir=None, schema=None) -> list:
+    """Removes the copies of ``dataset`` made from ``root`` (with the same ``schema``, a
+    manifest's `schema_json`) other than ``keep`` (the copy just prepared), logging each with
+    its size; returns them."""
     keep = os.path.realpath(keep)
     older = [c for c in copies(data_dir) if c.dataset == dataset and c.root == str(root)
-             and os.path.realpath(c.path) != keep]
+             and c.schema == schema and os.path.realpath(c.path) != keep]
     for c in older:
         remove(c)
         logging.info("removed an older prepared copy of %s (%s): %s, %s", root, dataset,
@@ -126,12 +153,19 @@ def stale(data_dir=None) -> tuple:
         if c.root is None:
             kept.append((c, "no root recorded"))
             continue
-        if not os.path.isdir(c.root):
+        if not os.path.exists(c.root):
             kept.append((c, "root not found"))
             continue
-        key = (c.dataset, c.root)
+        key = (c.dataset, c.root, c.schema)
         if key not in current:
-            current[key] = config_name(c.dataset, c.root, data_dir)
+            try:
+                current[key] = config_name(c.dataset, c.root, data_dir, schema=c.schema and
+                                           schema_from_json(c.schema))
+            except records.DataError:
+                current[key] = None
+        if current[key] is None:
+            kept.append((c, "root unreadable"))
+            continue
         if c.config == current[key] and c.version == FORMAT_VERSION:
             kept.append((c, "current"))
         else:

@@ -1,7 +1,7 @@
 """The cycle record: what every stage after the readers may need to know about one cycle.
 
-Readers (`icbhi.py`, `sprsound.py`) turn a dataset's distributed files into a list of
-`Cycle`s; everything later (TFDS builders, pipeline, reports) reads these fields only.
+Readers (`icbhi.py`, `sprsound.py`, `manifest.py`) turn a dataset's distributed files into a
+list of `Cycle`s; everything later (TFDS builders, pipeline, reports) reads these fields only.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from typing import Optional
 
 ICBHI = "icbhi"
 SPRSOUND = "sprsound"
-DATASETS = (ICBHI, SPRSOUND)
+MANIFEST = "manifest"   # your own recordings, listed in a CSV (README, "Your own recordings")
+DATASETS = (ICBHI, SPRSOUND, MANIFEST)
 
-# Class names in label order (docs/method.md §1.1 and 1.2).
+# Class names in label order (docs/method.md §1.1 and 1.2); a manifest's come from its CSV and
+# every consumer reads them from the resolved config (`metadata.schema`).
 ICBHI_CLASSES = ("normal", "crackle", "wheeze", "both")
 SPRSOUND_CLASSES = (
     "Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle",
@@ -21,7 +23,7 @@ SPRSOUND_CLASSES = (
 )
 CLASSES = {ICBHI: ICBHI_CLASSES, SPRSOUND: SPRSOUND_CLASSES}
 
-# Splits each reader produces.
+# Splits each reader produces (a manifest: the names its CSV uses).
 SPLITS = {ICBHI: ("train", "test"), SPRSOUND: ("train", "inter_test", "intra_test")}
 # The split the paper reports as "test".
 TEST_SPLIT = {ICBHI: "test", SPRSOUND: "inter_test"}
@@ -51,16 +53,16 @@ class Skipped:
 
 @dataclasses.dataclass(frozen=True)
 class Cycle:
-    """One annotated respiratory cycle (ICBHI) or event (SPRSound)."""
-    dataset: str            # ICBHI or SPRSOUND
-    split: str              # one of SPLITS[dataset]
+    """One annotated respiratory cycle (ICBHI, a manifest row) or event (SPRSound)."""
+    dataset: str            # ICBHI, SPRSOUND or MANIFEST
+    split: str              # one of SPLITS[dataset] (a manifest: its CSV's split names)
     stem: str               # recording file name without extension
     wav_path: str           # path of the recording ('' when read with annotations only)
     index: int              # position of the cycle in its annotation file (after sorting)
     patient: str            # patient id as written in the stem
     start: float            # seconds from the start of the recording
     end: float              # seconds; may lie past the end of the audio (clamped when cut)
-    label: int              # index into CLASSES[dataset]
+    label: int              # index into the dataset's classes (`metadata.schema`)
     label_name: str
     sex: Optional[str] = None        # 'M' or 'F'
     age: Optional[float] = None      # years
@@ -69,6 +71,9 @@ class Cycle:
     location: Optional[str] = None   # chest location (ICBHI Tc..Lr, SPRSound p1..p4)
     mode: Optional[str] = None       # ICBHI acquisition mode 'sc' / 'mc'
     diagnosis: Optional[str] = None  # ICBHI patient diagnosis
+    # A manifest's metadata: ((column, value or None), ...) for every column besides the
+    # required ones, plus 'age_group' derived from 'age'; the attributes above stay None.
+    extra: tuple = ()
 
     @property
     def duration(self) -> float:
@@ -80,6 +85,8 @@ class ReadResult:
     """What a reader returns: the cycles, and every item it skipped (never dropped silently)."""
     cycles: list
     skipped: list = dataclasses.field(default_factory=list)
+    splits: tuple = ()      # split names, 'train' first (`readers.read` fills them)
+    classes: tuple = ()     # class names in label order (`readers.read` fills them)
 
     def split(self, name: str) -> list:
         return [c for c in self.cycles if c.split == name]

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from resp_jax import configuration, parallel, selection
-from resp_jax.data import records
+from resp_jax.data import metadata
 
 
 @dataclasses.dataclass
@@ -85,8 +85,9 @@ def load(config) -> RunData:
     if not root:  # the synthetic default (made once, cached; synthetic logs where)
         from resp_jax.data import synthetic
         root = str(synthetic.default_dataset(name))
+    schema = metadata.schema(config.data)   # classes and field values (configuration.resolve)
     prepared = prepare.load(name, root, data_dir=config.data.tfds_dir or None,
-                            skip_bad=config.data.skip_bad)
+                            skip_bad=config.data.skip_bad, schema=schema)
     skipped = len(prepared.skipped)
     if skipped:
         logging.warning("%d item(s) skipped (data.skip_bad), e.g. %s", skipped,
@@ -110,7 +111,7 @@ def load(config) -> RunData:
     frames = int(features.frames)
     logging.info("%s: %s cycles; %d frames per example", name, sizes, frames)
     return RunData(name=name, test_split=test_split, eval_splits=eval_splits,
-                   num_classes=len(records.CLASSES[name]), frames=frames,
+                   num_classes=len(schema.classes), frames=frames,
                    class_weights=class_weights, skipped=skipped, sizes=sizes, config=config,
                    fields=configuration.fields(config), features=features,
                    norm=tuple(float(v) for v in pipeline.norm_constants(features, config)))
@@ -129,4 +130,4 @@ def carve_val(prepared, fraction: float, seed: int):
     logging.info("validation split: %d of %d training cycles (%d patients), seed %d",
                  int(in_val.sum()), len(train), len(set(splits["val"].patient)), seed)
     return prepare.Prepared(dataset=prepared.dataset, root=prepared.root, splits=splits,
-                            skipped=prepared.skipped)
+                            skipped=prepared.skipped, schema=prepared.schema)

@@ -1,6 +1,7 @@
 """The checks every reader shares: `Problems` turns bad input into a `DataError` or (when
 asked to skip) a listed `Skipped` item, so nothing is dropped silently; `wav_info` checks a
 recording from its header alone (no decoding) and returns its duration and sample rate;
+`sound_info` does the same for any format soundfile reads (a manifest's recordings);
 `clamp_to_audio` fits an annotated segment to the audio."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import soundfile as sf
 from resp_jax.data import records
 
 EXPECTED_WAV = "a PCM WAV recording"
+ANY_AUDIO = "a sound file that libsndfile reads (WAV, FLAC, OGG, AIFF, ...)"
 _WAV_FORMATS = ("WAV", "WAVEX", "RF64")
 
 
@@ -94,6 +96,23 @@ def wav_info(path) -> WavInfo:
         raise records.DataError(path, f"{info.format} file; expected {EXPECTED_WAV}")
     if info.frames <= 0 or info.samplerate <= 0:
         raise records.DataError(path, f"WAV file without samples; expected {EXPECTED_WAV}")
+    return WavInfo(duration=info.frames / info.samplerate, samplerate=int(info.samplerate),
+                   channels=int(info.channels), subtype=str(info.subtype))
+
+
+def sound_info(path) -> WavInfo:
+    """Like `wav_info` for any format soundfile reads (header only, no decoding)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise records.DataError(path, f"file not found; expected {ANY_AUDIO}")
+    if os.path.getsize(path) == 0:  # libsndfile would only say "Format not recognised"
+        raise records.DataError(path, f"empty file; expected {ANY_AUDIO}")
+    try:
+        info = sf.info(path)
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise records.DataError(path, f"unreadable audio ({e}); expected {ANY_AUDIO}") from None
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise records.DataError(path, f"audio file without samples; expected {ANY_AUDIO}")
     return WavInfo(duration=info.frames / info.samplerate, samplerate=int(info.samplerate),
                    channels=int(info.channels), subtype=str(info.subtype))
 

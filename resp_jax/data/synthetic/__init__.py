@@ -1,4 +1,5 @@
-"""Synthetic ICBHI 2017 and SPRSound datasets, written in the real distributed layouts.
+"""Synthetic ICBHI 2017 and SPRSound datasets, written in the real distributed layouts, and a
+manifest example (README, "Your own recordings": ICBHI-like recordings listed in one CSV).
 
 They let every stage run (and be tested) without the real recordings, and they go through
 the same readers as real data. The sounds are made to be learnable but not trivial:
@@ -14,6 +15,7 @@ the same readers as real data. The sounds are made to be learnable but not trivi
 - labels depend on the patient's diagnosis and age group (and so correlate with sex and age).
 
     python -m resp_jax.data.synthetic --dataset=icbhi --out=/tmp/icbhi_syn [--recordings=48]
+    python -m resp_jax.data.synthetic --dataset=manifest --out=/tmp/mine   # /tmp/mine/manifest.csv
     python -m resp_jax.data.synthetic --dataset=icbhi --out=/tmp/icbhi_full \\
         --from_annotations=../shared/data/icbhi2017     # a wav for each real annotation file
 
@@ -33,6 +35,7 @@ from absl import logging
 from resp_jax.data import readers, records
 # The public API (the writers and their constants), whichever module holds it.
 from resp_jax.data.synthetic.icbhi import ICBHI_LOCATIONS, icbhi_rate, write_icbhi  # noqa: F401
+from resp_jax.data.synthetic.manifest import from_icbhi, write_manifest  # noqa: F401
 from resp_jax.data.synthetic.sounds import (  # noqa: F401
     _COMPLETE, CACHE_DIR, CACHE_VERSION, DEFAULT_DATASET_RECORDINGS, DEFAULT_RECORDINGS,
     SPRSOUND_RATE, SUBTYPES, render)
@@ -41,8 +44,13 @@ from resp_jax.data.synthetic.sprsound import (  # noqa: F401
 
 
 def write(dataset: str, out, **kw) -> Path:
+    """Writes a synthetic ``dataset`` into ``out``; returns its root (a manifest: its CSV)."""
     if dataset == records.ICBHI:
         return write_icbhi(out, **kw)
+    if dataset == records.MANIFEST:
+        if kw.pop("from_annotations", None) is not None:
+            raise ValueError("from_annotations is for ICBHI roots only")
+        return write_manifest(out, **kw)
     if dataset == records.SPRSOUND:
         if kw.pop("from_annotations", None) is not None:
             raise ValueError("from_annotations is for ICBHI roots only")
@@ -57,6 +65,9 @@ def default_dataset(dataset: str, cache_dir=None) -> Path:
     ~/.cache/resp_jax/synthetic) and is written to a temporary folder, checked with the
     reader, then renamed into place, so a crash or a concurrent run never leaves half of one.
     """
+    if dataset == records.MANIFEST:
+        raise ValueError("no synthetic default for a manifest: set data.root=PATH/manifest.csv "
+                         "(python -m resp_jax.data.synthetic --dataset=manifest writes one)")
     if dataset not in records.DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {records.DATASETS}")
     parent = Path(os.path.expanduser(str(cache_dir or CACHE_DIR)))

@@ -1,5 +1,6 @@
-"""python -m resp_jax.data.synthetic --dataset=icbhi|sprsound --out=DIR [--recordings=N]
-    [--from_annotations=ICBHI_ROOT] [--seed=0] [--workers=1]: writes a synthetic dataset."""
+"""python -m resp_jax.data.synthetic --dataset=icbhi|sprsound|manifest --out=DIR
+    [--recordings=N] [--from_annotations=ICBHI_ROOT] [--seed=0] [--workers=1]: writes a
+    synthetic dataset (manifest: DIR/audio and DIR/manifest.csv)."""
 
 from __future__ import annotations
 
