@@ -7,8 +7,7 @@ Without --workdir the run goes to runs/<config name>-<YYYYmmdd-HHMMSS>. Running 
 command with the same --workdir resumes an interrupted run. Exit status: 0 done, 1 the loss
 became NaN/inf, 2 a bad config value, bad input data or a bad multi-process setting (README,
 "Several hosts"), 3 the processes of a multi-process job did not all join in time, 128 +
-signal number after
-SIGINT/SIGTERM (a checkpoint was saved).
+signal number after SIGINT/SIGTERM (a checkpoint was saved).
 """
 
 from __future__ import annotations

@@ -74,6 +74,17 @@ def trained_runs(tiny_icbhi, tmp_path_factory):
     return runs
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only when the -m expression names gpu (`pytest -m gpu`, as
+    tools/gpu_check.sh does); otherwise they are deselected, whatever else -m says."""
+    if "gpu" in (config.getoption("markexpr") or ""):
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI nothing may be skipped: a skip there means a missing input, so fail the run."""
     if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
