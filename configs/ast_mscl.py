@@ -9,7 +9,8 @@ No published figure: the new row, to compare with AST fine-tuning (Score 59.55),
     python -m resp_jax.main --config=configs/ast_mscl.py --config.data.root=ICBHI \
         --config.model.init_from=weights/ast_audioset --workdir=runs/ast-mscl
 
-Tiny models: --config.model.width=64 --config.model.depth=2 --config.model.heads=4.
+`:quick`: a tiny AST from scratch on the synthetic default (`base.ast_quick`). Tiny models:
+--config.model.width=64 --config.model.depth=2 --config.model.heads=4.
 """
 
 import pathlib
@@ -19,7 +20,7 @@ _base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
 
 
 def get_config(arg=None):
-    config = _base["ast_recipe"](_base["get_config"](arg))
+    config = _base["ast_recipe"](_base["get_config"](arg), arg)
     config.method = "mscl"
     config.loss.heads = (("label", 0.75), ("sex+age_group", 0.25))
     return config

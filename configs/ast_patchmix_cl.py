@@ -9,7 +9,8 @@ Published ICBHI (official split): Sp 81.66, Se 43.07, Score 62.37.
     python -m resp_jax.main --config=configs/ast_patchmix_cl.py --config.data.root=ICBHI \
         --config.model.init_from=weights/ast_audioset --workdir=runs/ast-patchmix-cl
 
-Tiny models: --config.model.width=64 --config.model.depth=2 --config.model.heads=4 (the
+`:quick`: a tiny AST from scratch on the synthetic default (`base.ast_quick`). Tiny models:
+--config.model.width=64 --config.model.depth=2 --config.model.heads=4 (the
 projector follows model.width).
 """
 
@@ -22,7 +23,7 @@ _base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
 
 
 def get_config(arg=None):
-    config = _base["ast_recipe"](_base["get_config"](arg))
+    config = _base["ast_recipe"](_base["get_config"](arg), arg)
     config.method = "patchmix_cl"
     config.loss.heads = (("instance", 1.0),)  # the Patch-Mix loss and its weight (alpha 1.0)
     config.loss.mix_beta = 1.0

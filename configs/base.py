@@ -6,7 +6,8 @@ Fields left as placeholders (None) are dataset- or init-dependent and are filled
 
 Config arguments, comma separated after the file name (`configs/mscl.py:quick,sprsound`):
   icbhi | sprsound   the dataset (data.name);
-  quick              the README demo preset: short clips, small widths, few epochs, small batch.
+  quick              the README demo preset: short clips, small widths, few epochs, small batch
+                     (AST configs: `ast_quick`, a tiny AST).
 The AST configs (configs/ast_*.py) start from `ast_recipe`: Patch-Mix's fine-tuning recipe.
 Command-line overrides come after: `--config.train.epochs=10`.
 """
@@ -160,7 +161,7 @@ def apply_args(config, arg):
     return config
 
 
-def ast_recipe(config):
+def ast_recipe(config, arg=None):
     """The AST fine-tuning recipe of Patch-Mix CL's code (docs/method.md §9; [pm]
     scripts/icbhi_*.sh, main.py, util/misc.py, util/augmentation.py), shared by the AST
     configs: DeiT-base AST on 128-bin Kaldi fbank of 8 s clips (798 frames, repeat padding),
@@ -182,6 +183,21 @@ def ast_recipe(config):
                         schedule="cosine_from_1", eta_min=5e-8, log_every=50)
     config.loss.class_weighted = False
     config.eval.batch_size = 64  # AST's output does not depend on the batch (no min-max, no BN)
+    if "quick" in [t.strip() for t in (arg or "").split(",")]:
+        ast_quick(config)
+    return config
+
+
+def ast_quick(config):
+    """`quick` for the AST configs: a tiny AST (width 64, depth 2, 4 heads) from scratch on
+    4 s clips, batch 32, 30 epochs at lr 1e-3 with one cosine decay (the recipe's 5e-5 is for
+    fine-tuning AudioSet weights); Patch-Mix's other settings stay."""
+    config.model.width, config.model.depth, config.model.heads = 64, 2, 4
+    config.data.duration = 4.0
+    config.train.update(batch_size=32, epochs=30, lr=1e-3, schedule="cosine", eta_min=1e-6,
+                        log_every=10)
+    config.linear_eval.update(lr=1e-3, batch_size=32)
+    config.model.proj_hidden, config.model.proj_out = 128, 64
     return config
 
 

@@ -150,8 +150,9 @@ def load(workdir) -> TrainedRun:
                             jax.ShapeDtypeStruct((1,) + features.input_shape(config),
                                                  jnp.float32))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = {"batch_stats": {}, **shapes}  # saved even when empty (AST without BatchNorm)
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                          dict(shapes))
+                          shapes)
     if not (workdir / "ckpt" / checkpoint.BEST).is_dir():
         raise FileNotFoundError(f"{workdir}/ckpt/{checkpoint.BEST} not found: no selected "
                                 "model was saved in this run directory")

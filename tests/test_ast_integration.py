@@ -2,6 +2,8 @@
 feature store and pipeline, Patch-Mix CL and weight averaging in the step, converted weights
 through model.init_from, and a tiny AST run end to end with predict, report and embed."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,6 +156,13 @@ def test_config_checks():
         configuration.resolve(tiny_ast_config(data__norm="dataset"))
     with pytest.raises(ValueError, match="augment.policy"):
         configuration.resolve(tiny_ast_config(augment__policy="other"))
+    for name in ("ast_ce", "ast_patchmix_cl", "ast_mscl"):
+        for arg in ("icbhi", "sprsound", "quick"):
+            resolved = configuration.resolve(load_config(name, arg))
+            assert resolved.model.name == "ast" and resolved.data.frontend == "fbank"
+            assert resolved.train.lr == (1e-3 if arg == "quick" else 5e-5)
+            if name == "ast_patchmix_cl":
+                assert resolved.model.proj_out == resolved.model.width
     resolved = configuration.resolve(load_config("ast_ce"))
     assert features.input_shape(resolved) == (128, 798)  # 8 s
     assert resolved.model.layer_norm_eps == 1e-6 and resolved.train.lr == 5e-5
@@ -213,6 +222,10 @@ def test_tiny_ast_run_with_predict_report_embed(tiny_icbhi, tmp_path):
                              eval__batch_size=16)
     config.data.root, config.data.tfds_dir = str(tiny_icbhi["root"]), str(tiny_icbhi["tfds"])
     results = train.train_and_evaluate(config, tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    for split in ("train", "test"):  # it learns: both losses fall over the three epochs
+        loss = [line["loss"] for line in lines if line.get("split") == split]
+        assert len(loss) == 3 and loss[-1] < loss[0] - 0.02, (split, loss)
     assert results["norm"] == pytest.approx([features.AUDIOSET_MEAN,
                                              2 * features.AUDIOSET_STD])
     run = finished_run.load(tmp_path / "run")
@@ -240,7 +253,6 @@ def test_tiny_ast_run_with_predict_report_embed(tiny_icbhi, tmp_path):
 def test_benchmark_ast_step_against_transformers():
     import contextlib
     import io
-    import json
     import sys
 
     from train_helpers import ROOT

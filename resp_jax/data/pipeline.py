@@ -4,10 +4,10 @@ and normalisation in tf.data, yielded as numpy dicts.
 docs/method.md §2.3-2.6; the fbank front end and the Patch-Mix SpecAugment policy §9.
 Log-mel batches are min-maxed over the batch, then standardised with ``norm_constants``;
 fbank batches are normalised with AST's AudioSet constants, (x + 4.27) / (2 x 4.57), and never
-min-maxed (AST's dataloader and Patch-Mix's icbhi_util.py). Everything random is a pure function of (config.train.seed, epoch, batch index):
-the order comes from a numpy Generator seeded with (seed, epoch), the masks from stateless TF
-random ops, so a resumed run replays an epoch exactly and every host sees the same global
-batches (each host yields its own rows of them).
+min-maxed (AST's dataloader and Patch-Mix's icbhi_util.py). Everything random is a pure
+function of (config.train.seed, epoch, batch index): the order comes from a numpy Generator
+seeded with (seed, epoch), the masks from stateless TF random ops, so a resumed run replays an
+epoch exactly and every host sees the same global batches (each host yields its own rows).
 """
 
 from __future__ import annotations
