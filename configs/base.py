@@ -6,7 +6,9 @@ Fields left as placeholders (None) are dataset- or init-dependent and are filled
 
 Config arguments, comma separated after the file name (`configs/mscl.py:quick,sprsound`):
   icbhi | sprsound   the dataset (data.name; 'manifest' also needs data.root=PATH/manifest.csv);
-  quick              the README demo preset: short clips, small widths, few epochs, small batch.
+  quick              the README demo preset: short clips, small widths, few epochs, small batch
+                     (AST configs: `ast_quick`, a tiny AST).
+The AST configs (configs/ast_*.py) start from `ast_recipe`: Patch-Mix's fine-tuning recipe.
 Command-line overrides come after: `--config.train.epochs=10`.
 """
 
@@ -21,7 +23,9 @@ placeholder = config_dict.placeholder
 def get_config(arg=None):
     config = config_dict.ConfigDict()
 
-    # Training method. One-stage: 'ce' (cross-entropy), 'hybrid' (alpha CE + (1 - alpha) SupCon).
+    # Training method. One-stage: 'ce' (cross-entropy), 'hybrid' (alpha CE + (1 - alpha) SupCon),
+    # 'patchmix_cl' (CE + w x Patch-Mix contrastive loss, w the weight of its single head
+    # ('instance', w); AST only, docs/method.md §9).
     # Two-stage (pretrain, then a linear classifier on frozen features): 'scl' (SupCon on the
     # heads of loss.heads; with a metadata head it is the paper's "SCL w/ metadata"), 'simclr'
     # (NT-Xent: head 'instance'), 'mscl' (one projector per head, weighted sum).
@@ -35,10 +39,15 @@ def get_config(arg=None):
                                    # '' = ~/.cache/resp_jax/tfds
     data.skip_bad = False          # skip (and report) unreadable files instead of failing
     data.sample_rate = 16000       # every recording is resampled to this rate (Hz)
-    data.duration = 8.0            # seconds every cycle is cut / extended to (8 s -> 251 frames)
+    data.duration = 8.0            # seconds every cycle is cut / extended to (8 s -> 251
+                                   # log-mel frames, 798 fbank frames)
+    data.frontend = "logmel"       # features: 'logmel' (64 log-mel bins: CNN6, the paper) |
+                                   # 'fbank' (128 Kaldi fbank bins, AST's AudioSet
+                                   # normalisation, no batch min-max: AST, docs/method.md §9)
     data.pad = "circular"          # how short cycles are extended: 'circular' (repeat) | 'zero'
     data.norm = "reference"        # 'reference': fixed norm_mean/std below; 'dataset': statistics
-                                   # of this dataset's min-max-ed training features
+                                   # of this dataset's min-max-ed training features ('logmel'
+                                   # only: 'fbank' uses AST's AudioSet mean and 2 x std)
     data.norm_mean = 0.3690        # standardisation after the batch min-max (ICBHI values,
     data.norm_std = 0.0255         # reused for SPRSound as the reference code does)
     data.test_split = placeholder(str)  # split reported as 'test'; None = 'test' (ICBHI,
@@ -61,15 +70,33 @@ def get_config(arg=None):
     augment.freq_width = 20        # mask width uniform in [0, freq_width) mel bins
     augment.time_masks = 2         # number of time masks
     augment.time_width = 40        # mask width uniform in [0, time_width) frames
+    augment.policy = "reference"   # 'reference' (the SCL code: torchaudio's mask placement,
+                                   # zero fill before the standardisation) | 'patchmix' (the
+                                   # Patch-Mix code's icbhi_ast_sup: integer widths, start
+                                   # uniform in [0, size - width], filled with the example's
+                                   # mean, after the normalisation)
 
     config.model = model = config_dict.ConfigDict()
-    model.name = "cnn6"            # architecture (resp_jax.models registry)
+    model.name = "cnn6"            # architecture (resp_jax.models registry): 'cnn6' | 'ast'
     model.channels = (64, 128, 256, 512)  # conv block widths; features = channels[-1]
     model.layout = "reference"     # spectrogram orientation: 'reference' (freq, time) | 'panns'
-    model.init_from = ""           # converted PANNs encoder dir (tools/convert_panns.py);
-                                   # '' = train from scratch
+    model.init_from = ""           # converted encoder dir (tools/convert_panns.py for CNN6,
+                                   # tools/convert_ast.py for AST); '' = train from scratch
+    # AST only (CNN6 ignores them; docs/method.md §9). DeiT-base: 768, 12, 12.
+    model.width = 768              # token width = feature width
+    model.depth = 12               # Transformer blocks
+    model.heads = 12               # attention heads
+    model.dropout = 0.0            # dropout after the embeddings, attention output and MLP
+    model.attention_dropout = 0.0  # dropout on the attention weights
+    model.drop_path = 0.0          # stochastic depth of the last block (0 .. this, linearly)
+    model.layer_norm_eps = placeholder(float)  # None = the converted encoder's (1e-6 in the
+                                               # original release, 1e-12 on the hub), 1e-6
+                                               # from scratch
     model.proj_hidden = 512        # projector hidden width (the code; the paper's text says 128)
     model.proj_out = 128           # projector output width
+    model.proj_bn = False          # BatchNorm between the projector's layers (Patch-Mix's
+                                   # projector: Linear, BatchNorm1d, ReLU, Linear)
+    model.classifier_norm = False  # LayerNorm before the linear classifier (AST's head)
     model.dtype = "float32"        # compute dtype: 'float32' | 'bfloat16' (BN stats, loss f32)
     model.bn_per_view = True       # encode the two views in two calls, so BatchNorm batch
                                    # statistics are per view (the reference); False = one call
@@ -82,6 +109,7 @@ def get_config(arg=None):
     loss.temperature = 0.06        # SupCon / NT-Xent temperature
     loss.denominator = "all"       # 'all': every other view (the code) | 'negatives' (eq. 2)
     loss.alpha = 0.5               # hybrid: alpha * CE + (1 - alpha) * SupCon
+    loss.mix_beta = 1.0            # patchmix_cl: the mixing ratio lam ~ Beta(mix_beta, mix_beta)
     loss.class_weighted = placeholder(bool)  # CE weighted by 1/class frequency (training split);
                                              # None = dataset default (ICBHI yes, SPRSound no)
 
@@ -95,9 +123,15 @@ def get_config(arg=None):
     train.schedule = "periodic_cosine"  # 'periodic_cosine': PyTorch CosineAnnealingLR stepped
                                         # per epoch with T_max=cosine_t_max for all epochs (a
                                         # cosine of period 2*T_max: the code) | 'cosine': one
-                                        # decay over all epochs (the paper's text) | 'constant'
+                                        # decay over all epochs (the paper's text) |
+                                        # 'cosine_from_1': the same decay, epoch e at the rate
+                                        # of e + 1 (Patch-Mix's code: the last epoch at
+                                        # eta_min) | 'constant'
     train.cosine_t_max = 40           # T_max of the periodic cosine, in epochs
-    train.eta_min = 1e-6              # lowest learning rate of both cosines
+    train.eta_min = 1e-6              # lowest learning rate of the cosines
+    train.weight_average = 0.0        # after every step each weight (and BatchNorm statistic)
+                                      # = this x before + (1 - this) x after; 0 = off
+                                      # (Patch-Mix's --ma_update --ma_beta 0.5)
     train.seed = 0                    # seeds initialisation, shuffling, augmentation, val split
     train.log_every = 50              # steps between host reads of the loss (progress, NaN check)
 
@@ -132,6 +166,46 @@ def apply_args(config, arg):
         else:
             raise ValueError(f"unknown config argument {token!r}; expected a comma-separated "
                              f"subset of {DATASETS + ('quick',)}")
+    return config
+
+
+def ast_recipe(config, arg=None):
+    """The AST fine-tuning recipe of Patch-Mix CL's code (docs/method.md §9; [pm]
+    scripts/icbhi_*.sh, main.py, util/misc.py, util/augmentation.py), shared by the AST
+    configs: DeiT-base AST on 128-bin Kaldi fbank of 8 s clips (798 frames, repeat padding),
+    Adam lr 5e-5 with L2 1e-6, one cosine over 50 epochs to 5e-8 (the rate of the 1-based
+    epoch), batch 8, unweighted CE, a LayerNorm + Linear classifier (AST's head), SpecAugment
+    per example with P(Z < 1) = 0.8413: two frequency masks < 48 bins, two time masks < 160
+    frames, mean fill, after the normalisation. Evaluated every epoch. Pass the converted
+    AudioSet weights with --config.model.init_from (tools/convert_ast.py).
+    """
+    config.model.name = "ast"
+    config.model.width, config.model.depth, config.model.heads = 768, 12, 12
+    config.model.classifier_norm = True
+    config.data.frontend = "fbank"
+    config.data.duration = 8.0
+    config.data.pad = "circular"
+    config.augment.update(prob=0.8413, apply_per="example", freq_masks=2, freq_width=48,
+                          time_masks=2, time_width=160, policy="patchmix")
+    config.train.update(epochs=50, batch_size=8, lr=5e-5, weight_decay=1e-6,
+                        schedule="cosine_from_1", eta_min=5e-8, log_every=50)
+    config.loss.class_weighted = False
+    config.eval.batch_size = 64  # AST's output does not depend on the batch (no min-max, no BN)
+    if "quick" in [t.strip() for t in (arg or "").split(",")]:
+        ast_quick(config)
+    return config
+
+
+def ast_quick(config):
+    """`quick` for the AST configs: a tiny AST (width 64, depth 2, 4 heads) from scratch on
+    4 s clips, batch 32, 30 epochs at lr 1e-3 with one cosine decay (the recipe's 5e-5 is for
+    fine-tuning AudioSet weights); Patch-Mix's other settings stay."""
+    config.model.width, config.model.depth, config.model.heads = 64, 2, 4
+    config.data.duration = 4.0
+    config.train.update(batch_size=32, epochs=30, lr=1e-3, schedule="cosine", eta_min=1e-6,
+                        log_every=10)
+    config.linear_eval.update(lr=1e-3, batch_size=32)
+    config.model.proj_hidden, config.model.proj_out = 128, 64
     return config
 
 

@@ -32,9 +32,12 @@ def method_label(config) -> str:
         ("scl", ("sex+age_group",)): "SCL w/ sex+age (no class)",
         ("scl", ("sex+age_group+label",)): "SCL w/ sex+age+class, one head",
         ("mscl", ("label", "sex+age_group")): "M-SCL w/ sex+age & class",
+        ("patchmix_cl", ("instance",)): "Patch-Mix CL",
     }
     key = (config.method, None if config.method == "ce" else heads)
     name = names.get(key, f"{config.method} [{', '.join(heads)}]")
+    if config.model.get("name", "cnn6") != "cnn6":
+        name += f" ({config.model.name.upper()})"
     return f"{name}, {'AudioSet' if config.model.init_from else 'scratch'}"
 
 

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 
 from resp_jax import linear_eval, logging_utils, losses, models, optim, selection
-from resp_jax.data import audio, metadata, pipeline, readers, records
+from resp_jax.data import audio, features, metadata, pipeline, readers, records
 
 # What differs between datasets (docs/method.md §4, §5). Normalisation constants are the same for both
 # (the reference reuses ICBHI's) and live in configs/base.py. A manifest gets ICBHI's.
@@ -29,7 +29,7 @@ DATASET_DEFAULTS = {
 LR_PRETRAINED = 1e-4   # fine-tuning AudioSet weights
 LR_SCRATCH = 1e-3
 
-ONE_STAGE = ("ce", "hybrid")
+ONE_STAGE = ("ce", "hybrid", "patchmix_cl")
 TWO_STAGE = ("scl", "simclr", "mscl")
 METHODS = ONE_STAGE + TWO_STAGE
 INSTANCE = losses.INSTANCE
@@ -77,6 +77,18 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice("model.name", config.model.name, tuple(models.BACKBONES))
     _choice("linear_eval.features", config.linear_eval.features, linear_eval.FEATURES)
     _choice("augment.apply_per", config.augment.apply_per, pipeline.APPLY_PER)
+    _choice("augment.policy", config.augment.policy, pipeline.POLICIES)
+    _choice("data.frontend", config.data.frontend, features.FRONTENDS)
+    if config.data.frontend == "fbank" and config.data.norm != "reference":
+        raise ValueError("config.data.norm='dataset' is for log-mel features; the fbank front "
+                         "end is normalised with AST's AudioSet constants (keep 'reference')")
+    hook = getattr(models.backbone(config.model.name), "resolve", None)
+    if hook is not None:  # the backbone's own placeholders (AST: model.layer_norm_eps)
+        hook(config)
+    for field in ("proj_hidden", "proj_out"):
+        if config.model[field] is None:
+            raise ValueError(f"config.model.{field} must be set for model "
+                             f"{config.model.name!r}")
 
     defaults = DATASET_DEFAULTS[name]
     if config.train.epochs is None:
@@ -113,6 +125,11 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                          f"{config.eval.val_fraction!r}")
     if not 0 <= config.loss.alpha <= 1:
         raise ValueError(f"config.loss.alpha must lie in [0, 1], got {config.loss.alpha!r}")
+    if not 0 <= config.train.weight_average < 1:
+        raise ValueError(f"config.train.weight_average must lie in [0, 1), got "
+                         f"{config.train.weight_average!r}")
+    if not config.loss.mix_beta >= 0:
+        raise ValueError(f"config.loss.mix_beta must be >= 0, got {config.loss.mix_beta!r}")
 
     hs = heads(config)
     if config.method != "ce" and not hs:
@@ -123,6 +140,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"config.loss.heads names a field twice: {names}")
     if config.method == "simclr" and names != [INSTANCE]:
         raise ValueError(f"method 'simclr' uses the single head ({INSTANCE!r}, 1.0), got {names}")
+    if config.method == "patchmix_cl":
+        _check_patchmix(config, names)
     if config.method == "hybrid" and INSTANCE in names:
         raise ValueError("method 'hybrid' combines CE with supervised heads; 'instance' "
                          "belongs to 'simclr'")
@@ -133,10 +152,29 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def _check_patchmix(config, names) -> None:
+    """Patch-Mix CL mixes AST patch tokens and contrasts projections with the encoder's own
+    features, so it needs an AST, one head and a projector as wide as the encoder."""
+    if config.model.name != "ast":
+        raise ValueError(f"method 'patchmix_cl' mixes AST patch tokens; config.model.name must "
+                         f"be 'ast', got {config.model.name!r}")
+    if names != [INSTANCE]:
+        raise ValueError(f"method 'patchmix_cl' uses the single head ({INSTANCE!r}, weight of "
+                         f"the Patch-Mix loss), got {names}")
+    if config.model.proj_out != config.model.width:
+        raise ValueError(f"method 'patchmix_cl' compares projections with the encoder features: "
+                         f"config.model.proj_out ({config.model.proj_out}) must equal "
+                         f"config.model.width ({config.model.width})")
+
+
 # Fields a resumed run may change: they do not affect the results.
 RESUME_MAY_CHANGE = ("train.log_every",)
 # Fields added since runs began recording config.json: a run recorded without them resumes.
-ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields")
+ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.frontend", "augment.policy",
+               "model.width", "model.depth", "model.heads", "model.dropout",
+               "model.attention_dropout", "model.drop_path", "model.layer_norm_eps",
+               "model.proj_bn", "model.classifier_norm", "loss.mix_beta",
+               "train.weight_average")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

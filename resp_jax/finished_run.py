@@ -3,8 +3,9 @@
 `resp_jax.predict`, `resp_jax.embed` and `resp_jax.report` read a workdir through `load`, so
 they rebuild the model with `models.build_model`, restore `ckpt/best` (the epoch that model
 selection chose, classifier included) and preprocess with the run's own `pipeline` code: a
-cycle is fitted, turned into a log-mel, min-maxed over its evaluation batch and standardised
-exactly as the run's evaluation did. Inference runs on one local device.
+cycle is fitted, turned into the run's features (log-mel, min-maxed over its evaluation batch
+and standardised; or fbank, normalised with AST's constants) exactly as the run's evaluation
+did. Inference runs on one local device.
 """
 
 from __future__ import annotations
@@ -144,18 +145,19 @@ def load(workdir) -> TrainedRun:
     """The selected model of the finished run in ``workdir`` (see the module docstring)."""
     from resp_jax import checkpoint
     from resp_jax.models import build_model
-    from resp_jax.data import audio, features
+    from resp_jax.data import features
 
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(read_json(workdir / CONFIG_FILE, "its config"))
     results = read_json(workdir / RESULTS_FILE, "the results of the finished run")
     model = build_model(config, len(metadata.schema(config.data).classes))
-    frames = features.num_frames(int(round(config.data.duration * audio.SAMPLE_RATE)))
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
-                            jax.ShapeDtypeStruct((1, features.N_MELS, frames), jnp.float32))
+                            jax.ShapeDtypeStruct((1,) + features.input_shape(config),
+                                                 jnp.float32))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = {"batch_stats": {}, **shapes}  # saved even when empty (AST without BatchNorm)
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                          dict(shapes))
+                          shapes)
     if not (workdir / "ckpt" / checkpoint.BEST).is_dir():
         raise FileNotFoundError(f"{workdir}/ckpt/{checkpoint.BEST} not found: no selected "
                                 "model was saved in this run directory")

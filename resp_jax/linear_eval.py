@@ -48,7 +48,7 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
     feats = parallel.replicate({s: _encode_split(encode, variables, data, s, mesh)
                                 for s in splits}, mesh)  # small: every device holds them
     cw = None if data.class_weights is None else jnp.asarray(data.class_weights, jnp.float32)
-    clf = Classifier(data.num_classes)
+    clf = Classifier(data.num_classes, norm=bool(config.model.classifier_norm))
     tx = optim.adam_l2(config.linear_eval.lr, config.linear_eval.weight_decay,
                        config.train.b1, config.train.b2)
     width = jax.eval_shape(lambda v, x: model.apply(v, x, False, method="encode"), variables,

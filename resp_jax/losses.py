@@ -1,5 +1,6 @@
 """Training losses (docs/method.md §4): weighted cross-entropy, SupCon, NT-Xent, hybrid,
-multi-head SupCon, and `batch_loss`, the loss of one training batch for every method.
+multi-head SupCon, and `batch_loss`, the loss of one training batch for every method
+(Patch-Mix CL's own losses live in `resp_jax.patchmix`, docs/method.md §9).
 
 Every function is plain array code on the whole (global) batch, so it is jit-able and gives the
 same value whether the batch lives on one device or is sharded over several: XLA inserts the
@@ -16,6 +17,8 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+
+from resp_jax import patchmix
 
 DENOMINATORS = ("all", "negatives")  # loss.denominator: the code's | the paper's eq. 2
 INSTANCE = "instance"  # pseudo-field of a head: each example its own class (NT-Xent)
@@ -241,17 +244,49 @@ def batch_loss(model, config, heads, class_weights=None):
     them with one projector per head and sum the weighted SupCon terms; 'hybrid' adds CE on
     both views' logits: alpha * CE + (1 - alpha) * contrastive. ``terms`` holds each head's
     unweighted loss as ``loss/<field>`` and the CE term as ``loss/ce``. ``rng`` feeds dropout
-    in backbones that have it.
+    in backbones that have it, and Patch-Mix's draws.
+
+    'patchmix_cl' (an AST, one head ('instance', w)): CE on the classifier of ``view1``'s
+    features plus w x `patchmix.patch_mix_contrastive_loss` between the projections of a
+    second, patch-mixed pass over the same ``view1`` and the clean features (gradient
+    stopped), as Patch-Mix's main.py; lam ~ Beta(loss.mix_beta, loss.mix_beta) per batch.
     """
     method = config.method
     weights = dict(heads)
     cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+    proj_bn = bool(config.model.get("proj_bn", False))
 
-    def encode(params, batch_stats, x, mask, rng):
+    def encode(params, batch_stats, x, mask, rng, **kw):
         out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, True,
                                    mask, method="encode", mutable=["batch_stats"],
-                                   rngs={"dropout": rng})
+                                   rngs={"dropout": rng}, **kw)
         return out, updates.get("batch_stats", batch_stats)
+
+    def project(params, batch_stats, feats, head, mask):
+        if not proj_bn:
+            return model.apply({"params": params}, feats, head, method="project"), batch_stats
+        z, updates = model.apply({"params": params, "batch_stats": batch_stats}, feats, head,
+                                 True, mask, method="project", mutable=["batch_stats"])
+        return z, updates["batch_stats"]
+
+    def patchmix_cl(params, batch_stats, batch, rng1, rng2):
+        mask, label, x = batch["mask"], batch["label"], batch["view1"]
+        (head, weight), = weights.items()
+        feats, batch_stats = encode(params, batch_stats, x, mask, rng1)
+        ce = cross_entropy(model.apply({"params": params}, feats, method="classify"), label,
+                           mask, cw)
+        plan_rng, drop_rng = jax.random.split(rng2)
+        plan = patchmix.patch_mix_plan(plan_rng, mask.shape[0], model.encoder.grid,
+                                       config.loss.mix_beta, valid=mask)
+        mixed, batch_stats = encode(params, batch_stats, x, mask, drop_rng, patch_mix=plan)
+        z, batch_stats = project(params, batch_stats, mixed, head, mask)
+        if z.shape[-1] != feats.shape[-1]:
+            raise ValueError(f"patchmix_cl: projections of width {z.shape[-1]} cannot be "
+                             f"compared with features of width {feats.shape[-1]}")
+        cl = patchmix.patch_mix_contrastive_loss(z, feats, plan.index, plan.lam,
+                                                 temperature=config.loss.temperature,
+                                                 valid=mask)
+        return ce + weight * cl, (batch_stats, {"loss/ce": ce, f"loss/{head}": cl})
 
     def fn(params, batch_stats, batch, rng):
         mask, label = batch["mask"], batch["label"]
@@ -261,6 +296,8 @@ def batch_loss(model, config, heads, class_weights=None):
             logits = model.apply({"params": params}, feats, method="classify")
             ce = cross_entropy(logits, label, mask, cw)
             return ce, (batch_stats, {"loss/ce": ce})
+        if method == "patchmix_cl":
+            return patchmix_cl(params, batch_stats, batch, rng1, rng2)
         if config.model.bn_per_view:
             f1, batch_stats = encode(params, batch_stats, batch["view1"], mask, rng1)
             f2, batch_stats = encode(params, batch_stats, batch["view2"], mask, rng2)
@@ -268,7 +305,10 @@ def batch_loss(model, config, heads, class_weights=None):
         else:
             feats, batch_stats = encode(params, batch_stats, jnp.concatenate(
                 [batch["view1"], batch["view2"]]), jnp.concatenate([mask, mask]), rng1)
-        proj = {h: model.apply({"params": params}, feats, h, method="project") for h in weights}
+        proj = {}
+        for h in weights:
+            proj[h], batch_stats = project(params, batch_stats, feats, h,
+                                           jnp.concatenate([mask, mask]))
         instance = jnp.arange(mask.shape[0], dtype=jnp.int32)
         labels = {h: instance if h == INSTANCE else batch[h] for h in weights}
         contrastive, per_head = multi_head(proj, labels, mask, weights,

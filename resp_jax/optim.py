@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 # train.schedule: the code's periodic cosine | the paper's one decay | a constant rate
-SCHEDULES = ("periodic_cosine", "cosine", "constant")
+SCHEDULES = ("periodic_cosine", "cosine", "cosine_from_1", "constant")
 
 
 def epoch_lr(config, epoch):
@@ -23,14 +23,18 @@ def epoch_lr(config, epoch):
     'periodic_cosine' is PyTorch's CosineAnnealingLR(T_max, eta_min) stepped once per epoch
     and never reset: its recursive update equals the closed form below for every epoch, also
     past T_max, so the rate falls for T_max epochs, rises for T_max, and so on (period
-    2 T_max). 'cosine' is one decay with T_max = train.epochs. 'constant' is train.lr.
+    2 T_max). 'cosine' is one decay with T_max = train.epochs. 'cosine_from_1' is that decay
+    evaluated at the 1-based epoch number, as Patch-Mix's adjust_learning_rate sets it before
+    each epoch (util/misc.py): the first epoch already below train.lr, the last at eta_min.
+    'constant' is train.lr.
     """
     base, low = config.train.lr, config.train.eta_min
     if config.train.schedule == "constant":
         return base + 0 * epoch
     t_max = config.train.cosine_t_max if config.train.schedule == "periodic_cosine" \
         else config.train.epochs
-    cos = jnp.cos(math.pi * jnp.asarray(epoch, jnp.float32) / t_max)
+    shift = 1 if config.train.schedule == "cosine_from_1" else 0
+    cos = jnp.cos(math.pi * (jnp.asarray(epoch, jnp.float32) + shift) / t_max)
     return low + (base - low) * (1 + cos) / 2
 
 

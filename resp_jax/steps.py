@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from resp_jax import losses, metrics, parallel
+from resp_jax import losses, metrics, parallel, patchmix
 
 
 def train_step_fn(model, tx, config, class_weights, learning_rate: Callable) -> Callable:
@@ -23,8 +23,13 @@ def train_step_fn(model, tx, config, class_weights, learning_rate: Callable) -> 
     ``metrics`` hold the batch's ``loss``, every term of `losses.batch_loss` (``loss/<head>``,
     ``loss/ce``), the learning rate the update used (``lr``), the global norm of the gradient
     (``grad_norm``) and the number of real examples (``count``).
+
+    With ``train.weight_average`` = b > 0 every parameter and BatchNorm statistic becomes
+    b x (before the step) + (1 - b) x (after) once the optimiser has stepped; the optimiser
+    state is not averaged (Patch-Mix's ``--ma_update``, `patchmix.moving_average`).
     """
     compute = losses.batch_loss(model, config, losses.heads(config), class_weights)
+    beta = float(config.train.get("weight_average", 0.0))
 
     def train_step(state, batch):
         rng = jax.random.fold_in(state.key, state.step)
@@ -32,8 +37,12 @@ def train_step_fn(model, tx, config, class_weights, learning_rate: Callable) -> 
         (loss, (batch_stats, terms)), grads = grad_fn(state.params, state.batch_stats, batch,
                                                       rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = state.replace(params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1)
+        params = optax.apply_updates(state.params, updates)
+        if beta > 0:
+            params = patchmix.moving_average(state.params, params, beta)
+            batch_stats = patchmix.moving_average(state.batch_stats, batch_stats, beta)
+        new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
+                            step=state.step + 1)
         return new, {"loss": loss, **terms, "lr": jnp.asarray(learning_rate(state.step),
                                                               jnp.float32),
                      "grad_norm": optax.tree.norm(grads), "count": jnp.sum(batch["mask"])}

@@ -163,7 +163,9 @@ def test_save_refuses_and_leaves_nothing(tiny, tmp_path, monkeypatch):
         (path / "half").write_text("written")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ast, "_write_state", fail)
+    from resp_jax import checkpoint  # models/converted.py writes every converted encoder
+
+    monkeypatch.setattr(checkpoint, "save_arrays", fail)
     with pytest.raises(OSError, match="disk full"):
         ast.save_encoder(tmp_path / "enc", variables, _meta())
     assert list(tmp_path.iterdir()) == []

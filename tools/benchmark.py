@@ -3,6 +3,8 @@
     python tools/benchmark.py input --data_dir=DIR [--dataset=icbhi] [--batch=128]
     python tools/benchmark.py train-step --method=scl|ce|hybrid|mscl|simclr [--batch=32]
         [--frames=251] [--dtype=float32|bfloat16] [--channels=64,128,256,512] [--vs-torch]
+    python tools/benchmark.py train-step --model=ast --ast-size=tiny|small|base [--method=ce]
+        [--batch=8] [--frames=798] [--vs-torch]     # tools/ast_benchmark.py
     python tools/benchmark.py loop --method=scl --data_dir=DIR [--batch=128] [--epochs=3]
     python tools/benchmark.py conv-layers [--batch=32] [--frames=251] [--vs-torch]
 
@@ -139,6 +141,15 @@ def icbhi_projection_h(step_s: float, forward_s: float, batch: int, eval_batch: 
 
 
 def run_train_step(args) -> dict:
+    if args.model == "ast":
+        sys.path.insert(0, str(REPO / "tools"))
+        import ast_benchmark
+
+        args.frames = args.frames or 798
+        return ast_benchmark.run(sys.modules[__name__], args)
+    if args.method == "patchmix_cl":
+        raise SystemExit("--method=patchmix_cl needs --model=ast")
+    args.frames = args.frames or 251
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -355,9 +366,15 @@ def main(argv=None) -> None:
     p.add_argument("--tfds_dir", default="", help="prepared-data cache (default: prepare's)")
     p.set_defaults(run=run_input)
     p = sub.add_parser("train-step", help="jitted train step throughput (optionally vs PyTorch)")
-    p.add_argument("--method", default="scl", choices=("scl", "ce", "hybrid", "mscl", "simclr"))
+    p.add_argument("--model", default="cnn6", choices=("cnn6", "ast"))
+    p.add_argument("--ast-size", dest="ast_size", default="base", choices=("tiny", "small",
+                                                                           "base"),
+                   help="--model=ast: DeiT width 192 / 384 / 768, depth 12")
+    p.add_argument("--method", default="scl",
+                   choices=("scl", "ce", "hybrid", "mscl", "simclr", "patchmix_cl"))
     p.add_argument("--batch", type=int, default=32, help="global batch (two views each)")
-    p.add_argument("--frames", type=int, default=251, help="log-mel frames (251 = 8 s)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames: log-mel 251, fbank (--model=ast) 798 (8 s, the defaults)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--channels", default="64,128,256,512", help="CNN6 widths")
     p.add_argument("--steps", type=int, default=3, help="steps per timed round")

@@ -62,16 +62,12 @@ class ConversionError(Exception):
     """The checkpoint cannot be converted; the message says why (and lists every difference)."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Reading files.
+# --- Reading files.
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, np.ndarray]:
@@ -132,8 +128,7 @@ def find_layout(checkpoint: Path) -> tuple[str, Path, Path | None]:
     return "hub", weights[0], config
 
 
-# ----------------------------------------------------------------------------------------------
-# Expected entries of each layout, and the mapping to the flax encoder.
+# --- Expected entries of each layout, and the mapping to the flax encoder.
 
 
 def _block_entries(width: int, mlp: int) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -213,13 +208,13 @@ def _norm(weight: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
 def to_flax(state: Mapping[str, np.ndarray], layout: str, depth: int) -> dict[str, Any]:
     """Maps a checked state dict to the encoder's ``{'params'}`` (numpy): conv kernels
     (out, 1, kh, kw) -> (kh, kw, 1, out), linear weights transposed, separate q/k/v fused."""
+    prefix = ORIGINAL_PREFIX if layout == "original" else ""
+
+    def g(name):
+        return state[prefix + name]
     if layout == "original":
-        def g(name):
-            return state[ORIGINAL_PREFIX + name]
         tokens = ("cls_token", "dist_token", "pos_embed", "patch_embed.proj", "norm")
     else:
-        def g(name):
-            return state[name]
         tokens = ("embeddings.cls_token", "embeddings.distillation_token",
                   "embeddings.position_embeddings", "embeddings.patch_embeddings.projection",
                   "layernorm")
@@ -258,8 +253,7 @@ def to_flax(state: Mapping[str, np.ndarray], layout: str, depth: int) -> dict[st
     return {"params": params}
 
 
-# ----------------------------------------------------------------------------------------------
-# The two layouts.
+# --- The two layouts.
 
 
 def _hub_arch(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -362,11 +356,10 @@ def convert(checkpoint: str | Path, output: str | Path, *, heads: int | None = N
     try:
         ast.patch_grid(arch["num_bins"], arch["frames"], arch["patch"], arch["fstride"],
                        arch["tstride"])
+        if arch["width"] % arch["heads"]:
+            raise ValueError(f"width {arch['width']} is not divisible by {arch['heads']} heads")
     except ValueError as e:
         raise ConversionError(f"{checkpoint}: {e}") from e
-    if arch["width"] % arch["heads"]:
-        raise ConversionError(f"{checkpoint}: width {arch['width']} is not divisible by "
-                              f"{arch['heads']} heads")
     dropped = check_entries(state, expected_entries(layout, arch), dropped_prefixes, what)
     source.update(checkpoint=weights.name, sha256=_sha256(weights))
     if config is not None:
@@ -388,16 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output directory")
     original = parser.add_argument_group("original layout only (the hub has config.json)")
-    original.add_argument("--heads", type=int, default=None, help="default: width / 64")
-    original.add_argument("--fstride", type=int, default=10)
-    original.add_argument("--tstride", type=int, default=10)
-    original.add_argument("--num_bins", type=int, default=128)
-    original.add_argument("--frames", type=int, default=1024)
-    args = parser.parse_args(argv)
+    for name, default in (("heads", None), ("fstride", 10), ("tstride", 10), ("num_bins", 128),
+                          ("frames", 1024)):
+        original.add_argument(f"--{name}", type=int, default=default,
+                              help="default: width / 64" if name == "heads" else None)
+    args = vars(parser.parse_args(argv))
     try:
-        out = convert(args.checkpoint, args.output, heads=args.heads, fstride=args.fstride,
-                      tstride=args.tstride, num_bins=args.num_bins, frames=args.frames,
-                      overwrite=args.overwrite)
+        out = convert(args.pop("checkpoint"), args.pop("output"), **args)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

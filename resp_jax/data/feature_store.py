@@ -1,7 +1,8 @@
 """Features of every split, computed once per run: each prepared cycle fitted to the clip
-length and turned into a log-mel, kept on the host for the tf.data pipeline to batch.
+length and turned into a log-mel (``data.frontend='logmel'``, CNN6) or a Kaldi fbank
+(``'fbank'``, AST), kept on the host for the tf.data pipeline to batch.
 
-docs/method.md §2.3-2.4. Cycles too short to fill one STFT window are reported (one warning
+docs/method.md §2.3-2.4 and §9. Cycles too short to fill one STFT window are reported (one warning
 per split), since tiling them makes a clip the model never hears in real recordings.
 """
 
@@ -20,8 +21,8 @@ SHORT_NAMED = 10    # short cycles named in the warning; the rest are counted
 
 @dataclasses.dataclass
 class SplitFeatures:
-    """Log-mel features of one split, with the codes needed to label a batch."""
-    x: np.ndarray            # [n, 64, T] float32 log-mel (dB)
+    """Features of one split, with the codes needed to label a batch."""
+    x: np.ndarray            # [n, bins, T] float32: log-mel (dB, 64 bins) or fbank (128)
     lo: np.ndarray           # [n] float32 per-example minimum of x (for batch min-max)
     hi: np.ndarray           # [n] float32 per-example maximum of x
     codes: dict              # base field -> int32 [n]
@@ -38,7 +39,7 @@ class SplitFeatures:
 
     @classmethod
     def of(cls, x, codes: dict, stem=None, patient=None, index=None) -> "SplitFeatures":
-        """From a [n, 64, T] array and base-field codes (per-example extremes computed)."""
+        """From a [n, bins, T] array and base-field codes (per-example extremes computed)."""
         x = np.asarray(x, np.float32)
         n = len(x)
         empty = np.zeros(0, np.float32)
@@ -60,10 +61,11 @@ class SplitFeatures:
 
 
 class Features:
-    """The log-mel features of every split of a prepared dataset, computed once per run.
+    """The features of every split of a prepared dataset, computed once per run.
 
     Each cycle is made ``config.data.duration`` s long (`audio.fit`, mode ``config.data.pad``)
-    and turned into a [64, T] log-mel with `features.logmel_tf`, in batches.
+    and turned into a [64, T] log-mel with `features.logmel_tf` or (``data.frontend``
+    'fbank') a [128, T] Kaldi fbank with `features.fbank_batch`, in batches.
     """
 
     def __init__(self, prepared, config, *, chunk: int = FEATURE_CHUNK):
@@ -77,7 +79,11 @@ class Features:
         if self.samples <= features.HOP:
             raise ValueError(f"config.data.duration={config.data.duration} s is too short; "
                              f"expected more than {features.HOP / sr} s")
-        self.frames = features.num_frames(self.samples)
+        self.frontend = str(config.data.get("frontend", "logmel"))  # older runs: log-mel
+        self.bins, self.frames = features.frontend_shape(self.frontend, self.samples)
+        if self.frames < 1:
+            raise ValueError(f"config.data.duration={config.data.duration} s is too short for "
+                             f"one {self.frontend} frame")
         self.pad = str(config.data.pad)
         self.splits = {name: self._compute(name, split, chunk)
                        for name, split in prepared.splits.items()}
@@ -86,16 +92,17 @@ class Features:
 
     @classmethod
     def from_splits(cls, dataset: str, splits: dict, samples: int, pad: str = "circular",
-                    schema=None):
+                    frontend: str = "logmel", schema=None):
         """Features assembled from `SplitFeatures` already computed (subsets, tests)."""
         self = cls.__new__(cls)
         self.dataset, self.samples, self.pad = dataset, int(samples), pad
         self.schema = metadata.schema(schema or dataset)
-        self.frames = features.num_frames(self.samples)
+        self.frontend = frontend
+        self.bins, self.frames = features.frontend_shape(frontend, self.samples)
         for name, s in splits.items():
-            if s.x.shape[1:] != (features.N_MELS, self.frames):
+            if s.x.shape[1:] != self.input_shape:
                 raise ValueError(f"split {name!r} has features {s.x.shape[1:]}; expected "
-                                 f"{(features.N_MELS, self.frames)} for {samples} samples")
+                                 f"{self.input_shape} for {samples} samples")
         self.splits = dict(splits)
         self._variables = {}
         self._field_cache = {}
@@ -104,12 +111,18 @@ class Features:
     def _compute(self, name: str, split, chunk: int) -> SplitFeatures:
         n = len(split)
         _warn_short(name, split, self.samples, self.pad)
-        x = np.empty((n, features.N_MELS, self.frames), np.float32)
+        x = np.empty((n,) + self.input_shape, np.float32)
         for a in range(0, n, chunk):
             waves = np.stack([audio.fit(w, self.samples, self.pad)
                               for w in split.audio[a:a + chunk]])
-            x[a:a + len(waves)] = features.logmel_tf(waves).numpy()
+            x[a:a + len(waves)] = (features.fbank_batch(waves) if self.frontend == "fbank"
+                                   else features.logmel_tf(waves).numpy())
         return SplitFeatures.of(x, split.codes, split.stem, split.patient, split.index)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(bins, frames) of one example."""
+        return (self.bins, self.frames)
 
     def __getitem__(self, split: str) -> SplitFeatures:
         try:

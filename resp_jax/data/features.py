@@ -193,3 +193,38 @@ def kaldi_fbank(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bi
 def normalise_fbank(x):
     """AST's normalisation with the AudioSet statistics: (x - mean) / (2 * std)."""
     return (x - AUDIOSET_MEAN) / (2.0 * AUDIOSET_STD)
+
+
+# ----------------------------------------------------------------------------------------------
+# The front ends a run chooses from (data.frontend).
+
+FRONTENDS = ("logmel", "fbank")  # CNN6's log-mel (the paper) | AST's Kaldi fbank
+FBANK_BINS = 128
+
+
+def frontend_shape(frontend: str, n_samples: int) -> tuple[int, int]:
+    """(bins, frames) of one clip of ``n_samples`` samples: 'logmel' (64, 1 + n // 512);
+    'fbank' (128, 1 + (n - 400) // 160). 8 s: (64, 251) and (128, 798)."""
+    if frontend == "logmel":
+        return N_MELS, num_frames(n_samples)
+    if frontend == "fbank":
+        return FBANK_BINS, kaldi_num_frames(n_samples)
+    raise ValueError(f"data.frontend must be one of {FRONTENDS}, got {frontend!r}")
+
+
+def input_shape(config) -> tuple[int, int]:
+    """(bins, frames) of one example of ``config`` (data.frontend, data.duration) as the
+    model receives it."""
+    samples = int(round(float(config.data.duration) * int(config.data.sample_rate)))
+    return frontend_shape(str(config.data.get("frontend", "logmel")), samples)
+
+
+def fbank_batch(waves) -> np.ndarray:
+    """[n, 128, frames] float32 `kaldi_fbank` of equal-length 16 kHz waves [n, samples], stored
+    (bins, frames) like the log-mel; not normalised (`normalise_fbank`)."""
+    waves = np.asarray(waves)
+    frames = kaldi_num_frames(waves.shape[-1])
+    out = np.empty((len(waves), FBANK_BINS, frames), np.float32)
+    for i, wave in enumerate(waves):
+        out[i] = kaldi_fbank(wave, SAMPLE_RATE, FBANK_BINS).T
+    return out

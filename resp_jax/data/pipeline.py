@@ -1,10 +1,13 @@
-"""From the log-mel features (`feature_store`) to batches: per epoch shuffle, two-view
-SpecAugment and normalisation in tf.data, yielded as numpy dicts.
+"""From the features (`feature_store`) to batches: per epoch shuffle, two-view SpecAugment
+and normalisation in tf.data, yielded as numpy dicts.
 
-docs/method.md §2.3-2.6. Everything random is a pure function of (config.train.seed, epoch, batch index):
-the order comes from a numpy Generator seeded with (seed, epoch), the masks from stateless TF
-random ops, so a resumed run replays an epoch exactly and every host sees the same global
-batches (each host yields its own rows of them).
+docs/method.md §2.3-2.6; the fbank front end and the Patch-Mix SpecAugment policy §9.
+Log-mel batches are min-maxed over the batch, then standardised with ``norm_constants``;
+fbank batches are normalised with AST's AudioSet constants, (x + 4.27) / (2 x 4.57), and never
+min-maxed (AST's dataloader and Patch-Mix's icbhi_util.py). Everything random is a pure
+function of (config.train.seed, epoch, batch index): the order comes from a numpy Generator
+seeded with (seed, epoch), the masks from stateless TF random ops, so a resumed run replays an
+epoch exactly and every host sees the same global batches (each host yields its own rows).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from resp_jax.data.feature_store import FEATURE_CHUNK, Features
 
 NORMS = ("reference", "dataset")  # data.norm: fixed constants | statistics of the inputs
 APPLY_PER = ("batch", "example")  # augment.apply_per: who draws whether SpecAugment applies
+POLICIES = ("reference", "patchmix")  # augment.policy: mask placement, fill and position
 REFERENCE_ORDER = "icbhi_reference_order.txt"  # beside this module (package data)
 
 
@@ -47,7 +51,10 @@ def class_weights(counts) -> np.ndarray:
 
 
 def norm_constants(feats: Features, config) -> tuple:
-    """(mean, std) of the standardisation after the batch min-max (docs/method.md §2.5)."""
+    """(mean, std) of the standardisation after the batch min-max (docs/method.md §2.5); for
+    fbank features AST's AudioSet mean and twice its std (docs/method.md §9)."""
+    if getattr(feats, "frontend", "logmel") == "fbank":
+        return features.AUDIOSET_MEAN, 2.0 * features.AUDIOSET_STD
     mode = str(config.data.norm)
     if mode == "reference":
         return float(config.data.norm_mean), float(config.data.norm_std)
@@ -128,13 +135,14 @@ def _label_table(feats: Features, split: str, fields: Sequence[str]) -> tuple:
     return names, table
 
 
-def _spec_masks(u, apply, n_freq: int, n_time: int, freq_masks: int, freq_width: int,
-                time_masks: int, time_width: int):
-    """Keep-masks [..., F, T] from uniforms ``u`` [..., 1 + 2 * (freq_masks + time_masks)]
-    (``u[..., 0]`` unused here) where ``apply`` [...] (bool) says the block applies.
+def _spec_masks(u, n_freq: int, n_time: int, freq_masks: int, freq_width: int,
+                time_masks: int, time_width: int, policy: str = "reference"):
+    """(frequency hits [..., F], time hits [..., T]) (bool: masked) from uniforms ``u``
+    [..., 1 + 2 * (freq_masks + time_masks)] (``u[..., 0]`` unused here).
 
-    Each mask has a width floor(U * W) (uniform in [0, W)) and starts at
-    floor(U' * (size - U * W)), as torchaudio's masking does.
+    Each mask's width is floor(U * W), uniform in [0, W). Its start: 'reference' (torchaudio's
+    masking, the SCL code) floor(U' * (size - U * W)); 'patchmix' (the Patch-Mix code's
+    ``random.randint(0, size - width)``) uniform among the integers 0 .. size - width.
     """
     import tensorflow as tf
 
@@ -146,16 +154,33 @@ def _spec_masks(u, apply, n_freq: int, n_time: int, freq_masks: int, freq_width:
         hit = tf.zeros(tf.concat([tf.shape(u)[:-1], [size]], 0), tf.bool)
         for _ in range(count):
             v = u[..., k] * width
-            start = tf.floor(u[..., k + 1] * (size - v))
+            if policy == "patchmix":
+                v = tf.floor(v)
+                start = tf.maximum(tf.floor(u[..., k + 1] * (size - v + 1.0)), 0.0)
+            else:
+                start = tf.floor(u[..., k + 1] * (size - v))
             stop = start + tf.floor(v)
             k += 2
             hit = hit | ((idx >= start[..., None]) & (idx < stop[..., None]))
         return hit
 
-    fhit = band(n_freq, freq_masks, float(freq_width))
-    thit = band(n_time, time_masks, float(time_width))
-    masked = (fhit[..., :, None] | thit[..., None, :]) & apply[..., None, None]
-    return tf.logical_not(masked)
+    return (band(n_freq, freq_masks, float(freq_width)),
+            band(n_time, time_masks, float(time_width)))
+
+
+def _augment(x, fhit, thit, apply, policy: str):
+    """One view of ``x`` [L, F, T] masked where ``apply`` [L]: 'reference' fills with 0;
+    'patchmix' fills the frequency masks with the example's mean, then the time masks with
+    the mean of the result (the Patch-Mix code's ``--specaug_mask mean``)."""
+    import tensorflow as tf
+
+    on = apply[:, None, None]
+    fmask = fhit[:, :, None] & on
+    tmask = thit[:, None, :] & on
+    if policy != "patchmix":
+        return tf.where(fmask | tmask, 0.0, x)
+    x = tf.where(fmask, tf.reduce_mean(x, axis=[1, 2], keepdims=True), x)
+    return tf.where(tmask, tf.reduce_mean(x, axis=[1, 2], keepdims=True), x)
 
 
 def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mean, std,
@@ -168,28 +193,37 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
     lo = tf.constant(s.lo if len(s) else np.zeros(1, np.float32))
     hi = tf.constant(s.hi if len(s) else np.zeros(1, np.float32))
     labels = tf.constant(table if len(s) else np.zeros((1, len(names)), np.int32))
-    n_freq, n_time = features.N_MELS, feats.frames
+    n_freq, n_time = feats.input_shape
+    fbank = getattr(feats, "frontend", "logmel") == "fbank"
     if augment is not None:
         n_draws = 1 + 2 * (int(augment.freq_masks) + int(augment.time_masks))
         prob = float(augment.prob)
+        policy = str(augment.get("policy", "reference"))
         base_seed = tf.constant([int(seed), int(epoch)], tf.int64)
+
+    def standardise(v):
+        return (v - mean) / std
 
     def make(b, r):
         real = r >= 0
         safe = tf.maximum(r, 0)
-        mn = tf.reduce_min(tf.where(real, tf.gather(lo, safe), np.inf))
-        mx = tf.reduce_max(tf.where(real, tf.gather(hi, safe), -np.inf))
-        scale = 1.0 / tf.maximum(mx - mn, 1e-12)
         rl, real_l = safe[local], real[local]
-        x = (tf.gather(xvar, rl) - mn) * scale            # min-max over the global batch
         keep_row = tf.cast(real_l, tf.float32)[:, None, None]
+        if fbank:  # AST: normalised with fixed constants, never min-maxed
+            x, late = standardise(tf.gather(xvar, rl)), False
+        else:      # min-max over the global batch, standardised after the masks
+            mn = tf.reduce_min(tf.where(real, tf.gather(lo, safe), np.inf))
+            mx = tf.reduce_max(tf.where(real, tf.gather(hi, safe), -np.inf))
+            x, late = (tf.gather(xvar, rl) - mn) * (1.0 / tf.maximum(mx - mn, 1e-12)), True
         out = {"mask": tf.cast(real_l, tf.float32)}
         lab = tf.where(real_l[:, None], tf.gather(labels, rl), -1)
         for i, name in enumerate(names):
             out[name] = lab[:, i]
         if augment is None:
-            out["x"] = (x - mean) / std * keep_row
+            out["x"] = (standardise(x) if late else x) * keep_row
             return out
+        if policy == "patchmix" and late:  # Patch-Mix masks the normalised input
+            x, late = standardise(x), False
         batch_seed = tf.random.experimental.stateless_fold_in(base_seed, b, alg="philox")
         u = tf.random.stateless_uniform([rows.shape[1], 2, n_draws], batch_seed,
                                         alg="philox")[local]
@@ -199,12 +233,12 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
             apply = tf.broadcast_to(apply, tf.shape(u)[:2])
         else:  # one draw per example and view
             apply = u[..., 0] < prob
-        keep = _spec_masks(u, apply, n_freq, n_time, int(augment.freq_masks),
-                           int(augment.freq_width), int(augment.time_masks),
-                           int(augment.time_width))                 # [L, 2, F, T]
+        fhit, thit = _spec_masks(u, n_freq, n_time, int(augment.freq_masks),
+                                 int(augment.freq_width), int(augment.time_masks),
+                                 int(augment.time_width), policy)  # [L, 2, F], [L, 2, T]
         for v in range(2):
-            view = tf.where(keep[:, v], x, 0.0)
-            out[f"view{v + 1}"] = (view - mean) / std * keep_row
+            view = _augment(x, fhit[:, v], thit[:, v], apply[:, v], policy)
+            out[f"view{v + 1}"] = (standardise(view) if late else view) * keep_row
         return out
 
     if not len(rows) or skip >= len(rows):
@@ -224,8 +258,9 @@ def train_batches(feats: Features, config, *, epoch: int, fields: Sequence[str] 
                   process_count: int = 1) -> Iterator[dict]:
     """Shuffled two-view training batches of ``epoch``: dicts of numpy arrays.
 
-    ``view1``/``view2`` [B_local, 64, T] float32 (batch min-max over the global batch's real
-    examples, SpecAugment drawn independently per example and view, standardised), ``label``
+    ``view1``/``view2`` [B_local, bins, T] float32 (log-mel: batch min-max over the global
+    batch's real examples and standardised; fbank: normalised; SpecAugment drawn independently
+    per example and view, `augment.policy`), ``label``
     and one int32 [B_local] array per field (-1 unknown or padding), ``mask`` (1 real, 0
     padding). The last batch is padded to ``global_batch``. ``skip_batches`` resumes mid-epoch.
     """

@@ -23,7 +23,7 @@ class RunData:
     test_split: str             # the dataset split reported as 'test'
     eval_splits: tuple          # logical splits evaluated each epoch: ('test',) or + 'val'
     num_classes: int
-    frames: int                 # log-mel frames per example
+    frames: int                 # feature frames per example (log-mel or fbank)
     class_weights: Any          # [C] float32, or None when CE is unweighted
     skipped: int                # items the readers skipped (data.skip_bad)
     sizes: dict                 # logical split -> number of cycles
@@ -51,9 +51,8 @@ class RunData:
 
     @property
     def input_shape(self) -> tuple:
-        """(bins, frames) of one example as the model receives it."""
-        from resp_jax.data import features
-        return (features.N_MELS, self.frames)
+        """(bins, frames) of one example as the model receives it (`Features.input_shape`)."""
+        return tuple(self.features.input_shape)
 
     def linear_batches(self, epoch: int, mesh) -> Iterator[dict]:
         """The linear stage's training batches of ``epoch``: shuffled anew, each min-maxed on
@@ -107,9 +106,10 @@ def load(config) -> RunData:
     if config.loss.class_weighted:
         class_weights = np.asarray(
             pipeline.class_weights(pipeline.class_counts(prepared, "train")), np.float32)
-    features = feature_store.Features(prepared, config)  # log-mel of every cycle, once per run
+    features = feature_store.Features(prepared, config)  # features of every cycle, once per run
     frames = int(features.frames)
-    logging.info("%s: %s cycles; %d frames per example", name, sizes, frames)
+    logging.info("%s: %s cycles; %s %d x %d per example", name, sizes, features.frontend,
+                 features.bins, frames)
     return RunData(name=name, test_split=test_split, eval_splits=eval_splits,
                    num_classes=len(schema.classes), frames=frames,
                    class_weights=class_weights, skipped=skipped, sizes=sizes, config=config,

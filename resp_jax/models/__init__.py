@@ -3,7 +3,8 @@
 A backbone is a module in this package exposing
   ``encoder(config) -> nn.Module``: ``(x [batch, bins, frames], train, mask) -> [batch, D]``;
   ``pretrained(config, input_shape) -> variables | None``: the converted weights named by
-      ``model.init_from`` (checked against the config), or None to train from scratch.
+      ``model.init_from`` (checked against the config), or None to train from scratch;
+  optionally ``resolve(config)``: fills the backbone's config placeholders when a run starts.
 Adding one is a new file here plus an entry in `BACKBONES`; heads, losses and the loop are
 shared (`resp_jax.models.heads`).
 """
@@ -14,9 +15,9 @@ from types import ModuleType
 
 import jax.numpy as jnp
 
-from resp_jax.models import cnn6, heads
+from resp_jax.models import ast, cnn6, heads
 
-BACKBONES: dict[str, ModuleType] = {"cnn6": cnn6}
+BACKBONES: dict[str, ModuleType] = {"cnn6": cnn6, "ast": ast}
 DTYPES = ("float32", "bfloat16")  # model.dtype: the compute dtype (parameters stay float32)
 
 
@@ -37,4 +38,6 @@ def build_model(config, num_classes: int, head_names=None) -> heads.Model:
     return heads.Model(encoder=backbone(config.model.name).encoder(config),
                        num_classes=num_classes, heads=tuple(head_names),
                        proj_hidden=config.model.proj_hidden, proj_out=config.model.proj_out,
-                       dtype=jnp.dtype(config.model.dtype))
+                       dtype=jnp.dtype(config.model.dtype),
+                       proj_bn=bool(config.model.get("proj_bn", False)),
+                       classifier_norm=bool(config.model.get("classifier_norm", False)))

@@ -36,10 +36,7 @@ the run's clip length as AST's ast_models.py does (:func:`adapt_position_embeddi
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,12 +45,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ENCODER_FORMAT = 1
-META_FILE = "encoder.json"
-STATE_DIR = "state"
+from resp_jax.models import converted
+from resp_jax.models.positions import _resize_linear, adapt_position_embedding  # noqa: F401
+
+ENCODER_FORMAT, META_FILE, STATE_DIR = (converted.ENCODER_FORMAT, converted.META_FILE,
+                                        converted.STATE_DIR)
 # encoder.json fields that define the architecture (the rest is provenance).
 ARCH_FIELDS = ("width", "depth", "heads", "mlp_ratio", "patch", "fstride", "tstride",
                "layer_norm_eps", "grid", "num_bins", "frames")
+INPUTS = ("frames_bins", "bins_frames")  # ASTEncoder.input
 
 
 def patch_grid(num_bins: int, frames: int, patch: int = 16, fstride: int = 10,
@@ -167,6 +167,7 @@ class ASTEncoder(nn.Module):
     drop_path: float = 0.0
     layer_norm_eps: float = 1e-6
     dtype: Any = jnp.float32
+    input: str = "frames_bins"  # x's layout: 'frames_bins' (AST's) | 'bins_frames' (pipeline)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -183,14 +184,19 @@ class ASTEncoder(nn.Module):
         del mask  # no batch statistics in a Transformer
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.input not in INPUTS:
+            raise ValueError(f"input must be one of {INPUTS}, got {self.input!r}")
         x = jnp.asarray(x)
-        if x.ndim != 3 or x.shape[1:] != (self.frames, self.num_bins):
-            raise ValueError(f"ASTEncoder expects fbank x of shape [batch, frames, bins] = "
-                             f"[batch, {self.frames}, {self.num_bins}], got shape {x.shape}")
+        shape = ((self.frames, self.num_bins) if self.input == "frames_bins"
+                 else (self.num_bins, self.frames))
+        if x.ndim != 3 or x.shape[1:] != shape:
+            raise ValueError(f"ASTEncoder expects fbank x of shape [batch, {self.input}] = "
+                             f"[batch, {shape[0]}, {shape[1]}], got shape {x.shape}")
         f_dim, t_dim = self.grid
         batch = x.shape[0]
 
-        image = jnp.swapaxes(x, 1, 2)[..., None].astype(self.dtype)  # (B, freq, time, 1)
+        image = x if self.input == "bins_frames" else jnp.swapaxes(x, 1, 2)
+        image = image[..., None].astype(self.dtype)  # (B, freq, time, 1)
         patches = nn.Conv(self.width, (self.patch, self.patch),
                           strides=(self.fstride, self.tstride), padding="VALID",
                           dtype=self.dtype, param_dtype=jnp.float32, name="patch_embed")(image)
@@ -218,6 +224,59 @@ class ASTEncoder(nn.Module):
         return tokens.mean(axis=1)
 
 
+# ----------------------------------------------------------------------------------------------
+# The backbone hooks (resp_jax.models.BACKBONES).
+
+DEFAULT_LAYER_NORM_EPS = 1e-6  # timm's DeiT (the original release); the hub's copy has 1e-12
+CHECKED = ("width", "depth", "heads", "mlp_ratio", "patch", "fstride", "tstride",
+           "layer_norm_eps")  # what a converted encoder must share with the config
+
+
+def resolve(config) -> None:
+    """Fills the AST placeholders when a run starts (`resp_jax.configuration.resolve`):
+    ``model.layer_norm_eps`` None = the converted encoder's (init_from), else timm's 1e-6;
+    ``model.proj_hidden`` / ``proj_out`` None = ``model.width`` (Patch-Mix's projector)."""
+    for field in ("proj_hidden", "proj_out"):
+        if config.model[field] is None:
+            config.model[field] = int(config.model.width)
+    if config.model.layer_norm_eps is None:
+        config.model.layer_norm_eps = float(
+            encoder_meta(config.model.init_from)["layer_norm_eps"] if config.model.init_from
+            else DEFAULT_LAYER_NORM_EPS)
+
+
+def encoder(config) -> ASTEncoder:
+    """The encoder of a config (``model.width/depth/heads/dropout/attention_dropout/drop_path/
+    layer_norm_eps/dtype``) for the pipeline's ``[batch, bins, frames]`` inputs of
+    ``data.frontend`` and ``data.duration``."""
+    from resp_jax.data import features
+
+    m = config.model
+    bins, frames = features.input_shape(config)
+    eps = DEFAULT_LAYER_NORM_EPS if m.layer_norm_eps is None else float(m.layer_norm_eps)
+    return ASTEncoder(width=int(m.width), depth=int(m.depth), heads=int(m.heads),
+                      num_bins=bins, frames=frames, dropout=float(m.dropout),
+                      attention_dropout=float(m.attention_dropout),
+                      drop_path=float(m.drop_path), layer_norm_eps=eps,
+                      dtype=jnp.dtype(m.dtype), input="bins_frames")
+
+
+def pretrained(config, input_shape) -> dict[str, Any] | None:
+    """The converted encoder of ``model.init_from`` with its position embedding adapted to
+    ``input_shape`` (bins, frames), checked against the config; None without init_from."""
+    if not config.model.init_from:
+        return None
+    bins, frames = (int(d) for d in input_shape)
+    loaded, variables = load_pretrained(config.model.init_from, frames=frames, num_bins=bins)
+    want = encoder(config)
+    diffs = [f"{k} {getattr(loaded, k)!r} (config: {getattr(want, k)!r})" for k in CHECKED
+             if getattr(loaded, k) != getattr(want, k)]
+    if diffs:
+        raise ValueError(f"{config.model.init_from} holds an AST encoder that does not match "
+                         f"config.model: {'; '.join(diffs)}")
+    return variables
+
+
 def apply_patch_mix(patches: jax.Array, index: jax.Array, mixed: jax.Array) -> jax.Array:
     """``patches [B, P, D]`` with patch ``p`` of row ``i`` taken from row ``index[i]`` where
     ``mixed[p]`` (the authors' ``image[:, mask] = image[index][:, mask]``)."""
@@ -228,62 +287,6 @@ def apply_patch_mix(patches: jax.Array, index: jax.Array, mixed: jax.Array) -> j
                          f"[num_patches] = [{patches.shape[1]}], got {index.shape} and "
                          f"{mixed.shape}")
     return jnp.where(mixed[None, :, None], patches[index], patches)
-
-
-# ----------------------------------------------------------------------------------------------
-# Position embeddings for another clip length.
-
-
-def _resize_linear(a: np.ndarray, size: int, axis: int) -> np.ndarray:
-    """1-D linear resampling along ``axis`` as torch.nn.functional.interpolate's 'bilinear'
-    (align_corners=False) does along one axis: source coordinate (dst + 0.5) * in / out - 0.5,
-    clamped at 0, between its floor and the next sample (clamped at the end). The coordinate and
-    weights are computed in float32 as PyTorch's CPU kernel does for float32 tensors, so the
-    result matches AST's to float32 rounding."""
-    n = a.shape[axis]
-    if size == n:
-        return a
-    scale = np.float32(n) / np.float32(size)
-    dst = np.arange(size, dtype=np.float32)
-    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
-    lo = np.minimum(np.floor(src).astype(np.int64), n - 1)
-    hi = np.minimum(lo + 1, n - 1)
-    w1 = np.clip(src - lo.astype(np.float32), 0.0, 1.0).astype(np.float32)
-    w0 = (np.float32(1.0) - w1).astype(np.float64)
-    shape = [-1 if d == axis else 1 for d in range(a.ndim)]
-    return (np.take(a, lo, axis=axis) * w0.reshape(shape)
-            + np.take(a, hi, axis=axis) * w1.astype(np.float64).reshape(shape))
-
-
-def adapt_position_embedding(pos_embed: np.ndarray, source_grid: tuple[int, int],
-                             target_grid: tuple[int, int]) -> np.ndarray:
-    """``pos_embed [1, 2 + F*T, D]`` of a (F, T) patch grid made fit for ``target_grid`` (f, t).
-
-    As AST's ast_models.py: the two token embeddings are kept; the patch embeddings, as a
-    (D, F, T) image, first along time: the centre t columns ``T//2 - t//2 ..`` when t < T
-    (101 -> 79 keeps columns 11..89), bilinear interpolation (align_corners=False) when t > T;
-    then along frequency likewise (centre rows when f < F, interpolation when f > F).
-    """
-    pos_embed = np.asarray(pos_embed, np.float64)
-    (f0, t0), (f1, t1) = tuple(source_grid), tuple(target_grid)
-    if pos_embed.ndim != 3 or pos_embed.shape[:2] != (1, 2 + f0 * t0):
-        raise ValueError(f"pos_embed of a {f0} x {t0} grid must have shape [1, {2 + f0 * t0}, D], "
-                         f"got {pos_embed.shape}")
-    if min(f1, t1) < 1:
-        raise ValueError(f"target grid must be positive, got {target_grid}")
-    tokens, grid = pos_embed[:, :2], pos_embed[0, 2:].reshape(f0, t0, -1)
-    if t1 < t0:
-        start = t0 // 2 - t1 // 2
-        grid = grid[:, start:start + t1]
-    else:
-        grid = _resize_linear(grid, t1, axis=1)
-    if f1 < f0:
-        start = f0 // 2 - f1 // 2
-        grid = grid[start:start + f1]
-    else:
-        grid = _resize_linear(grid, f1, axis=0)
-    out = np.concatenate([tokens, grid.reshape(1, f1 * t1, -1)], axis=1)
-    return out.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,25 +304,6 @@ def encoder_shapes(encoder: ASTEncoder) -> dict[str, Any]:
     """``{'params'}`` of ``jax.ShapeDtypeStruct`` for ``encoder`` (no compute)."""
     x = jax.ShapeDtypeStruct((1, encoder.frames, encoder.num_bins), jnp.float32)
     return jax.eval_shape(lambda x: encoder.init(jax.random.key(0), x, train=False), x)
-
-
-def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
-    return out
-
-
-def _differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
-    """Every missing / unexpected / wrong-shape entry of ``got`` against ``expected``."""
-    want, have = _flat(expected), _flat(got)
-    diffs = [f"missing {k} (shape {tuple(want[k].shape)})" for k in sorted(want.keys() - have)]
-    diffs += [f"unexpected {k}" for k in sorted(have.keys() - want)]
-    for k in sorted(want.keys() & have.keys()):
-        shape = tuple(np.shape(have[k]))
-        if shape != tuple(want[k].shape):
-            diffs.append(f"{k}: shape {shape}, expected {tuple(want[k].shape)}")
-    return diffs
 
 
 def _check_meta(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -348,21 +332,6 @@ def _check_meta(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def _write_state(path: Path, state: Mapping[str, Any]) -> None:
-    import orbax.checkpoint as ocp
-
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, state)
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    import orbax.checkpoint as ocp
-
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(path)
-    return {k: restored[k] for k in restored}
-
-
 def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
                  meta: Mapping[str, Any], *, overwrite: bool = False) -> Path:
     """Writes encoder ``variables`` ({'params'}) and ``meta`` atomically.
@@ -376,54 +345,18 @@ def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
     """
     meta = _check_meta(meta, "meta")
     variables = {k: variables[k] for k in variables}
-    diffs = _differences(encoder_shapes(_encoder_from_meta(meta)), variables)
+    diffs = converted.differences(encoder_shapes(_encoder_from_meta(meta)), variables)
     if diffs:
         raise ValueError(f"variables do not fit an AST encoder of width {meta['width']}, depth "
                          f"{meta['depth']}, grid {meta['grid']}:\n  " + "\n  ".join(diffs))
-    state = jax.tree.map(lambda a: np.asarray(a, dtype=np.float32), variables)
-    record = {**meta, "format": ENCODER_FORMAT, "architecture": "ast"}
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"  # fails before anything is written
-
-    directory = Path(directory).absolute()
-    if directory.exists() and not overwrite and not (directory.is_dir()
-                                                     and not any(directory.iterdir())):
-        raise FileExistsError(f"{directory} already exists and is not empty "
-                              "(choose another directory or overwrite it)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        _write_state(tmp / STATE_DIR, state)
-        (tmp / META_FILE).write_text(text)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.rename(directory, old / directory.name)
-            os.rename(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return converted.write(directory, variables, {**meta, "architecture": "ast"},
+                           overwrite=overwrite)
 
 
 def encoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """The checked contents of ``directory/encoder.json`` (architecture, grid, provenance)."""
-    path = Path(directory) / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a converted AST encoder: {path} not found "
-                                "(create one with tools/convert_ast.py)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not readable JSON: {e}") from e
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != ENCODER_FORMAT or meta.get("architecture") != "ast":
-        raise ValueError(f"{path}: expected format {ENCODER_FORMAT} and architecture 'ast', got "
-                         f"format {meta.get('format')!r}, architecture "
-                         f"{meta.get('architecture')!r}")
-    return _check_meta(meta, str(path))
+    meta = converted.read_meta(directory, "ast", "tools/convert_ast.py")
+    return _check_meta(meta, str(Path(directory) / converted.META_FILE))
 
 
 def load_pretrained(directory: str | os.PathLike, *, frames: int | None = None,
@@ -442,12 +375,8 @@ def load_pretrained(directory: str | os.PathLike, *, frames: int | None = None,
         raise TypeError(f"load_pretrained accepts only {sorted(allowed)} as extra fields, got "
                         f"{sorted(fields.keys() - allowed)}")
     meta = encoder_meta(directory)
-    state_dir = (Path(directory) / STATE_DIR).absolute()
-    try:
-        restored = _read_state(state_dir)
-    except Exception as e:  # orbax raises many types; name the directory
-        raise ValueError(f"{state_dir}: cannot read the orbax checkpoint: {e}") from e
-    diffs = _differences(encoder_shapes(_encoder_from_meta(meta)), restored)
+    state_dir, restored = converted.read_state(directory)
+    diffs = converted.differences(encoder_shapes(_encoder_from_meta(meta)), restored)
     if diffs:
         raise ValueError(f"{state_dir} does not fit an AST encoder of width {meta['width']}, "
                          f"depth {meta['depth']}, grid {meta['grid']}:\n  " + "\n  ".join(diffs))

@@ -20,18 +20,15 @@ running variance updated with the unbiased one.
 
 The projectors and the classifier are shared by every backbone (`resp_jax.models.heads`).
 
-Converted encoders live in a directory holding ``encoder.json`` (format, channels, layout,
-provenance) and ``state/`` (an orbax checkpoint of ``{'params', 'batch_stats'}``); write one
-with :func:`save_encoder` (tools/convert_panns.py does) and read it with :func:`load_pretrained`.
+Converted encoders are directories in `resp_jax.models.converted`'s format (``encoder.json``
+with channels and layout, ``state/`` with ``{'params', 'batch_stats'}``); write one with
+:func:`save_encoder` (tools/convert_panns.py does) and read it with :func:`load_pretrained`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,14 +37,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resp_jax.models import converted
+
 DEFAULT_CHANNELS = (64, 128, 256, 512)
 LAYOUTS = ("reference", "panns")
 BN_MOMENTUM = 0.9  # flax convention; PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
-ENCODER_FORMAT = 1
-META_FILE = "encoder.json"
-STATE_DIR = "state"
+ENCODER_FORMAT, META_FILE, STATE_DIR = (converted.ENCODER_FORMAT, converted.META_FILE,
+                                        converted.STATE_DIR)
 
 
 def _check_channels(channels: Sequence[int]) -> tuple[int, ...]:
@@ -200,92 +198,34 @@ def encoder_shapes(channels: Sequence[int] = DEFAULT_CHANNELS) -> dict[str, Any]
         lambda x: CNN6Encoder(channels).init(jax.random.key(0), x, train=False), x)
 
 
-def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
-    return out
-
-
-def _differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
-    """Every missing / unexpected / wrong-shape entry of ``got`` against ``expected``."""
-    want, have = _flat(expected), _flat(got)
-    diffs = [f"missing {k} (shape {tuple(want[k].shape)})" for k in sorted(want.keys() - have)]
-    diffs += [f"unexpected {k}" for k in sorted(have.keys() - want)]
-    for k in sorted(want.keys() & have.keys()):
-        shape = tuple(np.shape(have[k]))
-        if shape != tuple(want[k].shape):
-            diffs.append(f"{k}: shape {shape}, expected {tuple(want[k].shape)}")
-    return diffs
-
-
 def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
                  meta: Mapping[str, Any], *, overwrite: bool = False) -> Path:
-    """Writes encoder ``variables`` ({'params', 'batch_stats'}) and ``meta`` atomically.
+    """Writes encoder ``variables`` ({'params', 'batch_stats'}) and ``meta`` atomically
+    (`converted.write`).
 
     ``meta`` needs ``channels`` and may hold ``layout`` (default 'reference') and any
-    JSON-serialisable provenance (e.g. ``source``). Everything is written to a temporary
-    directory beside ``directory`` and renamed into place, so a failure leaves nothing behind.
-    An existing non-empty ``directory`` is an error unless ``overwrite``.
+    JSON-serialisable provenance (e.g. ``source``). An existing non-empty ``directory`` is an
+    error unless ``overwrite``.
     """
-    from resp_jax import checkpoint
-
     channels = _check_channels(meta["channels"])
     layout = _check_layout(meta.get("layout", "reference"))
     variables = {k: variables[k] for k in variables}
-    diffs = _differences(encoder_shapes(channels), variables)
+    diffs = converted.differences(encoder_shapes(channels), variables)
     if diffs:
         raise ValueError(f"variables do not fit a CNN6 encoder with channels {channels}:\n  "
                          + "\n  ".join(diffs))
-    state = jax.tree.map(lambda a: np.asarray(a, dtype=np.float32), variables)
-    record = {**meta, "format": ENCODER_FORMAT, "architecture": "cnn6",
-              "channels": list(channels), "layout": layout}
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"  # fails before anything is written
-
-    directory = Path(directory).absolute()
-    if directory.exists() and not overwrite and not (directory.is_dir()
-                                                     and not any(directory.iterdir())):
-        raise FileExistsError(f"{directory} already exists and is not empty "
-                              "(choose another directory or overwrite it)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        checkpoint.save_arrays(tmp / STATE_DIR, state)
-        (tmp / META_FILE).write_text(text)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.rename(directory, old / directory.name)
-            os.rename(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    record = {**meta, "architecture": "cnn6", "channels": list(channels), "layout": layout}
+    return converted.write(directory, variables, record, overwrite=overwrite)
 
 
 def encoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """The checked contents of ``directory/encoder.json`` (channels, layout, provenance)."""
-    path = Path(directory) / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a converted CNN6 encoder: {path} not found "
-                                "(create one with tools/convert_panns.py)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not readable JSON: {e}") from e
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != ENCODER_FORMAT or meta.get("architecture") != "cnn6":
-        raise ValueError(f"{path}: expected format {ENCODER_FORMAT} and architecture 'cnn6', got "
-                         f"format {meta.get('format')!r}, architecture "
-                         f"{meta.get('architecture')!r}")
+    meta = converted.read_meta(directory, "cnn6", "tools/convert_panns.py")
     try:
         meta["channels"] = _check_channels(meta.get("channels") or ())
         _check_layout(meta.get("layout"))
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise ValueError(f"{Path(directory) / converted.META_FILE}: {e}") from e
     return meta
 
 
@@ -297,13 +237,9 @@ def load_pretrained(directory: str | os.PathLike, *, layout: str | None = None,
     train=False)`` maps ``x [B, mel, frames]`` to ``[B, channels[-1]]``. ``layout`` overrides
     the stored orientation (the weights are the same in both).
     """
-    from resp_jax import checkpoint
-
     meta = encoder_meta(directory)
-    state_dir = (Path(directory) / STATE_DIR).absolute()
-    restored = checkpoint.restore_arrays(state_dir)
-    restored = {k: restored[k] for k in restored}
-    diffs = _differences(encoder_shapes(meta["channels"]), restored)
+    state_dir, restored = converted.read_state(directory)
+    diffs = converted.differences(encoder_shapes(meta["channels"]), restored)
     if diffs:
         raise ValueError(f"{state_dir} does not fit a CNN6 encoder with channels "
                          f"{meta['channels']}:\n  " + "\n  ".join(diffs))

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resp_jax.models.cnn6 import BatchNorm
+
 
 def _head_key(head: str) -> str:
     return head.replace("+", "_")
@@ -46,6 +48,9 @@ def torch_dense(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
 
 class Projector(nn.Module):
     """Contrastive head Linear(hidden) -> ReLU -> Linear(out); PyTorch default Linear init.
+    With ``batch_norm``, Linear(hidden) -> BatchNorm1d -> ReLU -> Linear(out) (Patch-Mix's
+    projector, models/projector.py; PyTorch's BatchNorm numbers, `cnn6.BatchNorm`, batch
+    statistics over the rows whose ``mask`` is 1 when ``train``).
 
     Output is not L2-normalised (the losses do that) and is float32.
     """
@@ -53,23 +58,33 @@ class Projector(nn.Module):
     hidden: int = 512
     out: int = 128
     dtype: Any = jnp.float32
+    batch_norm: bool = False
 
     @nn.compact
-    def __call__(self, features: jax.Array) -> jax.Array:
+    def __call__(self, features: jax.Array, train: bool = False,
+                 mask: jax.Array | None = None) -> jax.Array:
         h = torch_dense(self.hidden, features.shape[-1], self.dtype, "hidden")(features)
+        if self.batch_norm:
+            h = BatchNorm(dtype=self.dtype, name="bn")(h, train, mask)
         h = nn.relu(h)
         z = torch_dense(self.out, self.hidden, self.dtype, "out")(h)
         return z.astype(jnp.float32)
 
 
 class Classifier(nn.Module):
-    """Linear classifier on encoder features; PyTorch default Linear init; float32 logits."""
+    """Linear classifier on encoder features; PyTorch default Linear init; float32 logits.
+    With ``norm``, a LayerNorm (PyTorch's default eps 1e-5) first: AST's head ``mlp_head``,
+    which Patch-Mix copies as its classifier."""
 
     num_classes: int
     dtype: Any = jnp.float32
+    norm: bool = False
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
+        if self.norm:
+            features = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
+                                    use_fast_variance=False, name="norm")(features)
         logits = torch_dense(self.num_classes, features.shape[-1], self.dtype,
                              "linear")(features)
         return logits.astype(jnp.float32)
@@ -90,15 +105,18 @@ class Model(nn.Module):
     proj_hidden: int = 512
     proj_out: int = 128
     dtype: Any = jnp.float32
+    proj_bn: bool = False
+    classifier_norm: bool = False
 
     def setup(self):
         names = [head_module_name(h) for h in self.heads]
         if len(set(names)) != len(names) or not all(self.heads):
             raise ValueError(f"head names must be non-empty and distinct after replacing '+' "
                              f"with '_', got {tuple(self.heads)!r}")
-        self.classifier = Classifier(self.num_classes, self.dtype)
+        self.classifier = Classifier(self.num_classes, self.dtype, self.classifier_norm)
         # A dict attribute named 'proj' gives the submodules the names 'proj_<key>'.
-        self.proj = {_head_key(h): Projector(self.proj_hidden, self.proj_out, self.dtype)
+        self.proj = {_head_key(h): Projector(self.proj_hidden, self.proj_out, self.dtype,
+                                             self.proj_bn)
                      for h in self.heads}
 
     def encode(self, x: jax.Array, train: bool, mask: jax.Array | None = None,
@@ -108,11 +126,12 @@ class Model(nn.Module):
     def classify(self, features: jax.Array) -> jax.Array:
         return self.classifier(features)
 
-    def project(self, features: jax.Array, head: str) -> jax.Array:
+    def project(self, features: jax.Array, head: str, train: bool = False,
+                mask: jax.Array | None = None) -> jax.Array:
         key = _head_key(head)
         if key not in self.proj:
             raise KeyError(f"no projector for head {head!r}; heads are {tuple(self.heads)!r}")
-        return self.proj[key](features)
+        return self.proj[key](features, train, mask)
 
     def __call__(self, x: jax.Array, train: bool,
                  mask: jax.Array | None = None) -> dict[str, Any]:

@@ -1,0 +1,24 @@
+"""AST fine-tuning: the baseline of Patch-Mix CL (Bae et al., Interspeech 2023, Table 1), the
+AudioSet-pretrained AST trained with cross-entropy only, on Patch-Mix's recipe (`base.ast_recipe`:
+Adam 5e-5, 50 epochs, batch 8, 8 s clips, 128 fbank bins; docs/method.md §9).
+
+Published ICBHI (official split): Sp 77.14, Se 41.97, Score 59.55.
+
+    python -m resp_jax.main --config=configs/ast_ce.py --config.data.root=ICBHI \
+        --config.model.init_from=weights/ast_audioset --workdir=runs/ast-ce
+
+`:quick`: a tiny AST from scratch on the synthetic default (`base.ast_quick`). Tiny models:
+--config.model.width=64 --config.model.depth=2 --config.model.heads=4.
+"""
+
+import pathlib
+import runpy
+
+_base = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))
+
+
+def get_config(arg=None):
+    config = _base["ast_recipe"](_base["get_config"](arg), arg)
+    config.method = "ce"
+    config.loss.heads = ()
+    return config

@@ -1,0 +1,159 @@
+"""The AST train step for tools/benchmark.py (`train-step --model=ast`), and transformers'.
+
+    python tools/benchmark.py train-step --model=ast --ast-size=tiny|small|base [--method=ce]
+        [--batch=8] [--frames=798] [--dtype=float32|bfloat16] [--vs-torch]
+
+JAX: the jitted train step of configs/ast_<method>.py (ce: configs/ast_ce.py; patchmix_cl,
+mscl; the other methods on configs/ast_ce.py with that method) with a DeiT-sized encoder
+(tiny 192 / small 384 / base 768 wide, depth 12, width / 64 heads) on random fbank inputs
+[batch, 128, frames], after compilation, synchronised, median of rounds.
+
+`--vs-torch` (method ce): Hugging Face transformers' ASTForAudioClassification of the same
+size (its LayerNorm + Linear head, like configs/ast_ce.py's classifier) on the same batch:
+forward, cross-entropy, backward, torch.optim.Adam(lr 5e-5, weight_decay 1e-6): the step of
+the AST fine-tuning recipe, timed in the same process, alternating rounds with the JAX step;
+prints jax/torch (> 1: JAX faster).
+
+The JSON also holds the step's FLOPs (XLA's cost analysis), its memory (XLA's buffer
+assignment: arguments + outputs + temporaries - donated), and an estimate of the recipe's
+50 epochs on ICBHI (4142 training cycles at this batch, the 2756 test cycles evaluated every
+epoch) on this device at the measured speed.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+SIZES = {"tiny": 192, "small": 384, "base": 768}  # DeiT widths; depth 12, width / 64 heads
+ICBHI_TRAIN, ICBHI_TEST, AST_EPOCHS = 4142, 2756, 50
+
+
+def _config(bench, args):
+    name = {"ce": "ast_ce", "patchmix_cl": "ast_patchmix_cl", "mscl": "ast_mscl"}.get(
+        args.method, "ast_ce")
+    config = bench.config_for(name)
+    config.method = args.method
+    if args.method in ("scl", "hybrid"):
+        config.loss.heads = (("label", 1.0),)
+    elif args.method == "simclr":
+        config.loss.heads = (("instance", 1.0),)
+    width = SIZES[args.ast_size]
+    config.model.update(width=width, depth=12, heads=width // 64, dtype=args.dtype)
+    config.train.batch_size = args.batch
+    config.data.duration = (args.frames - 1) * 0.01 + 0.025  # Kaldi: 1 + (n - 400) // 160
+    return config
+
+
+class TorchASTStep:
+    """transformers' ASTForAudioClassification fine-tuning step on a fixed random batch."""
+
+    def __init__(self, width: int, batch: int, frames: int, dtype: str):
+        import torch
+        from transformers import ASTConfig, ASTForAudioClassification
+
+        torch.manual_seed(0)
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        config = ASTConfig(hidden_size=width, num_hidden_layers=12,
+                           num_attention_heads=width // 64, intermediate_size=4 * width,
+                           max_length=frames, num_mel_bins=128, num_labels=4)
+        self.model = ASTForAudioClassification(config).to(self.device).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=5e-5, weight_decay=1e-6)
+        self.x = torch.randn(batch, frames, 128, device=self.device)
+        self.y = torch.randint(0, 4, (batch,), device=self.device)
+        self.autocast = dtype == "bfloat16"
+
+    def __call__(self):
+        torch = self.torch
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(self.x).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), self.y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def sync(self, _=None):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+
+def run(bench, args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from resp_jax import configuration, optim, parallel, steps
+    from resp_jax.data import features, metadata
+    from resp_jax.models import build_model
+    from resp_jax.train_state import create_train_state
+
+    if args.vs_torch and args.method != "ce":
+        raise SystemExit("--vs-torch with --model=ast compares the fine-tuning (ce) step with "
+                         "transformers' ASTForAudioClassification: use --method=ce")
+    config = configuration.resolve(_config(bench, args))
+    shape = features.input_shape(config)
+    assert shape == (128, args.frames), shape
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(args.batch, mesh)
+    model = build_model(config, num_classes=4)
+    tx = optim.make_optimizer(config, steps_per_epoch=100)
+    state = create_train_state(config, model, tx, shape, mesh, pretrained=None)
+    step = steps.make_train_step(model, tx, config, None, mesh, optim.schedule(config, 100))
+    eval_step = steps.make_eval_step(model, None, mesh)
+
+    rng = np.random.default_rng(0)
+    host = {"view1": rng.standard_normal((args.batch,) + shape, np.float32),
+            "view2": rng.standard_normal((args.batch,) + shape, np.float32),
+            "mask": np.ones(args.batch, np.float32)}
+    for field in configuration.fields(config):
+        host[field] = rng.integers(0, metadata.num_values("icbhi", field), args.batch)
+    batch = parallel.to_global(host, mesh)
+    eval_batch = parallel.to_global({"x": host["view1"], "label": host["label"],
+                                     "mask": host["mask"]}, mesh)
+    compiled = step.lower(state, batch).compile()
+    flops = compiled.cost_analysis().get("flops")
+    memory = compiled.memory_analysis()  # XLA's buffer assignment for this device
+    variables = jax.tree.map(jnp.copy, {"params": state.params,
+                                        "batch_stats": state.batch_stats})
+    if "classifier" not in variables["params"]:  # two-stage: a classifier for the forward
+        variables = model.init(jax.random.key(1), host["view1"][:1], train=False)
+    holder = {"state": state}
+
+    def jax_step():
+        holder["state"], m = step(holder["state"], batch)
+        return m["loss"]
+
+    runners = {"jax": (jax_step, jax.block_until_ready),
+               "forward": (lambda: eval_step(variables, eval_batch), jax.block_until_ready)}
+    if args.vs_torch:
+        ref = TorchASTStep(SIZES[args.ast_size], args.batch, args.frames, args.dtype)
+        runners["torch"] = (ref, ref.sync)
+    for fn, sync in runners.values():  # compile / warm up
+        bench._timed(fn, sync, 1)
+    times = {k: [] for k in runners}
+    for _ in range(args.rounds):  # alternate so all see the same machine load
+        for k, (fn, sync) in runners.items():
+            times[k].append(bench._timed(fn, sync, args.steps) / args.steps)
+    median = {k: statistics.median_high(v) for k, v in times.items()}
+    steps_per_epoch = -(-ICBHI_TRAIN // args.batch)
+    evals = -(-ICBHI_TEST // args.batch)
+    recipe_h = AST_EPOCHS * (steps_per_epoch * median["jax"] + evals * median["forward"]) / 3600
+    out = {"benchmark": "train-step", "model": "ast", "ast_size": args.ast_size,
+           "width": config.model.width, "depth": config.model.depth,
+           "heads": config.model.heads, "method": args.method, "batch": args.batch,
+           "frames": args.frames, "grid": list(model.encoder.grid), "dtype": args.dtype,
+           "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+           "samples_per_s": round(args.batch / median["jax"], 3),
+           "step_ms": round(1000 * median["jax"], 1),
+           "forward_ms": round(1000 * median["forward"], 1),
+           "step_gflop": bench._sig(flops / 1e9) if flops else None,
+           "achieved_tflops": bench._sig(flops / median["jax"] / 1e12) if flops else None,
+           "projected_icbhi_50_epochs_h": round(recipe_h, 2),
+           "step_memory_gb": round((memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                    + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+                                   / 1e9, 3) if memory is not None else None}
+    if "torch" in median:
+        out["torch_samples_per_s"] = round(args.batch / median["torch"], 3)
+        out["jax_over_torch"] = round(median["torch"] / median["jax"], 3)
+    return out
