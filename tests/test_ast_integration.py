@@ -62,7 +62,8 @@ def _setup(config, mesh, pretrained="load"):
     return config, model, tx, state, shape
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m if m == "ce" else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in METHODS])
 def test_every_method_step_lowers_its_loss_on_a_tiny_ast(method, mesh):
     name, heads = METHODS[method]
     config, model, tx, state, shape = _setup(tiny_ast_config(name, method, heads), mesh)
@@ -84,6 +85,7 @@ def test_every_method_step_lowers_its_loss_on_a_tiny_ast(method, mesh):
         assert "norm" in state.params["classifier"]  # AST's LayerNorm + Linear head
 
 
+@pytest.mark.slow
 def test_patchmix_cl_is_the_authors_loss_and_averages_weights(mesh):
     """One patchmix_cl step by hand: clean pass -> CE; mixed pass (plan from the step's rng)
     -> projector -> Patch-Mix loss against the clean features; Adam; then 0.5 / 0.5 average
@@ -124,6 +126,7 @@ def test_patchmix_cl_is_the_authors_loss_and_averages_weights(mesh):
         np.testing.assert_allclose(got, 0.5 * before + 0.5 * after, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_init_from_a_converted_tiny_ast(mesh, tmp_path):
     source = ast.ASTEncoder(**TINY, frames=200, layer_norm_eps=1e-12)
     variables = source.init(jax.random.key(3), jnp.zeros((1, 200, 128)), train=False)
