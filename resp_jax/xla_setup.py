@@ -2,7 +2,7 @@
 
 On CPU, XLA compiles convolutions into YNNPACK fusions by default (jaxlib 0.10). Their weight
 gradients are slow for CNN6's shapes: block 2's (64 -> 128 channels, 32 x 125) ran at 49
-GFLOP/s on the 2-core development machine, against 168 GFLOP/s for XLA's Eigen convolution
+GFLOP/s on the 2-core benchmark machine, against 168 GFLOP/s for XLA's Eigen convolution
 and 182 for PyTorch (oneDNN), and it alone took a third of a training step. Turning that one
 fusion kind off (YNNPACK keeps the dots, reductions and elementwise fusions) took the SupCon
 step (batch 32) from 8.29 to 5.63 s (docs/benchmarks.md). GPUs are unaffected: the flag is

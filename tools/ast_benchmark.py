@@ -1,7 +1,7 @@
 """The AST train step for tools/benchmark.py (`train-step --model=ast`), and transformers'.
 
     python tools/benchmark.py train-step --model=ast --ast-size=tiny|small|base [--method=ce]
-        [--batch=8] [--frames=798] [--dtype=float32|bfloat16] [--vs-torch]
+        [--batch=8] [--frames=798] [--dtype=float32|bfloat16] [--vs-torch] [--compile-only]
 
 JAX: the jitted train step of configs/ast_<method>.py (ce: configs/ast_ce.py; patchmix_cl,
 mscl; the other methods on configs/ast_ce.py with that method) with a DeiT-sized encoder
@@ -17,7 +17,8 @@ prints jax/torch (> 1: JAX faster).
 The JSON also holds the step's FLOPs (XLA's cost analysis), its memory (XLA's buffer
 assignment: arguments + outputs + temporaries - donated), and an estimate of the recipe's
 50 epochs on ICBHI (4142 training cycles at this batch, the 2756 test cycles evaluated every
-epoch) on this device at the measured speed.
+epoch) on this device at the measured speed. `--compile-only` reports the FLOPs and memory
+without running a step (e.g. the base model in bfloat16 on a CPU, for a GPU estimate).
 """
 
 from __future__ import annotations
@@ -114,6 +115,15 @@ def run(bench, args) -> dict:
     compiled = step.lower(state, batch).compile()
     flops = compiled.cost_analysis().get("flops")
     memory = compiled.memory_analysis()  # XLA's buffer assignment for this device
+    memory_gb = round((memory.argument_size_in_bytes + memory.output_size_in_bytes
+                       + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 1e9, 3) \
+        if memory is not None else None
+    if args.compile_only:  # FLOPs and memory of the step, nothing timed
+        return {"benchmark": "train-step", "model": "ast", "ast_size": args.ast_size,
+                "method": args.method, "batch": args.batch, "frames": args.frames,
+                "dtype": args.dtype, "platform": jax.devices()[0].platform,
+                "step_gflop": bench._sig(flops / 1e9) if flops else None,
+                "step_memory_gb": memory_gb}
     variables = jax.tree.map(jnp.copy, {"params": state.params,
                                         "batch_stats": state.batch_stats})
     if "classifier" not in variables["params"]:  # two-stage: a classifier for the forward
@@ -149,10 +159,7 @@ def run(bench, args) -> dict:
            "forward_ms": round(1000 * median["forward"], 1),
            "step_gflop": bench._sig(flops / 1e9) if flops else None,
            "achieved_tflops": bench._sig(flops / median["jax"] / 1e12) if flops else None,
-           "projected_icbhi_50_epochs_h": round(recipe_h, 2),
-           "step_memory_gb": round((memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                    + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-                                   / 1e9, 3) if memory is not None else None}
+           "projected_icbhi_50_epochs_h": round(recipe_h, 2), "step_memory_gb": memory_gb}
     if "torch" in median:
         out["torch_samples_per_s"] = round(args.batch / median["torch"], 3)
         out["jax_over_torch"] = round(median["torch"] / median["jax"], 3)

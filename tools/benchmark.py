@@ -384,6 +384,8 @@ def main(argv=None) -> None:
                         "print the ratio")
     p.add_argument("--profile", default="", help="also write a jax.profiler trace of 3 "
                    "steps to this directory")
+    p.add_argument("--compile-only", dest="compile_only", action="store_true",
+                   help="--model=ast: only the step's FLOPs and memory, nothing timed")
     p.set_defaults(run=run_train_step)
     p = sub.add_parser("conv-layers", help="each CNN6 convolution: forward and gradients")
     p.add_argument("--batch", type=int, default=32, help="examples (one view)")
