@@ -107,15 +107,6 @@ def read_meta(directory: str | os.PathLike, architecture: str, tool: str) -> dic
     return meta
 
 
-def architecture(directory: str | os.PathLike) -> str | None:
-    """The ``architecture`` field of ``directory/encoder.json``, or None if unreadable."""
-    try:
-        meta = json.loads((Path(directory) / META_FILE).read_text())
-        return meta.get("architecture") if isinstance(meta, dict) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
 def read_state(directory: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """(the state directory, its variables as numpy arrays) of a converted encoder."""
     from resp_jax import checkpoint
