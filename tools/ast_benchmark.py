@@ -23,7 +23,6 @@ without running a step (e.g. the base model in bfloat16 on a CPU, for a GPU esti
 
 from __future__ import annotations
 
-import statistics
 
 SIZES = {"tiny": 192, "small": 384, "base": 768}  # DeiT widths; depth 12, width / 64 heads
 ICBHI_TRAIN, ICBHI_TEST, AST_EPOCHS = 4142, 2756, 50
@@ -141,11 +140,7 @@ def run(bench, args) -> dict:
         runners["torch"] = (ref, ref.sync)
     for fn, sync in runners.values():  # compile / warm up
         bench._timed(fn, sync, 1)
-    times = {k: [] for k in runners}
-    for _ in range(args.rounds):  # alternate so all see the same machine load
-        for k, (fn, sync) in runners.items():
-            times[k].append(bench._timed(fn, sync, args.steps) / args.steps)
-    median = {k: statistics.median_high(v) for k, v in times.items()}
+    median = bench.median_step_seconds(runners, args.rounds, args.steps)
     steps_per_epoch = -(-ICBHI_TRAIN // args.batch)
     evals = -(-ICBHI_TEST // args.batch)
     recipe_h = AST_EPOCHS * (steps_per_epoch * median["jax"] + evals * median["forward"]) / 3600

@@ -113,6 +113,16 @@ def _timed(fn, sync, steps: int) -> float:
     return time.perf_counter() - t
 
 
+def median_step_seconds(runners: dict, rounds: int, steps: int) -> dict:
+    """Median seconds per call of each ``name: (fn, sync)``, timed in alternating rounds of
+    ``steps`` calls so that every runner sees the same machine load."""
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, (fn, sync) in runners.items():
+            times[k].append(_timed(fn, sync, steps) / steps)
+    return {k: statistics.median_high(v) for k, v in times.items()}
+
+
 ICBHI_TRAIN, ICBHI_TEST, ICBHI_EPOCHS = 4142, 2756, 400  # docs/method.md §1.1, §5
 LINEAR_EPOCHS = 100  # linear_eval.epochs
 
@@ -216,11 +226,7 @@ def run_train_step(args) -> dict:
     if args.profile:  # a trace of a few steps, for Perfetto or TensorBoard's profiler
         with jax.profiler.trace(args.profile, create_perfetto_trace=True):
             _timed(jax_step, jax.block_until_ready, 3)
-    times = {k: [] for k in runners}
-    for _ in range(args.rounds):  # alternate so all see the same machine load
-        for k, (fn, sync) in runners.items():
-            times[k].append(_timed(fn, sync, args.steps) / args.steps)
-    median = {k: statistics.median_high(v) for k, v in times.items()}
+    median = median_step_seconds(runners, args.rounds, args.steps)
     rate = matmul_rate(args.dtype, 2048 if jax.devices()[0].platform == "cpu" else 8192)
     out = {"benchmark": "train-step", "method": args.method, "batch": args.batch,
            "frames": args.frames, "dtype": args.dtype, "channels": list(config.model.channels),
