@@ -111,21 +111,19 @@ class TrainedRun:
     def split_outputs(self, data, split: str) -> dict:
         """`outputs` of a split of the run's dataset (``data`` from `run_data.load`), with
         the stem, patient, cycle index and every base metadata code of each cycle, in the
-        order the run evaluated them (`pipeline.eval_order`)."""
+        order the run evaluated them (the prepared order)."""
         from resp_jax.data import pipeline
 
         name = data.test_split if split == "test" else split
         if name not in data.features.splits:
             raise ValueError(f"split {split!r} not in this {self.dataset} run; expected one of "
                              f"{sorted(set(data.features.splits) | {'test'})}")
-        order = pipeline.eval_order(data.features, name)
         out = self.outputs(pipeline.eval_batches(data.features, self.config, name,
-                                                 global_batch=self.config.eval.batch_size,
-                                                 order=order))
+                                                 global_batch=self.config.eval.batch_size))
         s = data.features[name]
-        out.update(split=name, stem=np.asarray(s.stem)[order],
-                   patient=np.asarray(s.patient)[order], index=np.asarray(s.index)[order],
-                   codes={k: np.asarray(v)[order] for k, v in s.codes.items()})
+        out.update(split=name, stem=np.asarray(s.stem), patient=np.asarray(s.patient),
+                   index=np.asarray(s.index),
+                   codes={k: np.asarray(v) for k, v in s.codes.items()})
         return out
 
 

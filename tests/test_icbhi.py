@@ -362,6 +362,27 @@ def test_real_annotations_reproduce_spec_counts(icbhi_real):
     assert {c.split for c in result.cycles if c.stem == "226_1b1_Pl_sc_LittC2SE"} == {"train"}
 
 
+def test_recordings_come_in_the_reference_order(icbhi_real, tmp_path):
+    """The reader lists recordings as the reference code's metadata table does (the order its
+    evaluation batches, and so their min-max, follow; docs/fidelity.md): every real
+    recording once, the official split's among them; recordings it does not list last, by
+    stem; cycles in annotation order."""
+    ranks = icbhi.reference_ranks()
+    assert len(ranks) == 920 and sorted(ranks.values()) == list(range(920))
+    split_keys = {line.split()[0].rsplit("_", 1)[0] for line in
+                  (icbhi_real / icbhi.SPLIT_FILE).read_text().splitlines() if line.strip()}
+    assert {icbhi.split_key(s) for s in ranks} == split_keys
+    listed = sorted(ranks, key=ranks.get)
+    stems = ["999_1b1_Al_sc_Meditron", listed[7], "998_1b1_Al_sc_Meditron", listed[3]]
+    assert icbhi.in_reference_order(stems) == [listed[3], listed[7], "998_1b1_Al_sc_Meditron",
+                                               "999_1b1_Al_sc_Meditron"]
+    result = icbhi.read(icbhi_real, annotations_only=True)
+    order = list(dict.fromkeys(c.stem for c in result.cycles))
+    assert order == listed and order != sorted(order)
+    first = [c for c in result.cycles if c.stem == order[0]]
+    assert [c.index for c in first] == list(range(len(first)))
+
+
 def _real_subset(icbhi_real: Path, tmp_path: Path, full_split: bool) -> Path:
     """A root with the 10 real wav/txt pairs (symlinked) and the real metadata files."""
     root = tmp_path / "real10"

@@ -313,3 +313,80 @@ def test_run_predict_report_and_embed_on_a_manifest(example, tmp_path):
     assert tuple(arrays["label_names"]) == run.classes
     assert tuple(arrays["diagnosis_names"]) == tuple(dict(saved["fields"])["diagnosis"])
     assert len(arrays["sex"]) == results["cycles"]["test"]
+
+
+@pytest.fixture(scope="module")
+def real_stems_csv(icbhi_real, tmp_path_factory):
+    """Synthetic audio for 8 real ICBHI annotation files (4 train, 4 test recordings whose
+    reference order is not their stem order), its ICBHI root and its `from_icbhi` manifest."""
+    from resp_jax.data import icbhi
+
+    split = {}
+    for line in (icbhi_real / icbhi.SPLIT_FILE).read_text().splitlines():
+        if line.strip():
+            stem, part = line.split()
+            split[icbhi.split_key(stem)] = part
+    ranks = icbhi.reference_ranks()
+    chosen = {"train": [], "test": []}
+    for stem in sorted(ranks, key=ranks.get):
+        lines = (icbhi_real / icbhi.AUDIO_DIR / f"{stem}.txt").read_text().split("\n")
+        part = split[icbhi.split_key(stem)]
+        if len(chosen[part]) < 4 and sum(1 for l in lines if l.strip()) <= 8:
+            chosen[part].append(stem)
+    stems = chosen["train"] + chosen["test"]
+    assert icbhi.in_reference_order(stems) != sorted(stems)
+    base = tmp_path_factory.mktemp("real_stems")
+    src = base / "src"
+    (src / icbhi.AUDIO_DIR).mkdir(parents=True)
+    for stem in stems:
+        (src / icbhi.AUDIO_DIR / f"{stem}.txt").write_bytes(
+            (icbhi_real / icbhi.AUDIO_DIR / f"{stem}.txt").read_bytes())
+    keep = {icbhi.split_key(s) for s in stems}
+    (src / icbhi.SPLIT_FILE).write_text("".join(
+        f"{s}\t{split[icbhi.split_key(s)]}\n" for s in stems if icbhi.split_key(s) in keep))
+    for name in (icbhi.DEMOGRAPHICS_FILES[0], icbhi.DIAGNOSIS_FILE):
+        (src / name).write_bytes((icbhi_real / name).read_bytes())
+    root = synthetic.write_icbhi(base / "root", from_annotations=src)
+    return synthetic.from_icbhi(root, base / "m.csv"), root
+
+
+@pytest.mark.slow
+def test_a_manifest_from_icbhi_trains_exactly_as_the_icbhi_reader(real_stems_csv, tmp_path):
+    """The same recordings read as ICBHI and as a manifest (`from_icbhi`), with the same
+    config (ICBHI's class order given to both), give the same run: class weights,
+    normalisation, cycle order (ICBHI's reference order, which the evaluation batches' min-max
+    depends on), every pretraining step's loss, every linear epoch and the test metrics
+    (M-SCL: a metadata head and the class-weighted linear stage)."""
+    from resp_jax import train
+    from resp_jax.data import run_data
+
+    csv, root = real_stems_csv
+    runs = {}
+    for name, data_root in (("icbhi", root), ("manifest", csv)):
+        config = tiny_config("mscl", epochs=2, train__log_every=1)
+        config.data.name, config.data.root = name, str(data_root)
+        config.data.tfds_dir = str(tmp_path / "tfds")
+        config.data.classes = records.ICBHI_CLASSES
+        data = run_data.load(configuration.resolve(config))
+        results = train.train_and_evaluate(config, tmp_path / name)
+        lines = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text()
+                 .splitlines()]
+        runs[name] = (data, results, lines)
+    (d1, r1, l1), (d2, r2, l2) = runs["icbhi"], runs["manifest"]
+    np.testing.assert_array_equal(d1.class_weights, d2.class_weights)
+    assert d1.norm == d2.norm and d1.sizes == d2.sizes
+    for split in ("train", "test"):
+        assert [os.path.basename(s) for s in d2.features[split].stem] == \
+            list(d1.features[split].stem)
+        np.testing.assert_array_equal(d1.features[split].x, d2.features[split].x)
+        np.testing.assert_array_equal(d1.features.field(split, "sex+age_group") >= 0,
+                                      d2.features.field(split, "sex+age_group") >= 0)
+    assert len(l1) == len(l2) > 2 * 2 + 3
+    for a, b in zip(l1, l2):
+        assert a.keys() == b.keys() and (a["stage"], a.get("step"), a["epoch"]) == \
+            (b["stage"], b.get("step"), b["epoch"])
+        for key in a:
+            if isinstance(a[key], float):
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a, key)
+    assert r1["test"] == pytest.approx(r2["test"], rel=1e-5)
+    assert r1["norm"] == r2["norm"] and r1["epoch"] == r2["epoch"]

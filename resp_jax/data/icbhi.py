@@ -8,11 +8,16 @@ in the annotation folder). Quirks handled here so no later stage needs to know t
 - demographics come tab separated (CRLF, ``NA`` = missing) or as the space-separated
   ``demographic_info.txt``; a patient with ``NA`` sex or age has unknown sex / age group;
 - a cycle that ends past the end of its recording is clamped to the audio's duration (the
-  duration is read from the WAV header, so only when the audio is read).
+  duration is read from the WAV header, so only when the audio is read);
+- recordings come in the reference code's order (`REFERENCE_ORDER`, the M-SCL code's metadata
+  table), cycles in annotation order: the batch min-max makes evaluation scores depend on
+  which cycles share a batch, so every later stage (evaluation batches, a manifest written
+  from this reader) keeps this order.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -27,6 +32,7 @@ DEMOGRAPHICS_FILES = ("ICBHI_Challenge_demographic_information.txt", "demographi
 DIAGNOSIS_FILE = "ICBHI_Challenge_diagnosis.txt"
 ADULT_AGE = 18.0   # adult if age > 18, child otherwise (docs/method.md §1.1)
 MISSING = ("NA", "")
+REFERENCE_ORDER = "icbhi_reference_order.txt"  # beside this module (package data)
 
 # Annotation files start with the numeric patient id; other .txt files (README, file lists,
 # the metadata files when everything lies in ROOT) do not and are not annotations.
@@ -205,6 +211,22 @@ def read_annotation_file(path) -> list:
             _read_annotation(Path(path), Problems(skip_bad=False))]
 
 
+@functools.lru_cache(maxsize=1)
+def reference_ranks() -> dict:
+    """{stem: rank} of the 920 recordings in the reference code's order (`REFERENCE_ORDER`)."""
+    path = Path(__file__).with_name(REFERENCE_ORDER)
+    stems = [line.strip() for line in path.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    return {stem: rank for rank, stem in enumerate(stems)}
+
+
+def in_reference_order(stems) -> list:
+    """``stems`` sorted as the reference code lists them; stems it does not list (other
+    recordings, synthetic ones) come after them, sorted."""
+    ranks = reference_ranks()
+    return sorted(stems, key=lambda stem: (ranks.get(stem, len(ranks)), stem))
+
+
 def _annotation_dir(root: Path) -> tuple:
     """(folder, sorted annotation files) from ROOT/ICBHI_final_database, else ROOT itself."""
     for folder in (root / AUDIO_DIR, root):
@@ -230,7 +252,8 @@ def locate(root) -> dict:
 
 
 def read(root, *, annotations_only: bool = False, skip_bad: bool = False) -> records.ReadResult:
-    """All cycles of an ICBHI 2017 root, in stem order then file order.
+    """All cycles of an ICBHI 2017 root: recordings `in_reference_order`, cycles in file
+    order.
 
     ``annotations_only`` leaves the WAV files alone (no clamping, ``wav_path`` ''). Bad input
     raises `DataError` naming the file and line; with ``skip_bad`` the bad item (a line, a
@@ -250,7 +273,8 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False) -> rec
 
     cycles = []
     seen_keys = set()
-    for path in files:
+    by_stem = {path.stem: path for path in files}
+    for path in (by_stem[stem] for stem in in_reference_order(by_stem)):
         stem = path.stem
         try:
             info = parse_stem(stem)

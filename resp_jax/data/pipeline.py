@@ -12,19 +12,16 @@ epoch exactly and every host sees the same global batches (each host yields its 
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from resp_jax.data import features, records
+from resp_jax.data import features
 from resp_jax.data.feature_store import FEATURE_CHUNK, Features
 
 NORMS = ("reference", "dataset")  # data.norm: fixed constants | statistics of the inputs
 APPLY_PER = ("batch", "example")  # augment.apply_per: who draws whether SpecAugment applies
 POLICIES = ("reference", "patchmix")  # augment.policy: mask placement, fill and position
-REFERENCE_ORDER = "icbhi_reference_order.txt"  # beside this module (package data)
 
 
 def num_batches(n: int, global_batch: int) -> int:
@@ -83,30 +80,6 @@ def dataset_norm(feats: Features, config) -> tuple:
     count = s.x.size
     mean = total / count
     return mean, float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
-
-
-@functools.lru_cache(maxsize=1)
-def _reference_ranks() -> dict:
-    path = Path(__file__).with_name(REFERENCE_ORDER)
-    stems = [l.strip() for l in path.read_text().splitlines()
-             if l.strip() and not l.startswith("#")]
-    return {stem: rank for rank, stem in enumerate(stems)}
-
-
-def eval_order(feats: Features, split: str) -> np.ndarray:
-    """Row order of evaluation batches (their per-batch min-max makes scores depend on it).
-
-    ICBHI: the reference code's order (recordings as its metadata table lists them, cycles in
-    annotation order), with recordings it does not list after them in stem order. Other
-    datasets: the prepared order (recordings sorted by stem, cycles in annotation order).
-    """
-    s = feats[split]
-    n = len(s)
-    if feats.dataset != records.ICBHI or not n:
-        return np.arange(n, dtype=np.int32)
-    ranks = _reference_ranks()
-    rank = np.array([ranks.get(stem, len(ranks)) for stem in s.stem], np.int64)
-    return np.lexsort((np.arange(n), rank)).astype(np.int32)  # stable: unlisted keep order
 
 
 def _local_rows(global_batch: int, process_index: int, process_count: int) -> slice:
@@ -282,12 +255,14 @@ def train_batches(feats: Features, config, *, epoch: int, fields: Sequence[str] 
 def eval_batches(feats: Features, config, split: str, *, fields: Sequence[str] = ("label",),
                  global_batch: int, process_index: int = 0, process_count: int = 1,
                  order: np.ndarray | None = None) -> Iterator[dict]:
-    """Unaugmented batches of ``split`` in `eval_order` (or ``order``): ``x`` (batch min-max,
+    """Unaugmented batches of ``split`` in the prepared order (the reader's: for ICBHI the
+    reference code's, `icbhi.in_reference_order`), or in ``order``: ``x`` (batch min-max,
     standardised), ``label``, the fields and ``mask``, the last batch padded and masked."""
     local = _local_rows(global_batch, process_index, process_count)
     names, table = _label_table(feats, split, fields)
     mean, std = norm_constants(feats, config)
-    order = eval_order(feats, split) if order is None else np.asarray(order, np.int32)
+    order = np.arange(len(feats[split]), dtype=np.int32) if order is None else \
+        np.asarray(order, np.int32)
     return _batches(feats, split, _row_table(order, global_batch),
                     names=names, table=table, mean=mean, std=std, local=local)
 

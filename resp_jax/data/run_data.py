@@ -65,7 +65,7 @@ class RunData:
         return parallel.prefetch(batches, mesh)
 
     def eval_batches(self, split: str, mesh) -> Iterator[dict]:
-        """Unaugmented batches of a logical split in `pipeline.eval_order`, padded and
+        """Unaugmented batches of a logical split in the prepared order, padded and
         masked."""
         from resp_jax.data import pipeline
         batches = pipeline.eval_batches(
