@@ -208,6 +208,87 @@ def test_bn_statistics_per_view_follow_the_reference(mesh):
     np.testing.assert_allclose(stats[False], 0.1 * (m1 + m2) / 2, rtol=1e-3, atol=1e-6)
 
 
+def test_mscl_steps_match_the_reference_step_in_pytorch(mesh):
+    """Three M-SCL steps (two heads, views encoded in separate calls, PyTorch Adam with L2)
+    from the same weights on the same views as the reference code's step, written here in
+    PyTorch: the same losses, weights and BatchNorm running statistics (float32, rtol 1e-4)."""
+    torch = pytest.importorskip("torch")
+    from torch.nn import functional as F
+
+    config, model, state, step = _setup("mscl", mesh)
+    heads = dict(config.loss.heads)                   # {'label': 0.75, 'sex+age_group': 0.25}
+    params = jax.tree.map(np.asarray, state.params)
+    stats = jax.tree.map(np.asarray, state.batch_stats)
+    t = lambda a: torch.tensor(np.array(a), requires_grad=True)  # noqa: E731
+    blocks = [{"w": t(np.transpose(params["encoder"][f"conv_block{i}"]["conv"]["kernel"],
+                                   (3, 2, 0, 1))),
+               "g": t(params["encoder"][f"conv_block{i}"]["bn"]["scale"]),
+               "b": t(params["encoder"][f"conv_block{i}"]["bn"]["bias"]),
+               "mean": torch.tensor(stats["encoder"][f"conv_block{i}"]["bn"]["mean"]),
+               "var": torch.tensor(stats["encoder"][f"conv_block{i}"]["bn"]["var"])}
+              for i in range(1, 5)]
+    proj = {h: {f"{layer}/{k}": t(params["proj_" + h.replace("+", "_")][layer][k].T
+                                  if k == "kernel" else
+                                  params["proj_" + h.replace("+", "_")][layer][k])
+                for layer in ("hidden", "out") for k in ("kernel", "bias")} for h in heads}
+    leaves = [v for blk in blocks for k, v in blk.items() if k in "wgb"] + \
+        [v for p in proj.values() for v in p.values()]
+    opt = torch.optim.Adam(leaves, lr=config.train.lr, weight_decay=config.train.weight_decay)
+
+    def encoder(x):
+        x = x[:, None]
+        for blk in blocks:
+            x = F.conv2d(x, blk["w"], padding=2)
+            x = F.batch_norm(x, blk["mean"], blk["var"], blk["g"], blk["b"], training=True,
+                             momentum=0.1, eps=1e-5)
+            x = F.avg_pool2d(F.relu(x), 2)
+        x = x.mean(dim=3)
+        return x.max(dim=2).values + x.mean(dim=2)
+
+    def project(h, f):
+        p = proj[h]
+        return F.linear(F.relu(F.linear(f, p["hidden/kernel"], p["hidden/bias"])),
+                        p["out/kernel"], p["out/bias"])
+
+    def supcon(z1, z2, y, tau=0.06):  # the reference's SupConLoss, all-but-self denominator
+        z = F.normalize(torch.cat([z1, z2]), dim=1)
+        logits = z @ z.T / tau
+        logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+        yy = torch.cat([y, y])
+        not_self = 1.0 - torch.eye(len(yy))
+        pos = (yy[:, None] == yy[None, :]).float() * not_self
+        log_prob = logits - torch.log((torch.exp(logits) * not_self).sum(1, keepdim=True))
+        return -((pos * log_prob).sum(1) / pos.sum(1)).mean()
+
+    for k in range(3):
+        b = _batch(seed=k)
+        b["sex+age_group"] = np.array([0, 1, 2, 3, 0, 1, 2, 1], np.int32)[
+            np.random.default_rng(k).permutation(8)]
+        state, m = step(state, parallel.to_global(_fields(config, b), mesh))
+        f1 = encoder(torch.tensor(b["view1"]))
+        f2 = encoder(torch.tensor(b["view2"]))
+        loss = sum(w * supcon(project(h, f1), project(h, f2), torch.tensor(b[h]).long())
+                   for h, w in heads.items())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        np.testing.assert_allclose(float(m["loss"]), float(loss.detach()), rtol=1e-4)
+    got = jax.tree.map(np.asarray, state.params)
+    for i, blk in enumerate(blocks, start=1):
+        block = got["encoder"][f"conv_block{i}"]
+        np.testing.assert_allclose(np.transpose(block["conv"]["kernel"], (3, 2, 0, 1)),
+                                   blk["w"].detach().numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(block["bn"]["scale"], blk["g"].detach().numpy(),
+                                   rtol=1e-4, atol=1e-6)
+        bs = jax.tree.map(np.asarray, state.batch_stats)["encoder"][f"conv_block{i}"]["bn"]
+        np.testing.assert_allclose(bs["mean"], blk["mean"].numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(bs["var"], blk["var"].numpy(), rtol=1e-4, atol=1e-6)
+    for h in heads:
+        np.testing.assert_allclose(got["proj_" + h.replace("+", "_")]["out"]["kernel"].T,
+                                   proj[h]["out/kernel"].detach().numpy(), rtol=1e-4,
+                                   atol=1e-6)
+
+
 def test_adam_l2_matches_pytorch_adam_with_weight_decay():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
