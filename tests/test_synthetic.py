@@ -247,11 +247,25 @@ def test_default_dataset_replaces_an_incomplete_leftover(tmp_path):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
         synthetic.write_icbhi(tmp_path / "a", recordings=1)
+    with pytest.raises(ValueError, match="patients=5"):
+        synthetic.write_icbhi(tmp_path / "a", recordings=4, patients=5)
     with pytest.raises(ValueError, match="layout"):
         synthetic.write_sprsound(tmp_path / "b", layout="2023")
     with pytest.raises(ValueError, match="unknown dataset"):
         synthetic.default_dataset("esc50", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []   # nothing written
+
+
+def test_patients_share_the_recordings(tmp_path):
+    """``patients`` sets how many patients the recordings are spread over (one each here),
+    both splits keep whole patients."""
+    result = icbhi.read(synthetic.write_icbhi(tmp_path / "p", recordings=6, patients=6),
+                        annotations_only=True)
+    by_patient = {}
+    for c in result.cycles:
+        by_patient.setdefault(c.patient, set()).add((c.stem, c.split))
+    assert len(by_patient) == 6 and all(len(v) == 1 for v in by_patient.values())
+    assert {c.split for c in result.cycles} == {"train", "test"}
 
 
 def test_refuses_to_write_into_a_non_empty_folder(tmp_path):

@@ -1,6 +1,6 @@
 """python -m resp_jax.data.synthetic --dataset=icbhi|sprsound|manifest --out=DIR
-    [--recordings=N] [--from_annotations=ICBHI_ROOT] [--seed=0] [--workers=1]: writes a
-    synthetic dataset (manifest: DIR/audio and DIR/manifest.csv)."""
+    [--recordings=N] [--patients=N] [--from_annotations=ICBHI_ROOT] [--seed=0] [--workers=1]:
+    writes a synthetic dataset (manifest: DIR/audio and DIR/manifest.csv)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def main(argv) -> None:
     kw = dict(seed=f.seed, workers=f.workers)
     if f.recordings is not None:
         kw["recordings"] = f.recordings
+    if f.patients is not None:
+        if f.dataset != records.ICBHI:
+            raise SystemExit("--patients is for --dataset=icbhi")
+        kw["patients"] = f.patients
     if f.from_annotations:
         if f.dataset != records.ICBHI:
             raise SystemExit("--from_annotations takes an ICBHI root; use it with --dataset=icbhi")
@@ -36,6 +40,8 @@ def _define_flags() -> None:
                         "ICBHI root whose annotation files get a synthetic wav each.")
     flags.DEFINE_integer("recordings", None, "Number of recordings (default: the small "
                          "default dataset's size; ignored with --from_annotations).")
+    flags.DEFINE_integer("patients", None, "ICBHI: number of patients sharing the recordings "
+                         "(default: a third of them).")
     flags.DEFINE_integer("seed", 0, "Random seed; the output is a pure function of it.")
     flags.DEFINE_integer("workers", 1, "Processes rendering audio (the output does not "
                          "depend on it).")

@@ -77,21 +77,29 @@ def _demographics_line(p: dict, rng) -> str:
 
 
 def write_icbhi(out, *, recordings: int = DEFAULT_RECORDINGS[records.ICBHI], seed: int = 0,
-                from_annotations=None, workers: int = 1) -> Path:
+                from_annotations=None, workers: int = 1, patients: int | None = None) -> Path:
     """Writes a synthetic ICBHI 2017 root (docs/method.md §1.1 layout) into ``out``; returns ``out``.
+
+    ``patients`` (default: a third of ``recordings``, at least 2) share the recordings in
+    turn; about 40 % of them are test patients. Cycle labels follow each patient's diagnosis,
+    so with few patients a model can score on the training split by telling patients apart
+    (docs/benchmarks.md, "Two-stage methods on small sets").
 
     With ``from_annotations`` (an ICBHI root), writes one wav for each of its annotation
     files, long enough for its cycles, and copies its annotation and metadata files instead.
     """
     if from_annotations is None and recordings < 2:
         raise ValueError(f"recordings={recordings}; expected at least 2 (one per split)")
+    if patients is not None and not 2 <= patients <= recordings:
+        raise ValueError(f"patients={patients}; expected 2 .. recordings ({recordings}): every "
+                         "patient has a recording, and each split a patient")
     out = _fresh(out)
     audio_dir = out / icbhi.AUDIO_DIR
     audio_dir.mkdir(parents=True, exist_ok=True)
     if from_annotations is not None:
         recs = _icbhi_from_annotations(Path(from_annotations), out, audio_dir)
     else:
-        recs = _icbhi_generate(out, audio_dir, recordings, seed)
+        recs = _icbhi_generate(out, audio_dir, recordings, seed, patients)
     _render_all(recs, seed, audio_dir, workers)
     return out
 
@@ -122,9 +130,10 @@ def _icbhi_from_annotations(src: Path, out: Path, audio_dir: Path) -> list:
     return recs
 
 
-def _icbhi_generate(out: Path, audio_dir: Path, recordings: int, seed: int) -> list:
+def _icbhi_generate(out: Path, audio_dir: Path, recordings: int, seed: int,
+                    patients: int | None = None) -> list:
     rng = np.random.default_rng(seed)
-    n_patients = max(2, min(recordings, round(recordings / 3)))
+    n_patients = patients or max(2, min(recordings, round(recordings / 3)))
     patients = _icbhi_patients(n_patients, rng)
     order = rng.permutation(n_patients)
     n_test = min(n_patients - 1, max(1, round(0.4 * n_patients)))
