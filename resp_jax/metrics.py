@@ -23,6 +23,10 @@ from resp_jax.data.records import CLASSES, DATASETS, SPRSOUND
 NAMES = {"sp": "Sp", "se": "Se", "score": "Score", "hs": "HS",
          "sprsound_score": "SPRSound score"}
 REPORTED = tuple(NAMES)
+# Beside them in tables: the mean test Score over the last epochs of a run's selection stage
+# (results.json ``test_score_recent``), which test_best selection cannot inflate.
+RECENT = "score_recent"
+TABLE_NAMES = {**NAMES, RECENT: "Score, last epochs"}
 
 
 def _as_int_vector(name: str, x) -> np.ndarray:

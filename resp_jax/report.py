@@ -178,13 +178,16 @@ def compare_row(directory) -> dict:
     return {"dir": str(directory), "method": cli.method_label(ConfigDict(config)),
             "heads": heads_cell(config), "dataset": res["dataset"],
             "test_split": res["test_split"], "selection": res["selection"], "runs": 1,
-            "metrics": {k: (v, None) for k, v in res["test"].items() if k != "loss"}}
+            "metrics": {**{k: (v, None) for k, v in res["test"].items() if k != "loss"},
+                        **({metrics.RECENT: (res["test_score_recent"]["mean"], None)}
+                           if res.get("test_score_recent") else {})}}
 
 
 def compare(directories) -> str:
     """A Markdown table of several runs or sweeps (mean ± population std for sweeps)."""
     rows = [compare_row(d) for d in directories]
-    keys = [(k, h) for k, h in metrics.NAMES.items() if any(k in r["metrics"] for r in rows)]
+    keys = [(k, h) for k, h in metrics.TABLE_NAMES.items()
+            if any(k in r["metrics"] for r in rows)]
 
     def cell(r, k):
         if k not in r["metrics"]:

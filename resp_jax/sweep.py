@@ -35,10 +35,7 @@ flags.mark_flags_as_required(["config"])
 
 
 
-# Beside the selected epoch's metrics: each run's mean test Score over the last epochs of its
-# selection stage (results.json test_score_recent), which test_best selection cannot inflate.
-RECENT = "score_recent"
-HEADERS = {**metrics.NAMES, RECENT: "Score, last epochs"}
+RECENT, HEADERS = metrics.RECENT, metrics.TABLE_NAMES
 
 
 def summarize(runs: list[dict], label: str) -> dict:

@@ -123,6 +123,11 @@ def test_compare_puts_runs_and_sweeps_side_by_side(trained_runs, tmp_path):
     score = summary["metrics"]["score"]
     assert f"{score['mean']:.2f} ± {score['std']:.2f}" in lines[3] and "| 2 |" in lines[3]
     assert score["std"] == pytest.approx(1.0)
+    # The mean Score of the last epochs (which selection cannot inflate) has its own column.
+    assert lines[0].rstrip().endswith("| Score, last epochs |")
+    assert lines[2].rstrip().endswith(f"| {mscl['test_score_recent']['mean']:.2f} |")
+    recent = summary["metrics"]["score_recent"]
+    assert lines[3].rstrip().endswith(f"| {recent['mean']:.2f} ± {recent['std']:.2f} |")
     with pytest.raises(FileNotFoundError, match="results.json or a sweep's summary.json"):
         report.compare([tmp_path])
 
