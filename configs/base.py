@@ -75,6 +75,11 @@ def get_config(arg=None):
                                    # Patch-Mix code's icbhi_ast_sup: integer widths, start
                                    # uniform in [0, size - width], filled with the example's
                                    # mean, after the normalisation)
+    augment.fill = "min"           # what the 'reference' policy's masks hold: 'min' (0 after
+                                   # the batch min-max, i.e. the batch's quietest level: the
+                                   # SCL code) | 'mean' (the example's mean: on small sets
+                                   # SupCon then learns the classes, not the patients;
+                                   # docs/benchmarks.md). 'patchmix' always fills with the mean
 
     config.model = model = config_dict.ConfigDict()
     model.name = "cnn6"            # architecture (resp_jax.models registry): 'cnn6' | 'ast'
@@ -186,7 +191,7 @@ def ast_recipe(config, arg=None):
     config.data.duration = 8.0
     config.data.pad = "circular"
     config.augment.update(prob=0.8413, apply_per="example", freq_masks=2, freq_width=48,
-                          time_masks=2, time_width=160, policy="patchmix")
+                          time_masks=2, time_width=160, policy="patchmix", fill="mean")
     config.train.update(epochs=50, batch_size=8, lr=5e-5, weight_decay=1e-6,
                         schedule="cosine_from_1", eta_min=5e-8, log_every=50)
     config.loss.class_weighted = False

@@ -78,6 +78,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice("linear_eval.features", config.linear_eval.features, linear_eval.FEATURES)
     _choice("augment.apply_per", config.augment.apply_per, pipeline.APPLY_PER)
     _choice("augment.policy", config.augment.policy, pipeline.POLICIES)
+    _choice("augment.fill", config.augment.fill, pipeline.FILLS)
+    if config.augment.policy == "patchmix" and config.augment.fill != "mean":
+        raise ValueError("config.augment.fill must be 'mean' with augment.policy='patchmix' "
+                         "(the Patch-Mix code fills its masks with the example's mean)")
     _choice("data.frontend", config.data.frontend, features.FRONTENDS)
     if config.data.frontend == "fbank" and config.data.norm != "reference":
         raise ValueError("config.data.norm='dataset' is for log-mel features; the fbank front "
@@ -171,6 +175,7 @@ def _check_patchmix(config, names) -> None:
 RESUME_MAY_CHANGE = ("train.log_every",)
 # Fields added since runs began recording config.json: a run recorded without them resumes.
 ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.frontend", "augment.policy",
+               "augment.fill",
                "model.width", "model.depth", "model.heads", "model.dropout",
                "model.attention_dropout", "model.drop_path", "model.layer_norm_eps",
                "model.proj_bn", "model.classifier_norm", "loss.mix_beta",

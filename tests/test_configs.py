@@ -68,6 +68,7 @@ def test_paper_defaults():
         (100, 0.1, 1e-4)
     assert (c.data.duration, c.data.norm_mean, c.data.norm_std, c.augment.prob) == \
         (8.0, 0.3690, 0.0255, 0.84)
+    assert (c.augment.policy, c.augment.fill, c.augment.apply_per) == ("reference", "min", "batch")
     assert c.model.channels == (64, 128, 256, 512) and c.model.bn_per_view
     assert c.eval.selection == "test_best" and c.loss.denominator == "all"
 
@@ -126,6 +127,8 @@ def test_command_line_rejects_unknown_fields_and_wrong_types():
     ("loss.heads", (("label", "x"),), "weight 'x' of head 'label'"),
     ("train.batch_size", 0, "config.train.batch_size must be > 0"),
     ("eval.val_fraction", 1.5, "val_fraction must lie in"),
+    ("augment.fill", "zero", "config.augment.fill must be one of"),
+    ("augment.policy", "patchmix", "augment.fill must be 'mean' with augment.policy='patchmix'"),
 ])
 def test_bad_values_fail_before_running(field, value, message):
     config = load_config("mscl")

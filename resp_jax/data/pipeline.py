@@ -22,6 +22,7 @@ from resp_jax.data.feature_store import FEATURE_CHUNK, Features
 NORMS = ("reference", "dataset")  # data.norm: fixed constants | statistics of the inputs
 APPLY_PER = ("batch", "example")  # augment.apply_per: who draws whether SpecAugment applies
 POLICIES = ("reference", "patchmix")  # augment.policy: mask placement, fill and position
+FILLS = ("min", "mean")  # augment.fill ('reference' policy): the batch minimum | example's mean
 
 
 def num_batches(n: int, global_batch: int) -> int:
@@ -141,17 +142,25 @@ def _spec_masks(u, n_freq: int, n_time: int, freq_masks: int, freq_width: int,
             band(n_time, time_masks, float(time_width)))
 
 
-def _augment(x, fhit, thit, apply, policy: str):
-    """One view of ``x`` [L, F, T] masked where ``apply`` [L]: 'reference' fills with 0;
-    'patchmix' fills the frequency masks with the example's mean, then the time masks with
-    the mean of the result (the Patch-Mix code's ``--specaug_mask mean``)."""
+def _augment(x, fhit, thit, apply, policy: str, fill: str = "min"):
+    """One view of ``x`` [L, F, T] masked where ``apply`` [L].
+
+    'reference' fills every mask with 0 on the batch-min-maxed scale, i.e. the batch's
+    minimum (``fill='min'``, the SCL code: torchaudio's mask value 0 before the
+    standardisation), or with the example's mean (``fill='mean'``), so that a mask removes
+    what it covers without drawing an edge at the quietest level of the batch (on small sets
+    the minimum fill makes SupCon learn the patients instead of the classes:
+    docs/benchmarks.md, "Two-stage methods on small sets"). 'patchmix' fills the frequency
+    masks with the example's mean, then the time masks with the mean of the result (the
+    Patch-Mix code's ``--specaug_mask mean``)."""
     import tensorflow as tf
 
     on = apply[:, None, None]
     fmask = fhit[:, :, None] & on
     tmask = thit[:, None, :] & on
     if policy != "patchmix":
-        return tf.where(fmask | tmask, 0.0, x)
+        value = 0.0 if fill == "min" else tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        return tf.where(fmask | tmask, value, x)
     x = tf.where(fmask, tf.reduce_mean(x, axis=[1, 2], keepdims=True), x)
     return tf.where(tmask, tf.reduce_mean(x, axis=[1, 2], keepdims=True), x)
 
@@ -172,6 +181,7 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
         n_draws = 1 + 2 * (int(augment.freq_masks) + int(augment.time_masks))
         prob = float(augment.prob)
         policy = str(augment.get("policy", "reference"))
+        fill = str(augment.get("fill", "min"))
         base_seed = tf.constant([int(seed), int(epoch)], tf.int64)
 
     def standardise(v):
@@ -210,7 +220,7 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
                                  int(augment.freq_width), int(augment.time_masks),
                                  int(augment.time_width), policy)  # [L, 2, F], [L, 2, T]
         for v in range(2):
-            view = _augment(x, fhit[:, v], thit[:, v], apply[:, v], policy)
+            view = _augment(x, fhit[:, v], thit[:, v], apply[:, v], policy, fill)
             out[f"view{v + 1}"] = (standardise(view) if late else view) * keep_row
         return out
 
