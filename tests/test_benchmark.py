@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from train_helpers import ROOT
@@ -93,3 +94,22 @@ def test_input_and_loop_on_a_dataset(tiny_icbhi):
     assert all(v > 0 for v in out["samples_per_s_each_epoch"])
     assert all(0 <= v < 1 for v in out["input_wait_fraction_each_epoch"])
     assert out["samples_per_s"] in out["samples_per_s_each_epoch"][1:]
+
+
+def test_torch_two_stage_reference_runs_the_protocol(tiny_icbhi, capsys):
+    """tools/torch_two_stage.py (the PyTorch check of the learning figures) runs both stages on
+    resp_jax's features and reports the last epoch and the mean of the last ones."""
+    import torch_two_stage
+
+    torch_two_stage.main([f"--data_root={tiny_icbhi['root']}", f"--tfds_dir={tiny_icbhi['tfds']}",
+                          "--epochs=2", "--linear_epochs=3", "--duration=1", "--batch=8",
+                          "--linear_batch=8", "--channels=4,8,8,16"])
+    lines = [l for l in capsys.readouterr().out.splitlines()   # (TFDS prints as it prepares)
+             if l.startswith(("pretrain epoch", "linear epoch", "{"))]
+    assert [l.split(":")[0] for l in lines[:-1]] == \
+        ["pretrain epoch 1", "pretrain epoch 2"] + [f"linear epoch {k}" for k in (1, 2, 3)]
+    out = json.loads(lines[-1])
+    scores = [float(l.rsplit(" ", 1)[1]) for l in lines[2:-1]]
+    assert out["score"] == pytest.approx(scores[-1], abs=0.01)
+    assert out["score_recent"] == pytest.approx(np.mean(scores), abs=0.01)
+    assert out["score"] == pytest.approx((out["sp"] + out["se"]) / 2)
