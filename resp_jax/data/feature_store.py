@@ -135,8 +135,11 @@ class Features:
                            f"expected one of {sorted(self.splits)}") from None
 
     def field(self, split: str, field: str) -> np.ndarray:
-        """int32 [n] codes of a (possibly composite) metadata field; -1 unknown."""
+        """int32 [n] codes of a (possibly composite) metadata field, or of the split's patients
+        (`metadata.PATIENT`); -1 unknown."""
         key = (split, field)
+        if field == metadata.PATIENT and key not in self._field_cache:
+            self._field_cache[key] = metadata.patient_codes(self[split].patient)
         if key not in self._field_cache:
             metadata.check_fields(self.schema, [field])
             self._field_cache[key] = metadata.combine(self.schema, field, self[split].codes)
