@@ -140,8 +140,9 @@ class BEATsEncoder(nn.Module):
                                (self.num_buckets, self.heads))
             buckets = relative_position_buckets(h.shape[1], self.num_buckets, self.max_distance)
             bias = jnp.transpose(table[buckets], (2, 0, 1)).astype(jnp.float32)  # [H, L, L]
-        alpha = (2 * self.depth) ** 0.25 if self.deep_norm else 1.0
-        beta = (8 * self.depth) ** -0.25 if self.deep_norm else 1.0
+        deep = self.deep_norm and self.depth > 0
+        alpha = (2 * self.depth) ** 0.25 if deep else 1.0
+        beta = (8 * self.depth) ** -0.25 if deep else 1.0
         ffn = self.encoder_ffn_embed_dim or 4 * self.width
         for i in range(self.depth):
             if train and self.layer_wise_gradient_decay_ratio != 1.0:
@@ -186,7 +187,8 @@ def resolve(config) -> None:
         **ARCH_DEFAULTS, **REGULARISATION_DEFAULTS, "encoder_ffn_embed_dim": 4 * int(m.width)}
     for field in CFG_FIELDS:
         if m.beats[field] is None:
-            m.beats[field] = source[field]
+            default = {**ARCH_DEFAULTS, **REGULARISATION_DEFAULTS}[field]
+            m.beats[field] = (int if default is None else type(default))(source[field])
 
 
 def _fields(config) -> dict[str, Any]:
