@@ -5,10 +5,10 @@
 
 ``--reference``: a directory holding microsoft/unilm's ``beats/BEATs.py``, ``backbone.py`` and
 ``modules.py`` (a checkout of that folder; nothing of it is copied here). They are imported
-from there, so this script runs the reference implementation itself. BEATs.py imports
-``torchaudio.compliance.kaldi``; where torchaudio cannot be imported (its wheel must match
-the installed torch), ``--kaldi`` names torchaudio's pure-Python ``compliance/kaldi.py`` (e.g.
-from an unpacked torchaudio wheel), which is then loaded on its own under that module name.
+from there (tools/beats_reference.py), so this script runs the reference implementation
+itself. Where torchaudio cannot be imported (its wheel must match the installed torch),
+``--kaldi`` names torchaudio's pure-Python ``compliance/kaldi.py`` (e.g. from an unpacked
+torchaudio wheel), which is then loaded on its own.
 
 Writes to ``--out``:
   checkpoint.pt   a tiny random BEATs (width 64, 2 layers, 4 heads, 32-wide patch embedding,
@@ -28,13 +28,14 @@ Writes to ``--out``:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from beats_reference import import_reference  # noqa: E402
 
 CFG = {  # BEATsConfig fields of the tiny model
     "input_patch_size": 16, "embed_dim": 32, "conv_bias": False, "encoder_layers": 2,
@@ -47,39 +48,6 @@ CFG = {  # BEATsConfig fields of the tiny model
 }
 BUCKETS = ((320, 800), (320, 1280))  # (num_buckets, max_distance) tables to record
 SAMPLES, SEED = 16000, 0
-
-
-def _kaldi_shim(path: Path) -> str:
-    """Registers torchaudio.compliance.kaldi loaded from ``path`` alone; returns a note."""
-    package = types.ModuleType("torchaudio")
-    package.__path__ = []
-    compliance = types.ModuleType("torchaudio.compliance")
-    compliance.__path__ = []
-    sys.modules.update({"torchaudio": package, "torchaudio.compliance": compliance})
-    spec = importlib.util.spec_from_file_location("torchaudio.compliance.kaldi", path)
-    kaldi = importlib.util.module_from_spec(spec)
-    sys.modules["torchaudio.compliance.kaldi"] = kaldi
-    spec.loader.exec_module(kaldi)
-    package.compliance, compliance.kaldi = compliance, kaldi
-    return f"compliance/kaldi.py loaded alone from {path}"
-
-
-def _import_reference(reference: Path, kaldi: Path | None):
-    try:
-        import torchaudio.compliance.kaldi  # noqa: F401
-        import torchaudio
-        note = f"torchaudio {torchaudio.__version__}"
-    except Exception:  # noqa: BLE001  (a wheel built for another torch fails in many ways)
-        if kaldi is None:
-            raise SystemExit("torchaudio cannot be imported here: pass --kaldi=PATH to "
-                             "torchaudio's compliance/kaldi.py")
-        for name in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
-            del sys.modules[name]
-        note = _kaldi_shim(kaldi)
-    sys.path.insert(0, str(reference))  # BEATs.py imports backbone, backbone imports modules
-    import backbone
-    from BEATs import BEATs, BEATsConfig
-    return BEATs, BEATsConfig, backbone, note
 
 
 def _wave(rng: np.random.Generator) -> np.ndarray:
@@ -103,8 +71,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    BEATs, BEATsConfig, backbone, kaldi_note = _import_reference(args.reference.resolve(),
-                                                                 args.kaldi)
+    if args.kaldi is None:
+        try:
+            import torchaudio.compliance.kaldi  # noqa: F401  (the fixtures need the real fbank)
+        except Exception:  # noqa: BLE001
+            raise SystemExit("torchaudio cannot be imported here: pass --kaldi=PATH to "
+                             "torchaudio's compliance/kaldi.py") from None
+    BEATs, BEATsConfig, backbone, kaldi_note = import_reference(args.reference, args.kaldi)
     torch.manual_seed(SEED)
     model = BEATs(BEATsConfig(dict(CFG)))
     generator = torch.Generator().manual_seed(SEED)
