@@ -394,8 +394,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         original.add_argument(f"--{name}", type=int, default=default,
                               help="default: width / 64" if name == "heads" else None)
     args = vars(parser.parse_args(argv))
+    return report(lambda: convert(args.pop("checkpoint"), args.pop("output"), **args))
+
+
+def report(convert_call) -> int:
+    """Runs a converter's ``convert_call()`` for its command line: prints the directory it
+    wrote (exit status 0) or the ConversionError (status 2)."""
     try:
-        out = convert(args.pop("checkpoint"), args.pop("output"), **args)
+        out = convert_call()
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

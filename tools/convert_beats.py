@@ -38,7 +38,7 @@ from resp_jax.models import beats  # noqa: E402
 
 EXPECTED = ("expected the published BEATs layout: a dict {'cfg': {...}, 'model': state dict} "
             "as microsoft/unilm's BEATs checkpoints (e.g. BEATs_iter3_plus_AS2M.pt) hold it")
-# BEATsConfig's defaults (microsoft/unilm beats/BEATs.py:27-64), which a checkpoint's cfg
+# BEATsConfig's defaults (microsoft/unilm beats/BEATs.py:26-68), which a checkpoint's cfg
 # updates.
 REFERENCE_DEFAULTS = {
     "input_patch_size": -1, "embed_dim": 512, "conv_bias": False, "encoder_layers": 12,
@@ -219,13 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output directory")
     args = parser.parse_args(argv)
-    try:
-        out = convert(args.checkpoint, args.output, overwrite=args.overwrite)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    return convert_ast.report(lambda: convert(args.checkpoint, args.output,
+                                              overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

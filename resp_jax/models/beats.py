@@ -254,10 +254,9 @@ def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
     meta = _check_meta(meta, "meta")
     variables = {k: variables[k] for k in variables}
     fields = {k: meta[k] for k in ("width", "depth", "heads", *CFG_FIELDS)}
-    diffs = converted.differences(encoder_shapes(BEATsEncoder(**fields)), variables)
-    if diffs:
-        raise ValueError(f"variables do not fit a BEATs encoder of width {meta['width']}, depth "
-                         f"{meta['depth']}:\n  " + "\n  ".join(diffs))
+    converted.check_variables(encoder_shapes(BEATsEncoder(**fields)), variables,
+                              f"variables do not fit a BEATs encoder of width {meta['width']}, "
+                              f"depth {meta['depth']}")
     return converted.write(directory, variables, {**meta, "architecture": "beats"},
                            overwrite=overwrite)
 
@@ -284,10 +283,9 @@ def load_pretrained(directory: str | os.PathLike, *, dtype: Any = jnp.float32,
     arch = {k: meta[k] for k in ("width", "depth", "heads", *CFG_FIELDS)}
     encoder = BEATsEncoder(**{**arch, **fields}, dtype=dtype, input=input)
     state_dir, restored = converted.read_state(directory)
-    diffs = converted.differences(encoder_shapes(encoder), restored)
-    if diffs:
-        raise ValueError(f"{state_dir} does not fit a BEATs encoder of width {meta['width']}, "
-                         f"depth {meta['depth']}:\n  " + "\n  ".join(diffs))
+    converted.check_variables(encoder_shapes(encoder), restored,
+                              f"{state_dir} does not fit a BEATs encoder of width "
+                              f"{meta['width']}, depth {meta['depth']}")
     variables = {"params": jax.tree.map(lambda a: jnp.asarray(a, jnp.float32),
                                         dict(restored["params"]))}
     return encoder, variables
