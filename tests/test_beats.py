@@ -207,3 +207,32 @@ def test_tiny_pafa_run_end_to_end(tiny_icbhi, tmp_path):
     assert all(np.isfinite(line[k]) for line in steps for k in line if k.startswith("loss"))
     assert results["norm"] == pytest.approx([features.BEATS_MEAN, 2 * features.BEATS_STD])
     assert 0 <= results["test"]["score"] <= 100
+
+
+@pytest.mark.slow
+def test_benchmark_beats_step():
+    """tools/benchmark.py train-step --model=beats (the PAFA step; the comparison with the
+    reference needs its code, which is not part of resp_jax: --reference=DIR)."""
+    import contextlib
+    import io
+    import sys
+
+    from train_helpers import ROOT
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchmark
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        benchmark.main(["train-step", "--model=beats", "--beats-size=tiny", "--method=pafa",
+                        "--depth=2", "--batch=2", "--frames=48", "--steps=1", "--rounds=1"])
+    result = json.loads(out.getvalue().splitlines()[-1])
+    assert (result["model"], result["width"], result["depth"], result["heads"]) == (
+        "beats", 192, 2, 3)
+    assert result["tokens"] == 24 and result["frames"] == 48
+    for key in ("samples_per_s", "step_gflop", "projected_icbhi_100_epochs_h"):
+        assert result[key] > 0, key
+    with pytest.raises(SystemExit, match="--reference=DIR"):
+        benchmark.main(["train-step", "--model=beats", "--method=ce", "--vs-torch"])
+    with pytest.raises(SystemExit, match="--model=beats .pafa."):
+        benchmark.main(["train-step", "--method=pafa"])
