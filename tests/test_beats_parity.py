@@ -123,7 +123,8 @@ def _refused(tool, tmp_path, checkpoint, match):
 
 def test_refuses_other_layouts_and_leaves_nothing(tool, tmp_path):
     ck = _checkpoint()
-    _refused(tool, tmp_path, ck["model"], r"holds a \w*Dict with keys .*\.\.\.; expected the published BEATs")
+    _refused(tool, tmp_path, ck["model"],
+             r"holds a \w*Dict with keys .*\.\.\.; expected the published BEATs")
     _refused(tool, tmp_path, {**ck, "label_dict": {}}, "with keys")
     _refused(tool, tmp_path, {"cfg": [], "model": ck["model"]}, "'cfg' is a list")
     _refused(tool, tmp_path, {**ck, "cfg": {**ck["cfg"], "finetuned_model": True}},

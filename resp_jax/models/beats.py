@@ -35,16 +35,15 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from resp_jax.models import converted
 from resp_jax.models.beats_layers import (Layer, PositionConv, bert_init, torch_conv_init,
                                           grad_multiply, relative_position_buckets)
 
 # The fields of the checkpoint's cfg the encoder reads (BEATsConfig names), with resp_jax's
-# from-scratch values (the iter3+ layout the issue describes: 16 x 16 patches, conv position
-# embedding 128 / 16, gated relative position bias, deep norm; the reference class's own
-# defaults for the bucket sizes; no regularisation). The width, depth and heads are
+# from-scratch values (docs/method.md §10: 16 x 16 patches, a 512-wide patch embedding, conv
+# position embedding 128 / 16, gated relative position bias, deep norm; the reference class's
+# own defaults for the bucket sizes; no regularisation). The width, depth and heads are
 # model.width / depth / heads (cfg encoder_embed_dim / encoder_layers / encoder_attention_heads).
 ARCH_DEFAULTS = {
     "input_patch_size": 16, "embed_dim": 512, "conv_bias": False,
