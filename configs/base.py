@@ -283,10 +283,13 @@ def beats_recipe(config, arg=None):
 def beats_quick(config):
     """`quick` for the BEATs configs: a tiny BEATs (width 64, depth 2, 4 heads, a 32-wide patch
     embedding, MLP 128) from scratch on 5 s clips, batch 32, 20 epochs at lr 1e-3 with one
-    cosine decay (the recipe's 5e-5 is for fine-tuning pretrained weights); PAFA's other
-    settings stay."""
+    cosine decay (the recipe's 5e-5 is for fine-tuning pretrained weights), and the upstream
+    2**15 waveform scaling: without it BEATs' normalisation leaves the inputs near -1.6 with
+    little spread, and a model trained from scratch learned nothing of the synthetic set in 12
+    epochs (docs/benchmarks.md). PAFA's other settings stay."""
     config.model.width, config.model.depth, config.model.heads = 64, 2, 4
     config.model.beats.update(embed_dim=32, encoder_ffn_embed_dim=128)
+    config.data.wave_scale = 32768.0
     config.train.update(batch_size=32, epochs=20, lr=1e-3, schedule="cosine", eta_min=1e-6,
                         log_every=10)
     config.linear_eval.update(lr=1e-3, batch_size=32)
