@@ -285,8 +285,8 @@ def beats_quick(config):
     embedding, MLP 128) from scratch on 5 s clips, batch 32, 20 epochs at lr 1e-3 with one
     cosine decay (the recipe's 5e-5 is for fine-tuning pretrained weights), and the upstream
     2**15 waveform scaling: without it BEATs' normalisation leaves the inputs near -1.6 with
-    little spread, and a model trained from scratch learned nothing of the synthetic set in 12
-    epochs (docs/benchmarks.md). PAFA's other settings stay."""
+    little spread, and this model learned nothing of the synthetic set in 20 epochs
+    (docs/benchmarks.md). PAFA's other settings stay."""
     config.model.width, config.model.depth, config.model.heads = 64, 2, 4
     config.model.beats.update(embed_dim=32, encoder_ffn_embed_dim=128)
     config.data.wave_scale = 32768.0
