@@ -7,8 +7,9 @@ Fields left as placeholders (None) are dataset- or init-dependent and are filled
 Config arguments, comma separated after the file name (`configs/mscl.py:quick,sprsound`):
   icbhi | sprsound   the dataset (data.name; 'manifest' also needs data.root=PATH/manifest.csv);
   quick              the README demo preset: short clips, small widths, few epochs, small batch
-                     (AST configs: `ast_quick`, a tiny AST).
-The AST configs (configs/ast_*.py) start from `ast_recipe`: Patch-Mix's fine-tuning recipe.
+                     (AST configs: `ast_quick`, a tiny AST; BEATs configs: `beats_quick`).
+The AST configs (configs/ast_*.py) start from `ast_recipe`: Patch-Mix's fine-tuning recipe;
+the BEATs configs (configs/beats_*.py) from `beats_recipe`: PAFA's.
 Command-line overrides come after: `--config.train.epochs=10`.
 """
 
@@ -25,7 +26,8 @@ def get_config(arg=None):
 
     # Training method. One-stage: 'ce' (cross-entropy), 'hybrid' (alpha CE + (1 - alpha) SupCon),
     # 'patchmix_cl' (CE + w x Patch-Mix contrastive loss, w the weight of its single head
-    # ('instance', w); AST only, docs/method.md §9).
+    # ('instance', w); AST only, docs/method.md §9), 'pafa' (CE + w x PAFA's patient loss, w
+    # the weight of its single head ('patient', w); docs/method.md §10).
     # Two-stage (pretrain, then a linear classifier on frozen features): 'scl' (SupCon on the
     # heads of loss.heads; with a metadata head it is the paper's "SCL w/ metadata"), 'simclr'
     # (NT-Xent: head 'instance'), 'mscl' (one projector per head, weighted sum).
@@ -43,7 +45,12 @@ def get_config(arg=None):
                                    # log-mel frames, 798 fbank frames)
     data.frontend = "logmel"       # features: 'logmel' (64 log-mel bins: CNN6, the paper) |
                                    # 'fbank' (128 Kaldi fbank bins, AST's AudioSet
-                                   # normalisation, no batch min-max: AST, docs/method.md §9)
+                                   # normalisation, no batch min-max: AST, docs/method.md §9) |
+                                   # 'beats' (BEATs' 128-bin Kaldi fbank and normalisation,
+                                   # no batch min-max: BEATs, docs/method.md §10)
+    data.wave_scale = 1.0          # Kaldi fbank front ends: each clip is multiplied by this
+                                   # first (1.0: AST, Patch-Mix and PAFA; 32768.0 = 2**15:
+                                   # upstream BEATs' preprocess)
     data.pad = "circular"          # how short cycles are extended: 'circular' (repeat) | 'zero'
     data.norm = "reference"        # 'reference': fixed norm_mean/std below; 'dataset': statistics
                                    # of this dataset's min-max-ed training features ('logmel'
@@ -83,14 +90,17 @@ def get_config(arg=None):
 
     config.model = model = config_dict.ConfigDict()
     model.name = "cnn6"            # architecture (resp_jax.models registry): 'cnn6' | 'ast'
+                                   # | 'beats'
     model.channels = (64, 128, 256, 512)  # conv block widths; features = channels[-1]
     model.layout = "reference"     # spectrogram orientation: 'reference' (freq, time) | 'panns'
     model.init_from = ""           # converted encoder dir (tools/convert_panns.py for CNN6,
-                                   # tools/convert_ast.py for AST); '' = train from scratch
-    # AST only (CNN6 ignores them; docs/method.md §9). DeiT-base: 768, 12, 12.
+                                   # tools/convert_ast.py for AST, tools/convert_beats.py for
+                                   # BEATs); '' = train from scratch
+    # Transformers (AST and BEATs; CNN6 ignores them). DeiT-base and BEATs: 768, 12, 12.
     model.width = 768              # token width = feature width
     model.depth = 12               # Transformer blocks
     model.heads = 12               # attention heads
+    # AST only (BEATs reads its own from model.beats, beats_recipe; docs/method.md §9).
     model.dropout = 0.0            # dropout after the embeddings, attention output and MLP
     model.attention_dropout = 0.0  # dropout on the attention weights
     model.drop_path = 0.0          # stochastic depth of the last block (0 .. this, linearly)
@@ -101,6 +111,11 @@ def get_config(arg=None):
     model.proj_out = 128           # projector output width
     model.proj_bn = False          # BatchNorm between the projector's layers (Patch-Mix's
                                    # projector: Linear, BatchNorm1d, ReLU, Linear)
+    model.proj_ln = False          # LayerNorm there instead (PAFA's: Linear, LayerNorm, ReLU,
+                                   # Linear)
+    model.proj_pool = "mean"       # what the projectors see: 'mean' (the encoder's pooled
+                                   # features) | 'attention' (PAFA: the encoder's tokens pooled
+                                   # by softmax attention, Linear(width, 1); BEATs, 'pafa' only)
     model.classifier_norm = False  # LayerNorm before the linear classifier (AST's head)
     model.dtype = "float32"        # compute dtype: 'float32' | 'bfloat16' (BN stats, loss f32)
     model.bn_per_view = True       # encode the two views in two calls, so BatchNorm batch
@@ -115,6 +130,10 @@ def get_config(arg=None):
     loss.denominator = "all"       # 'all': every other view (the code) | 'negatives' (eq. 2)
     loss.alpha = 0.5               # hybrid: alpha * CE + (1 - alpha) * SupCon
     loss.mix_beta = 1.0            # patchmix_cl: the mixing ratio lam ~ Beta(mix_beta, mix_beta)
+    loss.pafa_pcsl = 50.0          # pafa: weight of the patient cohesion-separation term
+                                   # (PAFA's --lambda_pcsl)
+    loss.pafa_gpal = 0.0005        # pafa: weight of the global patient alignment term
+                                   # (PAFA's --lambda_gpal)
     loss.class_weighted = placeholder(bool)  # CE weighted by 1/class frequency (training split);
                                              # None = dataset default (ICBHI yes, SPRSound no)
 
@@ -208,6 +227,75 @@ def ast_quick(config):
     config.model.width, config.model.depth, config.model.heads = 64, 2, 4
     config.data.duration = 4.0
     config.train.update(batch_size=32, epochs=30, lr=1e-3, schedule="cosine", eta_min=1e-6,
+                        log_every=10)
+    config.linear_eval.update(lr=1e-3, batch_size=32)
+    config.model.proj_hidden, config.model.proj_out = 128, 64
+    return config
+
+
+def beats_recipe(config, arg=None):
+    """PAFA's BEATs fine-tuning recipe (docs/method.md §10; [pafa] scripts/beats_ce.sh,
+    scripts/beats_pafa.sh, main.py, util/misc.py), shared by the BEATs configs: BEATs (iter3+
+    AS2M, self-supervised; its cfg gives the architecture, model.beats) on BEATs' Kaldi fbank
+    of 5 s clips (498 frames, repeat padding) without the upstream 2**15 waveform scaling, no
+    SpecAugment, Adam lr 5e-5 with L2 1e-6, one cosine over 100 epochs to 5e-8 (the rate of
+    the 1-based epoch), batch 32, unweighted CE on a Linear classifier of the mean token,
+    weights averaged with the previous step's (0.5), the test set every epoch; 5 seeds in a
+    sweep. Pass the converted weights with --config.model.init_from (tools/convert_beats.py).
+    """
+    config.model.name = "beats"
+    config.model.width, config.model.depth, config.model.heads = 768, 12, 12
+    # BEATs' own fields, in its cfg's names (BEATsConfig); None = the converted checkpoint's
+    # (model.init_from), or resp_jax's from-scratch value (resp_jax.models.beats).
+    ph = placeholder
+    config.model.beats = config_dict.ConfigDict({
+        "input_patch_size": ph(int),     # patch size and stride of the patch embedding (16)
+        "embed_dim": ph(int),            # patch embedding width before the projection (512)
+        "conv_bias": ph(bool),           # a bias in the patch convolution
+        "encoder_ffn_embed_dim": ph(int),  # MLP width (3072; scratch: 4 x model.width)
+        "activation_fn": ph(str),        # MLP activation ('gelu' only)
+        "layer_norm_first": ph(bool),    # pre-LayerNorm layers (False only: post-LN)
+        "deep_norm": ph(bool),           # residuals x * (2 depth)^(1/4) + f(x)
+        "conv_pos": ph(int),             # kernel of the convolutional position embedding (128)
+        "conv_pos_groups": ph(int),      # its groups (16)
+        "relative_position_embedding": ph(bool),  # a relative position bias in attention
+        "num_buckets": ph(int),          # its distance buckets (320)
+        "max_distance": ph(int),         # distance of its last bucket
+        "gru_rel_pos": ph(bool),         # the bias gated per query (grep_linear, grep_a)
+        "dropout": ph(float),            # dropout of the layer outputs and the tokens
+        "attention_dropout": ph(float),  # dropout of the attention weights
+        "activation_dropout": ph(float),  # dropout after the MLP activation
+        "encoder_layerdrop": ph(float),  # LayerDrop: each layer skipped with this probability
+        "dropout_input": ph(float),      # dropout after the patch embedding's projection
+        "layer_wise_gradient_decay_ratio": ph(float),  # gradient x this at each layer's input
+    })
+    config.data.frontend = "beats"
+    config.data.duration = 5.0
+    config.data.pad = "circular"
+    config.data.wave_scale = 1.0  # PAFA comments the 2**15 out (upstream: 32768.0)
+    config.augment.prob = 0.0     # --nospec
+    config.train.update(epochs=100, batch_size=32, lr=5e-5, weight_decay=1e-6,
+                        schedule="cosine_from_1", eta_min=5e-8, weight_average=0.5,
+                        log_every=50)
+    config.loss.class_weighted = False
+    config.eval.batch_size = 64  # BEATs' output does not depend on the batch (no BatchNorm)
+    config.sweep_seeds = 5  # resp_jax.sweep's default --seeds for this config (PAFA's 5 seeds)
+    if "quick" in [t.strip() for t in (arg or "").split(",")]:
+        beats_quick(config)
+    return config
+
+
+def beats_quick(config):
+    """`quick` for the BEATs configs: a tiny BEATs (width 64, depth 2, 4 heads, a 32-wide patch
+    embedding, MLP 128) from scratch on 5 s clips, batch 32, 20 epochs at lr 1e-3 with one
+    cosine decay (the recipe's 5e-5 is for fine-tuning pretrained weights), and the upstream
+    2**15 waveform scaling: without it BEATs' normalisation leaves the inputs near -1.6 with
+    little spread, and this model learned nothing of the synthetic set in 20 epochs
+    (docs/benchmarks.md). PAFA's other settings stay."""
+    config.model.width, config.model.depth, config.model.heads = 64, 2, 4
+    config.model.beats.update(embed_dim=32, encoder_ffn_embed_dim=128)
+    config.data.wave_scale = 32768.0
+    config.train.update(batch_size=32, epochs=20, lr=1e-3, schedule="cosine", eta_min=1e-6,
                         log_every=10)
     config.linear_eval.update(lr=1e-3, batch_size=32)
     config.model.proj_hidden, config.model.proj_out = 128, 64

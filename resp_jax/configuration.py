@@ -29,10 +29,11 @@ DATASET_DEFAULTS = {
 LR_PRETRAINED = 1e-4   # fine-tuning AudioSet weights
 LR_SCRATCH = 1e-3
 
-ONE_STAGE = ("ce", "hybrid", "patchmix_cl")
+ONE_STAGE = ("ce", "hybrid", "patchmix_cl", "pafa")
 TWO_STAGE = ("scl", "simclr", "mscl")
 METHODS = ONE_STAGE + TWO_STAGE
 INSTANCE = losses.INSTANCE
+PATIENT = metadata.PATIENT  # pseudo-field: the patient ids of a split (PAFA's head)
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -83,9 +84,14 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError("config.augment.fill must be 'mean' with augment.policy='patchmix' "
                          "(the Patch-Mix code fills its masks with the example's mean)")
     _choice("data.frontend", config.data.frontend, features.FRONTENDS)
-    if config.data.frontend == "fbank" and config.data.norm != "reference":
+    _choice("model.proj_pool", config.model.get("proj_pool", "mean"), models.heads.POOLS)
+    if config.data.frontend in features.FBANK_FRONTENDS and config.data.norm != "reference":
         raise ValueError("config.data.norm='dataset' is for log-mel features; the fbank front "
-                         "end is normalised with AST's AudioSet constants (keep 'reference')")
+                         "ends are normalised with their models' constants (keep 'reference')")
+    if not config.data.get("wave_scale", 1.0) > 0:
+        raise ValueError(f"config.data.wave_scale must be > 0, got {config.data.wave_scale!r}")
+    if config.model.get("proj_bn") and config.model.get("proj_ln"):
+        raise ValueError("config.model.proj_bn and proj_ln: a projector has one norm, not both")
     hook = getattr(models.backbone(config.model.name), "resolve", None)
     if hook is not None:  # the backbone's own placeholders (AST: model.layer_norm_eps)
         hook(config)
@@ -146,11 +152,12 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"method 'simclr' uses the single head ({INSTANCE!r}, 1.0), got {names}")
     if config.method == "patchmix_cl":
         _check_patchmix(config, names)
+    _check_pafa(config, names)
     if config.method == "hybrid" and INSTANCE in names:
         raise ValueError("method 'hybrid' combines CE with supervised heads; 'instance' "
                          "belongs to 'simclr'")
     try:
-        metadata.check_fields(schema, [f for f in names if f != INSTANCE])
+        metadata.check_fields(schema, [f for f in names if f not in (INSTANCE, PATIENT)])
     except KeyError as e:
         raise ValueError(f"config.loss.heads: {e.args[0]}") from None
     return config
@@ -171,15 +178,37 @@ def _check_patchmix(config, names) -> None:
                          f"config.model.width ({config.model.width})")
 
 
+def _check_pafa(config, names) -> None:
+    """PAFA aligns the projections of each patient: one head, the patient pseudo-field; its
+    projector's attention pooling needs an encoder that returns its tokens."""
+    if config.method == "pafa":
+        if names != [PATIENT]:
+            raise ValueError(f"method 'pafa' uses the single head ({PATIENT!r}, weight of the "
+                             f"PAFA loss), got {names}")
+        for key in ("pafa_pcsl", "pafa_gpal"):
+            if not config.loss[key] >= 0:
+                raise ValueError(f"config.loss.{key} must be >= 0, got {config.loss[key]!r}")
+    if config.model.get("proj_pool", "mean") != "attention":
+        return
+    if config.method != "pafa":
+        raise ValueError("config.model.proj_pool='attention' is PAFA's projector (method "
+                         f"'pafa'), got method {config.method!r}")
+    if not getattr(models.backbone(config.model.name), "TOKENS", False):
+        raise ValueError(f"config.model.proj_pool='attention' pools an encoder's tokens; "
+                         f"model {config.model.name!r} returns pooled features only ('beats' "
+                         "returns its tokens)")
+
+
 # Fields a resumed run may change: they do not affect the results.
-RESUME_MAY_CHANGE = ("train.log_every",)
+RESUME_MAY_CHANGE = ("train.log_every", "sweep_seeds")
 # Fields added since runs began recording config.json: a run recorded without them resumes.
 ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.frontend", "augment.policy",
                "augment.fill",
                "model.width", "model.depth", "model.heads", "model.dropout",
                "model.attention_dropout", "model.drop_path", "model.layer_norm_eps",
                "model.proj_bn", "model.classifier_norm", "loss.mix_beta",
-               "train.weight_average")
+               "train.weight_average", "data.wave_scale", "model.proj_ln", "model.proj_pool",
+               "loss.pafa_pcsl", "loss.pafa_gpal")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

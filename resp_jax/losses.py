@@ -1,6 +1,7 @@
 """Training losses (docs/method.md §4): weighted cross-entropy, SupCon, NT-Xent, hybrid,
 multi-head SupCon, and `batch_loss`, the loss of one training batch for every method
-(Patch-Mix CL's own losses live in `resp_jax.patchmix`, docs/method.md §9).
+(Patch-Mix CL's own losses live in `resp_jax.patchmix`, docs/method.md §9, PAFA's in
+`resp_jax.pafa`, §10).
 
 Every function is plain array code on the whole (global) batch, so it is jit-able and gives the
 same value whether the batch lives on one device or is sharded over several: XLA inserts the
@@ -18,7 +19,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from resp_jax import patchmix
+from resp_jax import pafa, patchmix
 
 DENOMINATORS = ("all", "negatives")  # loss.denominator: the code's | the paper's eq. 2
 INSTANCE = "instance"  # pseudo-field of a head: each example its own class (NT-Xent)
@@ -250,6 +251,10 @@ def batch_loss(model, config, heads, class_weights=None):
     features plus w x `patchmix.patch_mix_contrastive_loss` between the projections of a
     second, patch-mixed pass over the same ``view1`` and the clean features (gradient
     stopped), as Patch-Mix's main.py; lam ~ Beta(loss.mix_beta, loss.mix_beta) per batch.
+
+    'pafa' (one head (`metadata.PATIENT`, w)): CE on the classifier of ``view1``'s features
+    plus w x `pafa.pafa_loss` of the head's projections (of the encoder's tokens with
+    ``model.proj_pool='attention'``) and the batch's patient codes, as PAFA's main.py.
     """
     method = config.method
     weights = dict(heads)
@@ -288,8 +293,25 @@ def batch_loss(model, config, heads, class_weights=None):
                                                  valid=mask)
         return ce + weight * cl, (batch_stats, {"loss/ce": ce, f"loss/{head}": cl})
 
+    def pafa_step(params, batch_stats, batch, rng):
+        mask, label = batch["mask"], batch["label"]
+        (head, weight), = weights.items()
+        tokens = config.model.get("proj_pool", "mean") == "attention"
+        out, batch_stats = encode(params, batch_stats, batch["view1"], mask, rng,
+                                  **({"tokens": True} if tokens else {}))
+        feats, proj_in = out if tokens else (out, out)
+        ce = cross_entropy(model.apply({"params": params}, feats, method="classify"), label,
+                           mask, cw)
+        z, batch_stats = project(params, batch_stats, proj_in, head, mask)
+        loss, parts = pafa.pafa_loss(z, batch[head], mask, config.loss.pafa_pcsl,
+                                     config.loss.pafa_gpal)
+        return ce + weight * loss, (batch_stats, {"loss/ce": ce, f"loss/{head}": loss,
+                                                  **{f"loss/{k}": v for k, v in parts.items()}})
+
     def fn(params, batch_stats, batch, rng):
         mask, label = batch["mask"], batch["label"]
+        if method == "pafa":
+            return pafa_step(params, batch_stats, batch, rng)
         rng1, rng2 = jax.random.split(rng)
         if method == "ce":
             feats, batch_stats = encode(params, batch_stats, batch["view1"], mask, rng1)

@@ -2,7 +2,8 @@
 
     python -m resp_jax.sweep --config=configs/mscl.py --seeds=10 --workdir=DIR [--config.x=...]
 
-Seed k (0-based) trains with train.seed = config.train.seed + k in DIR/seed_<k>. Seeds run one
+Without --seeds a sweep runs the config's ``sweep_seeds`` seeds (the BEATs configs: 5, as PAFA
+reports), else 10 (the paper's). Seed k (0-based) trains with train.seed = config.train.seed + k in DIR/seed_<k>. Seeds run one
 after another; rerunning the same command skips finished seeds (their results.json exists)
 and resumes an interrupted one from its checkpoint. DIR/summary.md and DIR/summary.json hold the
 table in the layout of docs/method.md §8; std is the population standard deviation (numpy's default).
@@ -27,7 +28,9 @@ from resp_jax.cli import method_label  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, as for resp_jax.main.", lock_config=True)
-_SEEDS = flags.DEFINE_integer("seeds", 10, "Number of seeds (runs).", lower_bound=1)
+_SEEDS = flags.DEFINE_integer("seeds", None, "Number of seeds (runs); default: the config's "
+                              "sweep_seeds, else 10.", lower_bound=1)
+DEFAULT_SEEDS = 10  # the paper's runs per row
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Sweep directory; seed k runs in <workdir>/seed_<k>. Default: "
     "runs/<config name>-sweep-<YYYYmmdd-HHMMSS>.")
@@ -88,6 +91,11 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_seeds(config) -> int:
+    """Seeds of a sweep without --seeds: the config's ``sweep_seeds``, else `DEFAULT_SEEDS`."""
+    return int(config.get("sweep_seeds", DEFAULT_SEEDS))
+
+
 def run_sweep(config, seeds: int, workdir) -> tuple[int, dict | None]:
     """Runs the missing seeds; returns (exit status, summary or None when a run stopped, and
     on every process but process 0, which alone reads the results and writes the summary)."""
@@ -136,7 +144,8 @@ def main(argv):
             raise app.UsageError("several hosts: pass the same --workdir to every process")
         spec = config_flags.get_config_filename(flags.FLAGS["config"])
         workdir = cli.default_workdir(spec, kind="sweep")
-    status, summary = run_sweep(_CONFIG.value, _SEEDS.value, workdir)
+    seeds = _SEEDS.value if _SEEDS.value is not None else default_seeds(_CONFIG.value)
+    status, summary = run_sweep(_CONFIG.value, seeds, workdir)
     if summary is not None:
         print(markdown(summary), flush=True)
     return status

@@ -38,7 +38,7 @@ def _config(bench, args):
     elif args.method == "simclr":
         config.loss.heads = (("instance", 1.0),)
     width = SIZES[args.ast_size]
-    config.model.update(width=width, depth=12, heads=width // 64, dtype=args.dtype)
+    config.model.update(width=width, depth=args.depth, heads=width // 64, dtype=args.dtype)
     config.train.batch_size = args.batch
     config.data.duration = (args.frames - 1) * 0.01 + 0.025  # Kaldi: 1 + (n - 400) // 160
     return config
@@ -83,10 +83,8 @@ def run(bench, args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from resp_jax import configuration, optim, parallel, steps
+    from resp_jax import configuration, parallel
     from resp_jax.data import features, metadata
-    from resp_jax.models import build_model
-    from resp_jax.train_state import create_train_state
 
     if args.vs_torch and args.method != "ce":
         raise SystemExit("--vs-torch with --model=ast compares the fine-tuning (ce) step with "
@@ -94,13 +92,7 @@ def run(bench, args) -> dict:
     config = configuration.resolve(_config(bench, args))
     shape = features.input_shape(config)
     assert shape == (128, args.frames), shape
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(args.batch, mesh)
-    model = build_model(config, num_classes=4)
-    tx = optim.make_optimizer(config, steps_per_epoch=100)
-    state = create_train_state(config, model, tx, shape, mesh, pretrained=None)
-    step = steps.make_train_step(model, tx, config, None, mesh, optim.schedule(config, 100))
-    eval_step = steps.make_eval_step(model, None, mesh)
+    mesh, model, state, step, eval_step = bench.step_setup(config, shape)
 
     rng = np.random.default_rng(0)
     host = {"view1": rng.standard_normal((args.batch,) + shape, np.float32),
@@ -127,20 +119,11 @@ def run(bench, args) -> dict:
                                         "batch_stats": state.batch_stats})
     if "classifier" not in variables["params"]:  # two-stage: a classifier for the forward
         variables = model.init(jax.random.key(1), host["view1"][:1], train=False)
-    holder = {"state": state}
-
-    def jax_step():
-        holder["state"], m = step(holder["state"], batch)
-        return m["loss"]
-
-    runners = {"jax": (jax_step, jax.block_until_ready),
-               "forward": (lambda: eval_step(variables, eval_batch), jax.block_until_ready)}
+    others = {"forward": (lambda: eval_step(variables, eval_batch), jax.block_until_ready)}
     if args.vs_torch:
         ref = TorchASTStep(SIZES[args.ast_size], args.batch, args.frames, args.dtype)
-        runners["torch"] = (ref, ref.sync)
-    for fn, sync in runners.values():  # compile / warm up
-        bench._timed(fn, sync, 1)
-    median = bench.median_step_seconds(runners, args.rounds, args.steps)
+        others["torch"] = (ref, ref.sync)
+    median = bench.time_steps(step, state, batch, others, args)
     steps_per_epoch = -(-ICBHI_TRAIN // args.batch)
     evals = -(-ICBHI_TEST // args.batch)
     recipe_h = AST_EPOCHS * (steps_per_epoch * median["jax"] + evals * median["forward"]) / 3600

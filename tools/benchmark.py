@@ -5,6 +5,9 @@
         [--frames=251] [--dtype=float32|bfloat16] [--channels=64,128,256,512] [--vs-torch]
     python tools/benchmark.py train-step --model=ast --ast-size=tiny|small|base [--method=ce]
         [--batch=8] [--frames=798] [--vs-torch]     # tools/ast_benchmark.py
+    python tools/benchmark.py train-step --model=beats --beats-size=tiny|small|base
+        [--method=ce|pafa] [--batch=32] [--frames=498] [--vs-torch --reference=DIR]
+                                                    # tools/beats_benchmark.py
     python tools/benchmark.py loop --method=scl --data_dir=DIR [--batch=128] [--epochs=3]
     python tools/benchmark.py conv-layers [--batch=32] [--frames=251] [--vs-torch]
 
@@ -123,6 +126,44 @@ def median_step_seconds(runners: dict, rounds: int, steps: int) -> dict:
     return {k: statistics.median_high(v) for k, v in times.items()}
 
 
+def step_setup(config, shape: tuple, class_weights=None) -> tuple:
+    """(mesh, model, state, jitted train step, jitted eval step) of a resolved ``config``
+    from scratch, for inputs [batch, *shape], 4 classes; the train step donates its state."""
+    from resp_jax import optim, parallel, steps
+    from resp_jax.models import build_model
+    from resp_jax.train_state import create_train_state
+
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.train.batch_size, mesh)
+    model = build_model(config, num_classes=4)
+    tx = optim.make_optimizer(config, steps_per_epoch=100)
+    state = create_train_state(config, model, tx, shape, mesh, pretrained=None)
+    step = steps.make_train_step(model, tx, config, class_weights, mesh,
+                                 optim.schedule(config, 100))
+    return mesh, model, state, step, steps.make_eval_step(model, None, mesh)
+
+
+def time_steps(step, state, batch, others: dict, args, warmup: int = 1) -> dict:
+    """Median seconds per call (`median_step_seconds`) of the train ``step`` as 'jax', fed its
+    own output state, and of ``others`` ({name: (fn, sync)}), after ``warmup`` calls of each;
+    with ``args.profile`` a jax.profiler trace of three steps is written there first."""
+    import jax
+
+    holder = {"state": state}
+
+    def jax_step():
+        holder["state"], m = step(holder["state"], batch)
+        return m["loss"]
+
+    runners = {"jax": (jax_step, jax.block_until_ready), **others}
+    for fn, sync in runners.values():  # compile / warm up
+        _timed(fn, sync, warmup)
+    if getattr(args, "profile", ""):  # for Perfetto or TensorBoard's profiler
+        with jax.profiler.trace(args.profile, create_perfetto_trace=True):
+            _timed(jax_step, jax.block_until_ready, 3)
+    return median_step_seconds(runners, args.rounds, args.steps)
+
+
 ICBHI_TRAIN, ICBHI_TEST, ICBHI_EPOCHS = 4142, 2756, 400  # docs/method.md §1.1, §5
 LINEAR_EPOCHS = 100  # linear_eval.epochs
 
@@ -150,24 +191,26 @@ def icbhi_projection_h(step_s: float, forward_s: float, batch: int, eval_batch: 
     return (steps * step_s + forwards * forward_s) / 3600
 
 
-def run_train_step(args) -> dict:
-    if args.model == "ast":
-        sys.path.insert(0, str(REPO / "tools"))
-        import ast_benchmark
+TRANSFORMERS = {"ast": ("ast_benchmark", 798), "beats": ("beats_benchmark", 498)}  # frames
 
-        args.frames = args.frames or 798
-        return ast_benchmark.run(sys.modules[__name__], args)
-    if args.method == "patchmix_cl":
-        raise SystemExit("--method=patchmix_cl needs --model=ast")
+
+def run_train_step(args) -> dict:
+    if args.model in TRANSFORMERS:  # tools/<model>_benchmark.py
+        sys.path.insert(0, str(REPO / "tools"))
+        module, frames = TRANSFORMERS[args.model]
+        args.frames = args.frames or frames
+        return importlib.import_module(module).run(sys.modules[__name__], args)
+    if args.method in ("patchmix_cl", "pafa"):
+        raise SystemExit(f"--method={args.method} needs --model=ast (patchmix_cl) or "
+                         "--model=beats (pafa)")
     args.frames = args.frames or 251
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from resp_jax import configuration, optim, parallel, steps
+    from resp_jax import configuration, parallel
     from resp_jax.data import metadata
-    from resp_jax.models import build_model, heads
-    from resp_jax.train_state import create_train_state
+    from resp_jax.models import heads
 
     if args.vs_torch and args.method != "scl":
         raise SystemExit("--vs-torch compares the SupCon step (tools/torch_reference.py "
@@ -177,14 +220,8 @@ def run_train_step(args) -> dict:
     config.model.channels = tuple(int(c) for c in args.channels.split(","))
     config.model.dtype = args.dtype
     config = configuration.resolve(config)
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(args.batch, mesh)
-    model = build_model(config, num_classes=4)
-    tx = optim.make_optimizer(config, steps_per_epoch=100)
-    state = create_train_state(config, model, tx, (64, args.frames), mesh, pretrained=None)
-    step = steps.make_train_step(model, tx, config, np.full(4, 0.25, np.float32), mesh,
-                                 optim.schedule(config, 100))
-    eval_step = steps.make_eval_step(model, None, mesh)
+    mesh, model, state, step, eval_step = step_setup(config, (64, args.frames),
+                                                     np.full(4, 0.25, np.float32))
 
     rng = np.random.default_rng(0)
     host = {"view1": rng.standard_normal((args.batch, 64, args.frames), np.float32),
@@ -197,7 +234,6 @@ def run_train_step(args) -> dict:
                                      "mask": host["mask"]}, mesh)
     flops = step.lower(state, batch).compile().cost_analysis().get("flops")
 
-    holder = {"state": state}
     # Inference variables for the forward pass: copies, since every step donates `state`.
     classifier = heads.Classifier(4).init(jax.random.key(1),
                                          np.zeros((1, config.model.channels[-1]), np.float32))
@@ -205,12 +241,7 @@ def run_train_step(args) -> dict:
                                                    "classifier": classifier["params"]},
                                         "batch_stats": state.batch_stats})
 
-    def jax_step():
-        holder["state"], metrics = step(holder["state"], batch)
-        return metrics["loss"]
-
-    runners = {"jax": (jax_step, jax.block_until_ready),
-               "forward": (lambda: eval_step(variables, eval_batch), jax.block_until_ready)}
+    runners = {"forward": (lambda: eval_step(variables, eval_batch), jax.block_until_ready)}
     if args.vs_torch:
         sys.path.insert(0, str(REPO / "tools"))
         import torch
@@ -221,12 +252,7 @@ def run_train_step(args) -> dict:
         ref = torch_reference.SupConStep(args.batch, args.frames, config.model.channels,
                                          device=device, dtype=tdtype)
         runners["torch"] = (ref, ref.sync)
-    for fn, sync in runners.values():  # compile / warm up
-        _timed(fn, sync, 2)
-    if args.profile:  # a trace of a few steps, for Perfetto or TensorBoard's profiler
-        with jax.profiler.trace(args.profile, create_perfetto_trace=True):
-            _timed(jax_step, jax.block_until_ready, 3)
-    median = median_step_seconds(runners, args.rounds, args.steps)
+    median = time_steps(step, state, batch, runners, args, warmup=2)
     rate = matmul_rate(args.dtype, 2048 if jax.devices()[0].platform == "cpu" else 8192)
     out = {"benchmark": "train-step", "method": args.method, "batch": args.batch,
            "frames": args.frames, "dtype": args.dtype, "channels": list(config.model.channels),
@@ -372,15 +398,19 @@ def main(argv=None) -> None:
     p.add_argument("--tfds_dir", default="", help="prepared-data cache (default: prepare's)")
     p.set_defaults(run=run_input)
     p = sub.add_parser("train-step", help="jitted train step throughput (optionally vs PyTorch)")
-    p.add_argument("--model", default="cnn6", choices=("cnn6", "ast"))
-    p.add_argument("--ast-size", dest="ast_size", default="base", choices=("tiny", "small",
-                                                                           "base"),
-                   help="--model=ast: DeiT width 192 / 384 / 768, depth 12")
+    p.add_argument("--model", default="cnn6", choices=("cnn6", "ast", "beats"))
+    for model in ("ast", "beats"):
+        p.add_argument(f"--{model}-size", dest=f"{model}_size", default="base",
+                       choices=("tiny", "small", "base"),
+                       help=f"--model={model}: width 192 / 384 / 768, depth 12")
+    p.add_argument("--depth", type=int, default=12, help="--model=ast|beats: layers")
+    p.add_argument("--reference", default="", help="--model=beats --vs-torch: the directory "
+                   "of the reference BEATs.py (microsoft/unilm beats/)")
     p.add_argument("--method", default="scl",
-                   choices=("scl", "ce", "hybrid", "mscl", "simclr", "patchmix_cl"))
+                   choices=("scl", "ce", "hybrid", "mscl", "simclr", "patchmix_cl", "pafa"))
     p.add_argument("--batch", type=int, default=32, help="global batch (two views each)")
     p.add_argument("--frames", type=int, default=None,
-                   help="frames: log-mel 251, fbank (--model=ast) 798 (8 s, the defaults)")
+                   help="frames: log-mel 251, fbank 798 (8 s; --model=beats: 498, 5 s)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--channels", default="64,128,256,512", help="CNN6 widths")
     p.add_argument("--steps", type=int, default=3, help="steps per timed round")

@@ -91,15 +91,23 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
             raise ConversionError(f"{path}: not a PyTorch state dict that torch.load("
                                   f"weights_only=True) can read ({type(e).__name__}: {first}); "
                                   f"{EXPECTED_LAYOUTS}") from e
+    return as_numpy(state, path, EXPECTED_LAYOUTS)
+
+
+def as_numpy(state: Any, path: Path, expected: str) -> dict[str, np.ndarray]:
+    """A state dict of floating-point tensors as float32 numpy arrays; anything else is
+    refused (``expected`` names the accepted layouts in the message)."""
+    import torch
+
     if not isinstance(state, Mapping) or not state:
         raise ConversionError(f"{path}: holds a {type(state).__name__}"
                               f"{' (empty)' if isinstance(state, Mapping) else ''}, not a state "
-                              f"dict of tensors; {EXPECTED_LAYOUTS}")
+                              f"dict of tensors; {expected}")
     bad = [f"{k!r} ({type(v).__name__})" for k, v in state.items()
            if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ConversionError(f"{path}: not a state dict of tensors; entries that are not "
-                              f"named tensors: {', '.join(bad[:10])}; {EXPECTED_LAYOUTS}")
+                              f"named tensors: {', '.join(bad[:10])}; {expected}")
     out = {}
     for k, v in state.items():
         if not v.is_floating_point():
@@ -386,8 +394,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         original.add_argument(f"--{name}", type=int, default=default,
                               help="default: width / 64" if name == "heads" else None)
     args = vars(parser.parse_args(argv))
+    return report(lambda: convert(args.pop("checkpoint"), args.pop("output"), **args))
+
+
+def report(convert_call) -> int:
+    """Runs a converter's ``convert_call()`` for its command line: prints the directory it
+    wrote (exit status 0) or the ConversionError (status 2)."""
     try:
-        out = convert(args.pop("checkpoint"), args.pop("output"), **args)
+        out = convert_call()
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -85,6 +85,7 @@ class Features:
             raise ValueError(f"config.data.duration={config.data.duration} s is too short for "
                              f"one {self.frontend} frame")
         self.pad = str(config.data.pad)
+        self.wave_scale = float(config.data.get("wave_scale", 1.0))  # Kaldi fbank front ends
         self.splits = {name: self._compute(name, split, chunk)
                        for name, split in prepared.splits.items()}
         self._variables = {}
@@ -115,8 +116,10 @@ class Features:
         for a in range(0, n, chunk):
             waves = np.stack([audio.fit(w, self.samples, self.pad)
                               for w in split.audio[a:a + chunk]])
-            x[a:a + len(waves)] = (features.fbank_batch(waves) if self.frontend == "fbank"
-                                   else features.logmel_tf(waves).numpy())
+            x[a:a + len(waves)] = (
+                features.fbank_batch(waves, self.frontend, self.wave_scale)
+                if self.frontend in features.FBANK_FRONTENDS
+                else features.logmel_tf(waves).numpy())
         return SplitFeatures.of(x, split.codes, split.stem, split.patient, split.index)
 
     @property
@@ -132,8 +135,11 @@ class Features:
                            f"expected one of {sorted(self.splits)}") from None
 
     def field(self, split: str, field: str) -> np.ndarray:
-        """int32 [n] codes of a (possibly composite) metadata field; -1 unknown."""
+        """int32 [n] codes of a (possibly composite) metadata field, or of the split's patients
+        (`metadata.PATIENT`); -1 unknown."""
         key = (split, field)
+        if field == metadata.PATIENT and key not in self._field_cache:
+            self._field_cache[key] = metadata.patient_codes(self[split].patient)
         if key not in self._field_cache:
             metadata.check_fields(self.schema, [field])
             self._field_cache[key] = metadata.combine(self.schema, field, self[split].codes)

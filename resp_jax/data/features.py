@@ -145,8 +145,20 @@ def _kaldi_banks(num_mel_bins: int, fft_size: int, sample_rate: int) -> np.ndarr
     return banks
 
 
+KALDI_WINDOWS = ("hanning", "povey")  # AST's window | Kaldi's default (BEATs)
+
+
+def _kaldi_window(window: str) -> np.ndarray:
+    """torchaudio's symmetric 'hanning' window of 400 samples, or 'povey' (its 0.85th power)."""
+    if window not in KALDI_WINDOWS:
+        raise ValueError(f"window must be one of {KALDI_WINDOWS}, got {window!r}")
+    hann = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(KALDI_FRAME_LENGTH)
+                              / (KALDI_FRAME_LENGTH - 1))
+    return hann if window == "hanning" else hann ** 0.85
+
+
 def kaldi_fbank(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = 128,
-                *, remove_mean: bool = True) -> np.ndarray:
+                *, remove_mean: bool = True, window: str = "hanning") -> np.ndarray:
     """Log mel filterbank ``[frames, num_mel_bins]`` float32 of a mono ``waveform`` [n].
 
     The numbers of ``torchaudio.compliance.kaldi.fbank(w, htk_compat=True, sample_frequency=sr,
@@ -164,6 +176,11 @@ def kaldi_fbank(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bi
     (log of power): AST and AUDIOSET_MEAN / AUDIOSET_STD assume float samples in [-1, 1].
     Normalise with :func:`normalise_fbank`; cutting or padding to the clip's frame count is
     the caller's.
+
+    ``window='povey'`` (Kaldi's and torchaudio's default, the Hann window to the power 0.85)
+    gives BEATs' fbank (BEATs.py ``preprocess``: ``kaldi.fbank(w, num_mel_bins=128,
+    sample_frequency=16000, frame_length=25, frame_shift=10)``, whose other defaults are the
+    ones above; docs/method.md §10); BEATs does not subtract the waveform's mean.
     """
     x = np.asarray(waveform, np.float64)
     if x.ndim != 1:
@@ -181,8 +198,7 @@ def kaldi_fbank(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bi
     strided = strided - strided.mean(axis=1, keepdims=True)
     previous = np.concatenate([strided[:, :1], strided[:, :-1]], axis=1)
     strided = strided - KALDI_PREEMPHASIS * previous
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(KALDI_FRAME_LENGTH)
-                                / (KALDI_FRAME_LENGTH - 1))
+    window = _kaldi_window(window)
     fft_size = 1 << (KALDI_FRAME_LENGTH - 1).bit_length()  # 512
     spectrum = np.fft.rfft(strided * window, n=fft_size, axis=1)
     power = spectrum.real ** 2 + spectrum.imag ** 2
@@ -190,24 +206,43 @@ def kaldi_fbank(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bi
     return np.log(np.maximum(mel, KALDI_EPSILON)).astype(np.float32)
 
 
-def normalise_fbank(x):
-    """AST's normalisation with the AudioSet statistics: (x - mean) / (2 * std)."""
-    return (x - AUDIOSET_MEAN) / (2.0 * AUDIOSET_STD)
+def normalise_fbank(x, frontend: str = "fbank"):
+    """(x - mean) / (2 * std) with the statistics of ``frontend``: AST's AudioSet ones
+    ('fbank') or BEATs' ('beats'), as both models' own code normalises."""
+    mean, std = fbank_norm(frontend)
+    return (x - mean) / std
 
+
+# BEATs' fbank statistics (BEATs.py preprocess defaults; docs/method.md §10).
+BEATS_MEAN = 15.41663
+BEATS_STD = 6.55582
 
 # ----------------------------------------------------------------------------------------------
 # The front ends a run chooses from (data.frontend).
 
-FRONTENDS = ("logmel", "fbank")  # CNN6's log-mel (the paper) | AST's Kaldi fbank
+FRONTENDS = ("logmel", "fbank", "beats")  # CNN6's log-mel (the paper) | AST's Kaldi fbank |
+#                                           BEATs' Kaldi fbank (docs/method.md §10)
 FBANK_BINS = 128
+# The Kaldi fbank front ends: window, waveform-mean removal, normalisation (mean, std).
+FBANK_FRONTENDS = {"fbank": ("hanning", True, AUDIOSET_MEAN, AUDIOSET_STD),
+                   "beats": ("povey", False, BEATS_MEAN, BEATS_STD)}
+
+
+def fbank_norm(frontend: str) -> tuple[float, float]:
+    """(mean, 2 x std): the fixed normalisation of a Kaldi fbank front end."""
+    if frontend not in FBANK_FRONTENDS:
+        raise ValueError(f"{frontend!r} is not a Kaldi fbank front end "
+                         f"({tuple(FBANK_FRONTENDS)})")
+    _, _, mean, std = FBANK_FRONTENDS[frontend]
+    return mean, 2.0 * std
 
 
 def frontend_shape(frontend: str, n_samples: int) -> tuple[int, int]:
     """(bins, frames) of one clip of ``n_samples`` samples: 'logmel' (64, 1 + n // 512);
-    'fbank' (128, 1 + (n - 400) // 160). 8 s: (64, 251) and (128, 798)."""
+    'fbank' and 'beats' (128, 1 + (n - 400) // 160). 8 s: (64, 251) and (128, 798)."""
     if frontend == "logmel":
         return N_MELS, num_frames(n_samples)
-    if frontend == "fbank":
+    if frontend in FBANK_FRONTENDS:
         return FBANK_BINS, kaldi_num_frames(n_samples)
     raise ValueError(f"data.frontend must be one of {FRONTENDS}, got {frontend!r}")
 
@@ -219,12 +254,18 @@ def input_shape(config) -> tuple[int, int]:
     return frontend_shape(str(config.data.get("frontend", "logmel")), samples)
 
 
-def fbank_batch(waves) -> np.ndarray:
-    """[n, 128, frames] float32 `kaldi_fbank` of equal-length 16 kHz waves [n, samples], stored
+def fbank_batch(waves, frontend: str = "fbank", scale: float = 1.0) -> np.ndarray:
+    """[n, 128, frames] float32 `kaldi_fbank` of equal-length 16 kHz waves [n, samples] as
+    ``frontend`` ('fbank': AST's, 'beats': BEATs') computes it, each wave first multiplied by
+    ``scale`` (``data.wave_scale``: upstream BEATs multiplies by 2**15, PAFA does not), stored
     (bins, frames) like the log-mel; not normalised (`normalise_fbank`)."""
+    window, remove_mean = FBANK_FRONTENDS[frontend][:2]
     waves = np.asarray(waves)
     frames = kaldi_num_frames(waves.shape[-1])
     out = np.empty((len(waves), FBANK_BINS, frames), np.float32)
     for i, wave in enumerate(waves):
-        out[i] = kaldi_fbank(wave, SAMPLE_RATE, FBANK_BINS).T
+        if scale != 1.0:
+            wave = np.asarray(wave, np.float64) * scale
+        out[i] = kaldi_fbank(wave, SAMPLE_RATE, FBANK_BINS, remove_mean=remove_mean,
+                             window=window).T
     return out

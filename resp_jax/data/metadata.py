@@ -36,6 +36,18 @@ _VOCABS = {
 }
 # The `Cycle` attributes ICBHI and SPRSound fill, and the codes their prepared copies hold.
 BASE_FIELDS = ("label",) + tuple(_VOCABS)
+# Pseudo-field: each patient of a split its own code (PAFA's patient ids, docs/method.md §10).
+PATIENT = "patient"
+
+
+def patient_codes(patients: Sequence[str]) -> np.ndarray:
+    """int32 codes of patient ids (the order of their sorted ids); '' (unknown) is -1."""
+    patients = np.asarray(list(patients), dtype=str)
+    known = patients != ""
+    codes = np.full(len(patients), -1, np.int32)
+    if known.any():
+        codes[known] = np.unique(patients[known], return_inverse=True)[1]
+    return codes
 
 
 @dataclasses.dataclass(frozen=True)

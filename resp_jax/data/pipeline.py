@@ -50,9 +50,11 @@ def class_weights(counts) -> np.ndarray:
 
 def norm_constants(feats: Features, config) -> tuple:
     """(mean, std) of the standardisation after the batch min-max (docs/method.md §2.5); for
-    fbank features AST's AudioSet mean and twice its std (docs/method.md §9)."""
-    if getattr(feats, "frontend", "logmel") == "fbank":
-        return features.AUDIOSET_MEAN, 2.0 * features.AUDIOSET_STD
+    fbank features AST's AudioSet mean and twice its std (docs/method.md §9), BEATs' for
+    'beats' (§10)."""
+    frontend = getattr(feats, "frontend", "logmel")
+    if frontend in features.FBANK_FRONTENDS:
+        return features.fbank_norm(frontend)
     mode = str(config.data.norm)
     if mode == "reference":
         return float(config.data.norm_mean), float(config.data.norm_std)
@@ -176,7 +178,7 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
     hi = tf.constant(s.hi if len(s) else np.zeros(1, np.float32))
     labels = tf.constant(table if len(s) else np.zeros((1, len(names)), np.int32))
     n_freq, n_time = feats.input_shape
-    fbank = getattr(feats, "frontend", "logmel") == "fbank"
+    fbank = getattr(feats, "frontend", "logmel") in features.FBANK_FRONTENDS
     if augment is not None:
         n_draws = 1 + 2 * (int(augment.freq_masks) + int(augment.time_masks))
         prob = float(augment.prob)

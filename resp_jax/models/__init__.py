@@ -15,9 +15,9 @@ from types import ModuleType
 
 import jax.numpy as jnp
 
-from resp_jax.models import ast, cnn6, heads
+from resp_jax.models import ast, beats, cnn6, heads
 
-BACKBONES: dict[str, ModuleType] = {"cnn6": cnn6, "ast": ast}
+BACKBONES: dict[str, ModuleType] = {"cnn6": cnn6, "ast": ast, "beats": beats}
 DTYPES = ("float32", "bfloat16")  # model.dtype: the compute dtype (parameters stay float32)
 
 
@@ -40,4 +40,6 @@ def build_model(config, num_classes: int, head_names=None) -> heads.Model:
                        proj_hidden=config.model.proj_hidden, proj_out=config.model.proj_out,
                        dtype=jnp.dtype(config.model.dtype),
                        proj_bn=bool(config.model.get("proj_bn", False)),
-                       classifier_norm=bool(config.model.get("classifier_norm", False)))
+                       classifier_norm=bool(config.model.get("classifier_norm", False)),
+                       proj_ln=bool(config.model.get("proj_ln", False)),
+                       proj_pool=str(config.model.get("proj_pool", "mean")))

@@ -49,6 +49,13 @@ def differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> list[str
     return diffs
 
 
+def check_variables(expected: Mapping[str, Any], got: Mapping[str, Any], what: str) -> None:
+    """ValueError ``what`` followed by every `differences` entry, if there is any."""
+    diffs = differences(expected, got)
+    if diffs:
+        raise ValueError(f"{what}:\n  " + "\n  ".join(diffs))
+
+
 def write(directory: str | os.PathLike, variables: Mapping[str, Any],
           record: Mapping[str, Any], *, overwrite: bool = False) -> Path:
     """Writes ``variables`` (as float32) and the JSON ``record`` atomically to ``directory``.

@@ -46,11 +46,17 @@ def torch_dense(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
                     kernel_init=kernel_init, bias_init=bias_init, name=name)
 
 
+POOLS = ("mean", "attention")  # Model.proj_pool: what the projectors see
+
+
 class Projector(nn.Module):
     """Contrastive head Linear(hidden) -> ReLU -> Linear(out); PyTorch default Linear init.
     With ``batch_norm``, Linear(hidden) -> BatchNorm1d -> ReLU -> Linear(out) (Patch-Mix's
     projector, models/projector.py; PyTorch's BatchNorm numbers, `cnn6.BatchNorm`, batch
-    statistics over the rows whose ``mask`` is 1 when ``train``).
+    statistics over the rows whose ``mask`` is 1 when ``train``); with ``layer_norm`` a
+    LayerNorm there instead (PAFA's ``--norm_type ln``, method/pafa.py).
+    With ``attention_pool`` the input is tokens ``[batch, L, D]``, first pooled with weights
+    softmax over L of Linear(D, 1) (PAFA's ``temporal_attn``, docs/method.md §10).
 
     Output is not L2-normalised (the losses do that) and is float32.
     """
@@ -59,13 +65,27 @@ class Projector(nn.Module):
     out: int = 128
     dtype: Any = jnp.float32
     batch_norm: bool = False
+    layer_norm: bool = False
+    attention_pool: bool = False
 
     @nn.compact
     def __call__(self, features: jax.Array, train: bool = False,
                  mask: jax.Array | None = None) -> jax.Array:
+        if self.batch_norm and self.layer_norm:
+            raise ValueError("a projector has a BatchNorm or a LayerNorm, not both")
+        if self.attention_pool:
+            if features.ndim != 3:
+                raise ValueError(f"attention pooling needs tokens [batch, L, D], got shape "
+                                 f"{features.shape}")
+            scores = torch_dense(1, features.shape[-1], self.dtype, "attention")(features)
+            weights = jax.nn.softmax(scores.astype(jnp.float32), axis=1).astype(features.dtype)
+            features = jnp.sum(features * weights, axis=1)
         h = torch_dense(self.hidden, features.shape[-1], self.dtype, "hidden")(features)
         if self.batch_norm:
             h = BatchNorm(dtype=self.dtype, name="bn")(h, train, mask)
+        if self.layer_norm:
+            h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
+                             use_fast_variance=False, name="ln")(h)
         h = nn.relu(h)
         z = torch_dense(self.out, self.hidden, self.dtype, "out")(h)
         return z.astype(jnp.float32)
@@ -97,6 +117,8 @@ class Model(nn.Module):
     Submodules: ``encoder``, ``classifier``, ``proj_<head>`` with '+' in the head name
     replaced by '_' (head 'sex+age_group' -> ``proj_sex_age_group``). Outputs are keyed by the
     head names as given, and are float32 whatever ``dtype`` the computation uses.
+    ``proj_pool='attention'``: the projectors pool the encoder's tokens themselves (an encoder
+    that returns ``(pooled, tokens)`` when called with ``tokens=True``: BEATs).
     """
 
     encoder: nn.Module
@@ -107,16 +129,21 @@ class Model(nn.Module):
     dtype: Any = jnp.float32
     proj_bn: bool = False
     classifier_norm: bool = False
+    proj_ln: bool = False
+    proj_pool: str = "mean"
 
     def setup(self):
         names = [head_module_name(h) for h in self.heads]
         if len(set(names)) != len(names) or not all(self.heads):
             raise ValueError(f"head names must be non-empty and distinct after replacing '+' "
                              f"with '_', got {tuple(self.heads)!r}")
+        if self.proj_pool not in POOLS:
+            raise ValueError(f"proj_pool must be one of {POOLS}, got {self.proj_pool!r}")
         self.classifier = Classifier(self.num_classes, self.dtype, self.classifier_norm)
         # A dict attribute named 'proj' gives the submodules the names 'proj_<key>'.
         self.proj = {_head_key(h): Projector(self.proj_hidden, self.proj_out, self.dtype,
-                                             self.proj_bn)
+                                             self.proj_bn, self.proj_ln,
+                                             self.proj_pool == "attention")
                      for h in self.heads}
 
     def encode(self, x: jax.Array, train: bool, mask: jax.Array | None = None,
@@ -135,9 +162,12 @@ class Model(nn.Module):
 
     def __call__(self, x: jax.Array, train: bool,
                  mask: jax.Array | None = None) -> dict[str, Any]:
-        features = self.encode(x, train, mask)
+        if self.proj_pool == "attention":
+            features, tokens = self.encode(x, train, mask, tokens=True)
+        else:
+            features = tokens = self.encode(x, train, mask)
         return {
             "features": features,
             "logits": self.classify(features),
-            "proj": {head: self.project(features, head) for head in self.heads},
+            "proj": {head: self.project(tokens, head) for head in self.heads},
         }
