@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resp_jax import checkpoint, configuration, losses, optim, parallel, selection, steps, train
+from resp_jax import (checkpoint, configuration, losses, metrics, optim, parallel, selection,
+                      steps, train)
+from resp_jax.models.heads import Classifier
 from resp_jax.data import run_data
 from resp_jax.models import build_model
 from resp_jax.stopping import Interrupted, NonFiniteLoss
@@ -460,6 +462,65 @@ def test_two_stage_run_writes_every_output(baseline):
     assert config["data"]["test_split"] == "test"
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert checkpoint.Checkpoints(workdir).latest_step(checkpoint.BEST) == results["epoch"]
+
+
+@pytest.mark.slow
+def test_linear_stage_matches_a_pytorch_classifier_on_the_frozen_features(baseline):
+    """The per-epoch linear stage, redone here with PyTorch's Linear, Adam (L2) and weighted
+    CrossEntropyLoss on the finished run's frozen encoder (inference-mode BatchNorm) over the
+    same shuffled linear batches: the same loss every epoch (one Adam state across epochs),
+    the same test Score every epoch (test features from the same encoder and
+    standardisation) and the selected classifier's weights (rtol 1e-4)."""
+    torch = pytest.importorskip("torch")
+    from resp_jax import finished_run
+
+    workdir, results, _ = baseline
+    run = finished_run.load(workdir)
+    config = run.config
+    data = run_data.load(config)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    variables = {"params": {"encoder": run.variables["params"]["encoder"]},
+                 "batch_stats": run.variables["batch_stats"]}
+
+    def encode(x):
+        return np.asarray(run.model.apply(variables, jnp.asarray(x), False, method="encode"))
+
+    state_key = jax.random.split(jax.random.key(config.train.seed))[1]
+    width = run.variables["params"]["classifier"]["linear"]["kernel"].shape[0]
+    init = Classifier(data.num_classes).init(jax.random.fold_in(state_key, 1),
+                                             jnp.zeros((1, width)))["params"]["linear"]
+    linear = torch.nn.Linear(width, data.num_classes)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(np.asarray(init["kernel"]).T))
+        linear.bias.copy_(torch.tensor(np.asarray(init["bias"])))
+    opt = torch.optim.Adam(linear.parameters(), lr=config.linear_eval.lr,
+                           weight_decay=config.linear_eval.weight_decay)
+    ce = torch.nn.CrossEntropyLoss(weight=torch.tensor(data.class_weights))
+    test = [b for b in data.eval_batches("test", mesh)]
+    x_test = np.concatenate([encode(b["x"])[np.asarray(b["mask"]) > 0] for b in test])
+    y_test = np.concatenate([np.asarray(b["label"])[np.asarray(b["mask"]) > 0] for b in test])
+    logged = {(l["epoch"], l["split"]): l for l in _evals(workdir) if l["stage"] == "linear"}
+    for epoch in range(1, config.linear_eval.epochs + 1):
+        total = count = 0.0
+        for b in data.linear_batches(epoch, mesh):
+            real = np.asarray(b["mask"]) > 0
+            feats = torch.tensor(encode(b["x"])[real])
+            loss = ce(linear(feats), torch.tensor(np.asarray(b["label"])[real]).long())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, count = total + float(loss.detach()) * real.sum(), count + real.sum()
+        assert logged[(epoch, "train")]["loss"] == pytest.approx(total / count, rel=1e-4)
+        with torch.no_grad():
+            pred = linear(torch.tensor(x_test)).argmax(1).numpy()
+        got = metrics.summarize(y_test, pred, dataset=data.name, num_classes=data.num_classes)
+        assert logged[(epoch, "test")]["score"] == pytest.approx(got["score"], abs=1e-6)
+        if epoch == results["epoch"]:
+            selected = {k: v.detach().numpy().copy() for k, v in linear.state_dict().items()}
+    kept = run.variables["params"]["classifier"]["linear"]
+    np.testing.assert_allclose(np.asarray(kept["kernel"]).T, selected["weight"], rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(kept["bias"]), selected["bias"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
