@@ -92,6 +92,10 @@ def get_config(arg=None):
     model.layer_norm_eps = placeholder(float)  # None = the converted encoder's (1e-6 in the
                                                # original release, 1e-12 on the hub), 1e-6
                                                # from scratch
+    model.pos_embed = "ast"        # how init_from's position embedding fits the run's patch
+                                   # grid: 'ast' (AST's cut / interpolation on the true
+                                   # (frequency, time) grid) | 'patchmix_code' (the Patch-Mix
+                                   # code's, made for the transposed grid: docs/fidelity.md)
     model.proj_hidden = 512        # projector hidden width (the code; the paper's text says 128)
     model.proj_out = 128           # projector output width
     model.proj_bn = False          # BatchNorm between the projector's layers (Patch-Mix's

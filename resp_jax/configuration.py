@@ -174,7 +174,7 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "model.width", "model.depth", "model.heads", "model.dropout",
                "model.attention_dropout", "model.drop_path", "model.layer_norm_eps",
                "model.proj_bn", "model.classifier_norm", "loss.mix_beta",
-               "train.weight_average")
+               "train.weight_average", "model.pos_embed")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

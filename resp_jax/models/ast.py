@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from resp_jax.models import converted
-from resp_jax.models.positions import _resize_linear, adapt_position_embedding  # noqa: F401
+from resp_jax.models.positions import (LAYOUTS, _resize_linear,  # noqa: F401
+                                      adapt_position_embedding, fit_position_embedding)
 
 ENCODER_FORMAT, META_FILE, STATE_DIR = (converted.ENCODER_FORMAT, converted.META_FILE,
                                         converted.STATE_DIR)
@@ -235,7 +236,11 @@ CHECKED = ("width", "depth", "heads", "mlp_ratio", "patch", "fstride", "tstride"
 def resolve(config) -> None:
     """Fills the AST placeholders when a run starts (`resp_jax.configuration.resolve`):
     ``model.layer_norm_eps`` None = the converted encoder's (init_from), else timm's 1e-6;
-    ``model.proj_hidden`` / ``proj_out`` None = ``model.width`` (Patch-Mix's projector)."""
+    ``model.proj_hidden`` / ``proj_out`` None = ``model.width`` (Patch-Mix's projector);
+    ``model.pos_embed`` is checked."""
+    if config.model.get("pos_embed", "ast") not in LAYOUTS:
+        raise ValueError(f"config.model.pos_embed must be one of {tuple(LAYOUTS)}, got "
+                         f"{config.model.pos_embed!r}")
     for field in ("proj_hidden", "proj_out"):
         if config.model[field] is None:
             config.model[field] = int(config.model.width)
@@ -267,7 +272,8 @@ def pretrained(config, input_shape) -> dict[str, Any] | None:
     if not config.model.init_from:
         return None
     bins, frames = (int(d) for d in input_shape)
-    loaded, variables = load_pretrained(config.model.init_from, frames=frames, num_bins=bins)
+    loaded, variables = load_pretrained(config.model.init_from, frames=frames, num_bins=bins,
+                                        pos_embed=config.model.get("pos_embed", "ast"))
     want = encoder(config)
     diffs = [f"{k} {getattr(loaded, k)!r} (config: {getattr(want, k)!r})" for k in CHECKED
              if getattr(loaded, k) != getattr(want, k)]
@@ -361,14 +367,16 @@ def encoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
 
 def load_pretrained(directory: str | os.PathLike, *, frames: int | None = None,
                     num_bins: int | None = None, dtype: Any = jnp.float32,
-                    **fields: Any) -> tuple[ASTEncoder, dict[str, Any]]:
+                    pos_embed: str = "ast", **fields: Any) -> tuple[ASTEncoder, dict[str, Any]]:
     """Reads an encoder written by :func:`save_encoder` / tools/convert_ast.py.
 
     Returns ``(encoder, {'params'})`` for inputs of ``frames`` x ``num_bins`` (default: the
     source size, e.g. 1024 x 128); the position embedding is adapted with
-    :func:`adapt_position_embedding`. ``encoder.apply(variables, x, train=False)`` maps
-    ``x [B, frames, num_bins]`` to ``[B, width]``. ``fields`` sets the regularisation fields
-    (``dropout``, ``attention_dropout``, ``drop_path``); there is no ``batch_stats``.
+    :func:`adapt_position_embedding` (``pos_embed='ast'``) or laid out as the Patch-Mix code
+    does (``'patchmix_code'``, `positions.patchmix_code_position_embedding`).
+    ``encoder.apply(variables, x, train=False)`` maps ``x [B, frames, num_bins]`` to
+    ``[B, width]``. ``fields`` sets the regularisation fields (``dropout``,
+    ``attention_dropout``, ``drop_path``); there is no ``batch_stats``.
     """
     allowed = {"dropout", "attention_dropout", "drop_path"}
     if fields.keys() - allowed:
@@ -383,7 +391,7 @@ def load_pretrained(directory: str | os.PathLike, *, frames: int | None = None,
     encoder = _encoder_from_meta(meta, frames=int(frames or meta["frames"]),
                                  num_bins=int(num_bins or meta["num_bins"]), dtype=dtype, **fields)
     params = dict(restored["params"])
-    params["pos_embed"] = adapt_position_embedding(np.asarray(params["pos_embed"]),
-                                                   tuple(meta["grid"]), encoder.grid)
+    params["pos_embed"] = fit_position_embedding(np.asarray(params["pos_embed"]),
+                                                 tuple(meta["grid"]), encoder.grid, pos_embed)
     variables = {"params": jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)}
     return encoder, variables
