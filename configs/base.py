@@ -92,6 +92,12 @@ def get_config(arg=None):
     model.layer_norm_eps = placeholder(float)  # None = the converted encoder's (1e-6 in the
                                                # original release, 1e-12 on the hub), 1e-6
                                                # from scratch
+    model.attention = "auto"       # attention kernel: 'auto' (cuDNN flash attention on a GPU
+                                   # with bfloat16 compute, else XLA's) | 'xla' | 'cudnn'
+    model.remat = "auto"           # recomputed in the backward pass instead of kept: 'auto'
+                                   # ('block' on CPUs, where it is fastest; 'none' on GPUs) |
+                                   # 'none' | 'attention' (the [B, heads, T, T] weights) |
+                                   # 'block' (all of each block); the same numbers either way
     model.pos_embed = "ast"        # how init_from's position embedding fits the run's patch
                                    # grid: 'ast' (AST's cut / interpolation on the true
                                    # (frequency, time) grid) | 'patchmix_code' (the Patch-Mix
