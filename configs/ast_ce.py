@@ -1,6 +1,8 @@
 """AST fine-tuning: the baseline of Patch-Mix CL (Bae et al., Interspeech 2023, Table 1), the
-AudioSet-pretrained AST trained with cross-entropy only, on Patch-Mix's recipe (`base.ast_recipe`:
-Adam 5e-5, 50 epochs, batch 8, 8 s clips, 128 fbank bins; docs/method.md §9).
+AudioSet-pretrained AST trained with cross-entropy only, as the authors' scripts/icbhi_ce.sh
+runs it: Patch-Mix's recipe (`base.ast_recipe`: Adam 5e-5, 50 epochs, batch 8, 8 s clips,
+128 fbank bins, weights averaged with the previous step's, --ma_update --ma_beta 0.5) with CE
+weighted by 1 / class frequency (--weighted_loss, [pm] main.py:261-269); docs/method.md §9.
 
 Published ICBHI (official split): Sp 77.14, Se 41.97, Score 59.55.
 
@@ -21,4 +23,5 @@ def get_config(arg=None):
     config = _base["ast_recipe"](_base["get_config"](arg), arg)
     config.method = "ce"
     config.loss.heads = ()
+    config.loss.class_weighted = True  # --weighted_loss: CE weighted by 1 / class frequency
     return config

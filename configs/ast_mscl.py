@@ -1,7 +1,9 @@
 """M-SCL on AST (beyond the paper and Patch-Mix): the paper's class 0.75 / sex x age 0.25
 heads, each with its own projector, on the AudioSet AST with Patch-Mix's fine-tuning recipe
-(`base.ast_recipe`: 50 pretraining epochs, batch 8, Adam 5e-5), then the paper's linear
-evaluation (100 epochs, Adam lr 0.1) on the frozen encoder.
+(`base.ast_recipe`: 50 pretraining epochs, batch 8, Adam 5e-5, weights averaged with the
+previous step's), then the paper's linear evaluation on the frozen encoder: 100 epochs, Adam
+lr 0.1, CE weighted by 1 / class frequency on ICBHI and unweighted on SPRSound, as the M-SCL
+code's linear stage ([mscl] main.py:95-106,121; `loss.class_weighted` left to the dataset).
 
 No published figure: the new row, to compare with AST fine-tuning (Score 59.55), Patch-Mix CL
 (62.37) and M-SCL on CNN6 (58.04).

@@ -1,8 +1,9 @@
 """Patch-Mix contrastive learning on AST (Bae et al., Interspeech 2023; docs/method.md §9):
 CE on the clean features + 1.0 x the Patch-Mix contrastive loss (patches mixed with
 lam ~ Beta(1, 1), temperature 0.06), a Linear-BatchNorm-ReLU-Linear projector as wide as the
-encoder, weights averaged with the previous step's (0.5) after every step; Patch-Mix's recipe
-otherwise (`base.ast_recipe`, scripts/icbhi_patchmix_cl.sh).
+encoder, weights averaged with the previous step's (0.5) after every step, unweighted CE (the
+script has no --weighted_loss); Patch-Mix's recipe otherwise (`base.ast_recipe`,
+[pm] scripts/icbhi_patchmix_cl.sh).
 
 Published ICBHI (official split): Sp 81.66, Se 43.07, Score 62.37.
 
@@ -33,4 +34,5 @@ def get_config(arg=None):
     config.model.proj_out = config_dict.placeholder(int)
     config.model.proj_bn = True
     config.train.weight_average = 0.5  # --ma_update --ma_beta 0.5
+    config.loss.class_weighted = False  # the script has no --weighted_loss
     return config

@@ -107,6 +107,16 @@ def get_config(arg=None):
     model.layer_norm_eps = placeholder(float)  # None = the converted encoder's (1e-6 in the
                                                # original release, 1e-12 on the hub), 1e-6
                                                # from scratch
+    model.attention = "auto"       # attention kernel: 'auto' (cuDNN flash attention on a GPU
+                                   # with bfloat16 compute, else XLA's) | 'xla' | 'cudnn'
+    model.remat = "auto"           # recomputed in the backward pass instead of kept: 'auto'
+                                   # ('block' on CPUs, where it is fastest; 'none' on GPUs) |
+                                   # 'none' | 'attention' (the [B, heads, T, T] weights) |
+                                   # 'block' (all of each block); the same numbers either way
+    model.pos_embed = "ast"        # how init_from's position embedding fits the run's patch
+                                   # grid: 'ast' (AST's cut / interpolation on the true
+                                   # (frequency, time) grid) | 'patchmix_code' (the Patch-Mix
+                                   # code's, made for the transposed grid: docs/fidelity.md)
     model.proj_hidden = 512        # projector hidden width (the code; the paper's text says 128)
     model.proj_out = 128           # projector output width
     model.proj_bn = False          # BatchNorm between the projector's layers (Patch-Mix's
@@ -195,13 +205,16 @@ def apply_args(config, arg):
 
 def ast_recipe(config, arg=None):
     """The AST fine-tuning recipe of Patch-Mix CL's code (docs/method.md §9; [pm]
-    scripts/icbhi_*.sh, main.py, util/misc.py, util/augmentation.py), shared by the AST
-    configs: DeiT-base AST on 128-bin Kaldi fbank of 8 s clips (798 frames, repeat padding),
-    Adam lr 5e-5 with L2 1e-6, one cosine over 50 epochs to 5e-8 (the rate of the 1-based
-    epoch), batch 8, unweighted CE, a LayerNorm + Linear classifier (AST's head), SpecAugment
-    per example with P(Z < 1) = 0.8413: two frequency masks < 48 bins, two time masks < 160
-    frames, mean fill, after the normalisation. Evaluated every epoch. Pass the converted
-    AudioSet weights with --config.model.init_from (tools/convert_ast.py).
+    scripts/icbhi_ce.sh, icbhi_patchmix_cl.sh, main.py, util/misc.py, util/augmentation.py):
+    what both of its scripts pass, shared by the AST configs: DeiT-base AST on 128-bin Kaldi
+    fbank of 8 s clips (798 frames, repeat padding), Adam lr 5e-5 with L2 1e-6, one cosine
+    over 50 epochs to 5e-8 (the rate of the 1-based epoch), batch 8, every weight averaged
+    0.5 / 0.5 with its value before each step (--ma_update --ma_beta 0.5), a LayerNorm +
+    Linear classifier (AST's head), SpecAugment per example with P(Z < 1) = 0.8413: two
+    frequency masks < 48 bins, two time masks < 160 frames, mean fill, after the
+    normalisation. Evaluated every epoch. Whether CE is class-weighted differs between the
+    scripts: each config sets it. Pass the converted AudioSet weights with
+    --config.model.init_from (tools/convert_ast.py).
     """
     config.model.name = "ast"
     config.model.width, config.model.depth, config.model.heads = 768, 12, 12
@@ -212,8 +225,8 @@ def ast_recipe(config, arg=None):
     config.augment.update(prob=0.8413, apply_per="example", freq_masks=2, freq_width=48,
                           time_masks=2, time_width=160, policy="patchmix", fill="mean")
     config.train.update(epochs=50, batch_size=8, lr=5e-5, weight_decay=1e-6,
-                        schedule="cosine_from_1", eta_min=5e-8, log_every=50)
-    config.loss.class_weighted = False
+                        schedule="cosine_from_1", eta_min=5e-8, log_every=50,
+                        weight_average=0.5)
     config.eval.batch_size = 64  # AST's output does not depend on the batch (no min-max, no BN)
     if "quick" in [t.strip() for t in (arg or "").split(",")]:
         ast_quick(config)

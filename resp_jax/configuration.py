@@ -207,7 +207,8 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "model.width", "model.depth", "model.heads", "model.dropout",
                "model.attention_dropout", "model.drop_path", "model.layer_norm_eps",
                "model.proj_bn", "model.classifier_norm", "loss.mix_beta",
-               "train.weight_average", "data.wave_scale", "model.proj_ln", "model.proj_pool",
+               "train.weight_average", "model.pos_embed", "model.attention",
+               "model.remat", "data.wave_scale", "model.proj_ln", "model.proj_pool",
                "loss.pafa_pcsl", "loss.pafa_gpal")
 
 

@@ -137,3 +137,15 @@ def torch_adapt_pos_embed(pos: torch.Tensor, source_grid, target_grid) -> torch.
         grid = F.interpolate(grid, size=(f1, t1), mode="bilinear")
     grid = grid.reshape(1, width, f1 * t1).transpose(1, 2)
     return torch.cat([pos[:, :2, :], grid], dim=1)
+
+
+def torch_patchmix_code_pos_embed(pos: torch.Tensor, frames: int, bins: int) -> torch.Tensor:
+    """The position embedding the Patch-Mix code builds, re-created: its model is made with
+    input_fdim = frames and input_tdim = bins (main.py sets args.h, args.w = 798, 128), so the
+    grid its AST adaptation targets is what a 16 x 16, stride-10 convolution gives on a
+    (frames, bins) image (79 x 12 for 798 x 128); cut / interpolated from the 12 x 101 grid
+    as AST does and flattened row-major, to be added to tokens in the forward pass's
+    (frequency, time) order."""
+    probe = torch.nn.Conv2d(1, 1, kernel_size=16, stride=10)(torch.zeros(1, 1, frames, bins))
+    rows, cols = probe.shape[2:]
+    return torch_adapt_pos_embed(pos, (12, 101), (rows, cols))

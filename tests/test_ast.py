@@ -181,3 +181,75 @@ def test_load_refuses_other_directories(tmp_path):
                                                        "architecture": "ast"}))
     with pytest.raises(ValueError, match="cannot read the orbax checkpoint"):
         ast.load_pretrained(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# How the blocks run (resp_jax/models/transformer.py): the same numbers every way.
+
+
+def _loss_and_grads(encoder, variables, x):
+    def loss(params):
+        return jnp.sum(encoder.apply({"params": params}, x, train=False) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+
+def test_scan_remat_and_unrolled_blocks_agree(tiny):
+    """One lax.scan over the stacked blocks, with or without recomputation, gives the unrolled
+    blocks' features and gradients (float32 rounding); the parameters keep their names."""
+    encoder, variables, x = tiny
+    assert "block1" in variables["params"] and "blocks" not in variables["params"]
+    plain = ast.ASTEncoder(**TINY, scan=False, remat="none")  # blocks unrolled, all kept
+    want_loss, want_grads = _loss_and_grads(plain, variables, x)
+    for kw in ({"remat": "none"}, {"remat": "attention"}, {"remat": "block"},
+               {"scan": False, "remat": "block"}):
+        loss, grads = _loss_and_grads(ast.ASTEncoder(**TINY, **kw), variables, x)
+        assert float(loss) == pytest.approx(float(want_loss), rel=1e-5), kw
+        for path, g in jax.tree_util.tree_leaves_with_path(grads):
+            w = want_grads
+            for k in path:
+                w = w[k.key]
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=f"{kw} {path}")
+    with pytest.raises(ValueError, match="remat"):
+        ast.ASTEncoder(**TINY, remat="all").apply(variables, x, train=False)
+
+
+def test_attention_matches_softmax_reference():
+    """`transformer.attend` (row sums divided after the value product) against
+    jax.nn.dot_product_attention's XLA path."""
+    from resp_jax.models import transformer
+
+    q, k, v = np.random.default_rng(0).standard_normal((3, 2, 7, 3, 8)).astype(np.float32)
+    want = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))
+    got = jax.jit(lambda q, k, v: transformer.attend(q, k, v, kernel="xla"))
+    np.testing.assert_allclose(got(q, k, v), want(q, k, v), atol=1e-6)
+
+
+def test_attention_kernel_and_remat_choice(monkeypatch):
+    from resp_jax.models import transformer
+
+    choose = transformer.attention_kernel
+    assert choose("auto", jnp.bfloat16, 64, False) == "xla"  # this CPU
+    assert transformer.remat_choice("auto") == "block"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert choose("auto", jnp.bfloat16, 64, False) == "cudnn"
+    assert choose("auto", jnp.float16, 128, False) == "cudnn"
+    assert choose("auto", jnp.float32, 64, False) == "xla"  # cuDNN's kernel is 16-bit
+    assert choose("auto", jnp.bfloat16, 12, False) == "xla"  # head width not a multiple of 8
+    assert choose("auto", jnp.bfloat16, 64, True) == "xla"  # attention dropout
+    assert choose("xla", jnp.bfloat16, 64, False) == "xla"
+    assert choose("cudnn", jnp.float32, 64, False) == "cudnn"
+    with pytest.raises(ValueError, match="attention must be one of"):
+        choose("flash", jnp.bfloat16, 64, False)
+    assert transformer.remat_choice("auto") == "none"
+    assert transformer.remat_choice("attention") == "attention"
+
+
+def test_dropout_in_the_scanned_blocks(tiny):
+    _, variables, x = tiny
+    noisy = ast.ASTEncoder(**TINY, dropout=0.2, attention_dropout=0.2)
+    step = jax.jit(lambda v, x, r: noisy.apply(v, x, train=True, rngs={"dropout": r}))
+    a, b = step(variables, x, jax.random.key(2)), step(variables, x, jax.random.key(3))
+    assert float(jnp.abs(a - b).max()) > 1e-3
+    np.testing.assert_array_equal(a, step(variables, x, jax.random.key(2)))
+    np.testing.assert_allclose(noisy.apply(variables, x, train=False),
+                               ast.ASTEncoder(**TINY).apply(variables, x, train=False), atol=1e-6)

@@ -166,7 +166,16 @@ def test_config_checks():
             assert resolved.train.lr == (1e-3 if arg == "quick" else 5e-5)
             if name == "ast_patchmix_cl":
                 assert resolved.model.proj_out == resolved.model.width
+    # The authors' scripts: --ma_update --ma_beta 0.5 in both, --weighted_loss in the CE one;
+    # the M-SCL code's linear stage is weighted on ICBHI only.
+    weighted = {(name, arg): configuration.resolve(load_config(name, arg)).loss.class_weighted
+                for name in ("ast_ce", "ast_patchmix_cl", "ast_mscl")
+                for arg in ("icbhi", "sprsound")}
+    assert weighted == {("ast_ce", "icbhi"): True, ("ast_ce", "sprsound"): True,
+                        ("ast_patchmix_cl", "icbhi"): False, ("ast_patchmix_cl", "sprsound"): False,
+                        ("ast_mscl", "icbhi"): True, ("ast_mscl", "sprsound"): False}
     resolved = configuration.resolve(load_config("ast_ce"))
+    assert resolved.train.weight_average == 0.5
     assert features.input_shape(resolved) == (128, 798)  # 8 s
     assert resolved.model.layer_norm_eps == 1e-6 and resolved.train.lr == 5e-5
     assert [float(optim.epoch_lr(resolved, e)) for e in (0, 49)] == pytest.approx(

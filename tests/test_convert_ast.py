@@ -1,11 +1,13 @@
 """tools/convert_ast.py against Hugging Face's ASTModel with random weights (docs/method.md §9).
 
-Both published layouts are made from the same tiny random model (hidden 64, 2 layers, 4 heads,
-128 mel bins, 100 frames): the hub layout by ``save_pretrained`` (model.safetensors, and a
-pytorch_model.bin copy), the original release's by renaming to ``module.v.*`` timm names with
-q/k/v fused. Converted and loaded, the encoder must give HF's ``pooler_output`` within 1e-4
-(float32, max absolute difference). Position embeddings adapted to other clip lengths must
-equal a PyTorch re-implementation of AST's cut / bilinear interpolation.
+Both published layouts are made from tiny random models: the hub layout by ``save_pretrained``
+(model.safetensors, and a pytorch_model.bin copy; hidden 64, 2 layers, 4 heads, 100 frames),
+the original release's by renaming to ``module.v.*`` timm names with q/k/v fused and saving
+with torch.save (hidden 96, 3 layers, 4 heads, 798 frames). Converted and loaded, the encoder
+must give HF's ``pooler_output`` within 1e-4 (float32; max absolute difference, or max
+relative difference for the original layout). Position embeddings adapted to other clip
+lengths must equal a PyTorch re-implementation of AST's cut / bilinear interpolation, and
+``pos_embed='patchmix_code'`` a re-creation of the Patch-Mix code's transposed layout.
 """
 
 import json
@@ -22,9 +24,10 @@ import jax  # noqa: E402
 
 from resp_jax.models import ast  # noqa: E402
 from ast_helpers import (hf_model, load_tool, pooled, save_hub, save_original,  # noqa: E402
-                         torch_adapt_pos_embed, original_state, hub_state)
+                         torch_adapt_pos_embed, torch_patchmix_code_pos_embed, original_state,
+                         hub_state)
 
-TOLERANCE = 1e-4  # max |JAX - PyTorch| of pooled float32 features
+TOLERANCE = 1e-4  # max |JAX - PyTorch| of pooled float32 features (or, where said, relative)
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +66,29 @@ def test_hub_layout_matches_transformers(tool, tmp_path, x, classification, bin_
     assert err < TOLERANCE, err
 
 
-def test_original_layout_matches_transformers(tool, tmp_path, x):
-    model = hf_model(eps=1e-6, seed=3)  # timm's eps, which the original layout implies
+def _max_relative(got, want):
+    """max |got - want| / max |want|: the relative difference of two feature arrays."""
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def test_original_layout_matches_transformers(tool, tmp_path):
+    """The original release's layout (``module.v.*``, fused qkv, DeiT and mlp_head entries,
+    torch.save) of a random ASTForAudioClassification (hidden 96, 3 layers, 4 heads, eps 1e-6)
+    made for 798 frames, converted and loaded for 798 frames: transformers' ASTModel within
+    1e-4 (max relative difference). The file does not hold the number of heads: a width
+    that is not a DeiT size is refused without --heads (width / 64 = 1 head would be
+    another model: a relative difference of 0.45 here)."""
+    model = hf_model(hidden=96, layers=3, heads=4, max_length=798, eps=1e-6, seed=3)
     path = save_original(model, tmp_path / "audioset_tiny.pth", tmp_path)
-    out = tool.convert(path, tmp_path / "out", frames=100)
+    _refuses(tool, tmp_path, path, "width 96", "--heads", frames=798)
+    out = tool.convert(path, tmp_path / "out", frames=798, heads=4)
     meta = json.loads((out / "encoder.json").read_text())
-    assert meta["source"]["layout"] == "original" and meta["heads"] == 1  # default width / 64
+    assert meta["source"]["layout"] == "original" and meta["heads"] == 4
+    assert meta["layer_norm_eps"] == 1e-6 and meta["grid"] == [12, 79]
     assert sorted(meta["dropped"]) == sorted(
         k for k in original_state(model, tmp_path) if ".head" in k or "mlp_head" in k)
-    # Heads are not in the file: the default (width / 64) is wrong for this model.
-    assert np.abs(_features(out, x) - pooled(model, x)).max() > 1e-3
-    out = tool.convert(path, tmp_path / "out4", frames=100, heads=4)
-    err = np.abs(_features(out, x) - pooled(model, x)).max()
+    x = np.random.default_rng(4).standard_normal((2, 798, 128)).astype(np.float32)
+    err = _max_relative(_features(out, x, frames=798), pooled(model, x))
     assert err < TOLERANCE, err
 
 
@@ -116,10 +130,32 @@ def test_position_embedding_adaptation(audioset_grid, frames, bins):
         assert encoder.grid == (12, 79)
         np.testing.assert_array_equal(  # columns 11..89 of the 101
             got[0, 2:].reshape(12, 79, 8), pos[0, 2:].numpy().reshape(12, 101, 8)[:, 11:90])
+    # The Patch-Mix code's layout (model.pos_embed='patchmix_code'): same shape, other values.
+    _, code = ast.load_pretrained(out, frames=frames, num_bins=bins, pos_embed="patchmix_code")
+    code = np.asarray(code["params"]["pos_embed"])
+    assert code.shape == got.shape
+    assert np.abs(code - torch_patchmix_code_pos_embed(pos, frames, bins).numpy()).max() < 1e-6
+    assert np.abs(code - got).max() > 1e-2
 
 
-def test_adapted_encoder_matches_transformers_at_798_frames(audioset_grid):
-    """End to end: HF's model built for 798 frames with AST's adapted position embedding."""
+def test_patchmix_code_layout_at_798_frames(audioset_grid):
+    """Patch (f, t) of the 12 x 79 grid gets the authors' row (79 f + t) // 12, column
+    (79 f + t) % 12 of their 79 x 12 grid: 12 centre columns (44..55) of the 101, 79 rows."""
+    _, out, pos = audioset_grid
+    _, code = ast.load_pretrained(out, frames=798, pos_embed="patchmix_code")
+    grid = pos[0, 2:].numpy().reshape(12, 101, 8)[:, 44:56]  # columns kept: 12 of 101
+    got = np.asarray(code["params"]["pos_embed"])[0, 2:].reshape(79, 12, 8)
+    np.testing.assert_allclose(got[0], grid[0], atol=1e-7)  # the authors' row 0 is source row 0
+    np.testing.assert_allclose(got[-1], grid[-1], atol=1e-7)  # and row 78 source row 11
+    with pytest.raises(ValueError, match="patchmix_code"):
+        ast.load_pretrained(out, frames=798, pos_embed="other")
+
+
+@pytest.mark.parametrize("layout", ["ast", "patchmix_code"])
+def test_adapted_encoder_matches_transformers_at_798_frames(audioset_grid, layout):
+    """End to end: HF's model built for 798 frames with AST's adapted position embedding, or
+    with the one the Patch-Mix code builds (HF's forward flattens the patches frequency-major
+    as that code's does, so this is the authors' forward pass)."""
     model, out, pos = audioset_grid
     from transformers import ASTConfig, ASTModel
 
@@ -127,10 +163,12 @@ def test_adapted_encoder_matches_transformers_at_798_frames(audioset_grid):
     short = ASTModel(config).eval()
     state = {k.removeprefix("audio_spectrogram_transformer."): v
              for k, v in model.state_dict().items() if not k.startswith("classifier.")}
-    state["embeddings.position_embeddings"] = torch_adapt_pos_embed(pos, (12, 101), (12, 79))
+    state["embeddings.position_embeddings"] = (
+        torch_adapt_pos_embed(pos, (12, 101), (12, 79)) if layout == "ast"
+        else torch_patchmix_code_pos_embed(pos, 798, 128))
     short.load_state_dict(state)
     x = np.random.default_rng(1).standard_normal((2, 798, 128)).astype(np.float32)
-    err = np.abs(_features(out, x, frames=798) - pooled(short, x)).max()
+    err = np.abs(_features(out, x, frames=798, pos_embed=layout) - pooled(short, x)).max()
     assert err < TOLERANCE, err
 
 
@@ -179,7 +217,7 @@ def test_refuses_missing_unknown_and_misshapen_entries(tool, tmp_path):
     message = _refuses(tool, tmp_path, path, "3 difference(s)",
                        "missing module.v.blocks.1.mlp.fc2.bias",
                        "module.v.blocks.0.attn.qkv.weight: shape (192, 32), expected (192, 64)",
-                       "unknown module.v.extra.weight", frames=100)
+                       "unknown module.v.extra.weight", frames=100, heads=4)
     assert message.count("\n") == 3
 
     hub = save_hub(model, tmp_path / "hub")
@@ -196,7 +234,7 @@ def test_refuses_missing_unknown_and_misshapen_entries(tool, tmp_path):
 
 def test_refuses_wrong_grid(tool, tmp_path):
     path = save_original(hf_model(eps=1e-6), tmp_path / "tiny.pth", tmp_path)
-    _refuses(tool, tmp_path, path, "108 patch positions", "--frames")  # default 1024 frames
+    _refuses(tool, tmp_path, path, "108 patch positions", "--frames", heads=4)  # 1024 frames
 
 
 def test_refuses_garbage_and_non_state_dicts(tool, tmp_path):

@@ -9,7 +9,9 @@ it. RESP_JAX_GPU_TEST_PLATFORM=cpu runs the same checks on two CPU devices (tool
 - the step runs on the accelerator;
 - a float32 SCL train step there gives the losses of the CPU (matmul precision 'highest');
 - bfloat16 (`model.dtype`) stays finite and close to float32;
-- with two GPUs, one global batch over two devices trains as over one (skipped with one).
+- with two GPUs, one global batch over two devices trains as over one (skipped with one);
+- AST's attention in bfloat16 is cuDNN's fused kernel ('auto'), whose loss and gradients match
+  XLA's attention (GPU only).
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ def test_bfloat16_step_is_finite_and_close_to_float32(report):
     assert report["bfloat16_vs_float32_max_rel_loss_diff"] < 5e-2, report
 
 
+def test_ast_cudnn_attention_matches_xla(report):
+    if report["platform"] != "gpu":
+        pytest.skip("cuDNN's attention kernel needs a GPU")
+    assert report["ast_auto_attention"] == "cudnn", report
+    assert report["ast_cudnn_vs_xla_loss_rel_diff"] < 5e-2, report
+    assert report["ast_cudnn_vs_xla_grad_rel_diff"] < 5e-2, report
+
+
 def test_two_devices_train_as_one(report):
     if report["devices"] < 2:
         pytest.skip(f"one {report['platform']} device: the two-device check needs two")
@@ -123,8 +133,35 @@ def _checks() -> dict:
         out["two_devices_max_abs_param_diff"] = max(
             float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p_two),
                                                           jax.tree.leaves(p_acc)))
+    if devices[0].platform == "gpu":
+        out.update(_ast_attention(devices[0]))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _ast_attention(device, kernels=("xla", "cudnn")) -> dict:
+    """A tiny AST encoder's loss and gradients in bfloat16 with each attention kernel."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from resp_jax.models import ast, transformer
+
+    kw = dict(width=64, depth=2, heads=2, frames=64, num_bins=32, dtype=jnp.bfloat16)
+    x = np.random.default_rng(0).standard_normal((4, 64, 32)).astype(np.float32)
+    with jax.default_device(device):
+        params = ast.ASTEncoder(**kw).init(jax.random.key(0), x, train=False)["params"]
+
+        def loss_and_grads(attention):
+            encoder = ast.ASTEncoder(**kw, attention=attention)
+            loss = lambda p: jnp.sum(encoder.apply({"params": p}, x, train=True) ** 2)  # noqa: E731
+            value, grads = jax.jit(jax.value_and_grad(loss))(params)
+            return float(value), np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
+        (l_xla, g_xla), (l_other, g_other) = (loss_and_grads(k) for k in kernels)
+    return {"ast_auto_attention": transformer.attention_kernel("auto", jnp.bfloat16, 32, False),
+            "ast_cudnn_vs_xla_loss_rel_diff": abs(l_other - l_xla) / abs(l_xla),
+            "ast_cudnn_vs_xla_grad_rel_diff": float(np.linalg.norm(g_other - g_xla)
+                                                    / np.linalg.norm(g_xla))}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python tools/benchmark.py train-step --method=scl|ce|hybrid|mscl|simclr [--batch=32]
         [--frames=251] [--dtype=float32|bfloat16] [--channels=64,128,256,512] [--vs-torch]
     python tools/benchmark.py train-step --model=ast --ast-size=tiny|small|base [--method=ce]
-        [--batch=8] [--frames=798] [--vs-torch]     # tools/ast_benchmark.py
+        [--batch=8] [--frames=798] [--remat=auto] [--vs-torch]     # tools/ast_benchmark.py
     python tools/benchmark.py train-step --model=beats --beats-size=tiny|small|base
         [--method=ce|pafa] [--batch=32] [--frames=498] [--vs-torch --reference=DIR]
                                                     # tools/beats_benchmark.py
@@ -422,6 +422,8 @@ def main(argv=None) -> None:
                    "steps to this directory")
     p.add_argument("--compile-only", dest="compile_only", action="store_true",
                    help="--model=ast: only the step's FLOPs and memory, nothing timed")
+    p.add_argument("--remat", default="auto", help="--model=ast: model.remat")
+    p.add_argument("--attention", default="auto", help="--model=ast: model.attention")
     p.set_defaults(run=run_train_step)
     p = sub.add_parser("conv-layers", help="each CNN6 convolution: forward and gradients")
     p.add_argument("--batch", type=int, default=32, help="examples (one view)")

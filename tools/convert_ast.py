@@ -9,8 +9,9 @@ Two layouts are read, and nothing else:
   state dict saved under DataParallel, keys ``module.v.*`` in timm DeiT names (fused
   ``attn.qkv``) plus ``module.mlp_head.{0,1}.*``. The strides and the input size are not in the
   file: --fstride/--tstride (default 10, 10) and --num_bins/--frames (default 128 x 1024) must
-  give the position embedding's grid (12 x 101). Heads default to width / 64 (DeiT's rule);
-  LayerNorm eps is timm's 1e-6.
+  give the position embedding's grid (12 x 101). Nor are the heads: DeiT's sizes have
+  width / 64 (`DEIT_HEADS`); another width needs --heads (a wrong count would give another
+  model with the same weights, so it is refused, not guessed). LayerNorm eps: timm's 1e-6.
 - ``hub``: a Hugging Face directory (or a file inside it) holding ``config.json`` and
   ``model.safetensors`` or ``pytorch_model.bin``, of ``ASTForAudioClassification`` (keys
   prefixed ``audio_spectrogram_transformer.``) or ``ASTModel`` (no prefix), in the names the hub
@@ -52,6 +53,8 @@ HUB_PREFIX = "audio_spectrogram_transformer."
 ORIGINAL_PREFIX = "module.v."
 ORIGINAL_DROPPED = ("module.mlp_head.", "module.v.head.", "module.v.head_dist.")
 HUB_DROPPED = ("classifier.",)
+# Heads of the DeiT sizes AST builds on (tiny224, small224, base224/384; [pm] models/ast.py:56-66)
+DEIT_HEADS = {192: 3, 384: 6, 768: 12}
 EXPECTED_LAYOUTS = (
     "expected either the original AST release (a torch state dict with 'module.v.*' keys, "
     "e.g. audioset_10_10_0.4593.pth) or a Hugging Face AST directory (config.json with "
@@ -312,7 +315,13 @@ def _original_arch(state: Mapping[str, np.ndarray], path: Path, *, heads: int | 
                     if (m := re.match(re.escape(ORIGINAL_PREFIX) + r"blocks\.(\d+)\.", k)))
     patch = state[ORIGINAL_PREFIX + "patch_embed.proj.weight"].shape[-1]
     mlp = state[ORIGINAL_PREFIX + "blocks.0.mlp.fc1.weight"].shape[0]
-    heads = heads or max(width // 64, 1)
+    if heads is None:
+        if int(width) not in DEIT_HEADS:
+            raise ConversionError(
+                f"{path}: width {width} is not one of the DeiT sizes of the original release "
+                f"({', '.join(f'{w}: {h} heads' for w, h in DEIT_HEADS.items())}) and the file "
+                "does not record its number of attention heads: pass --heads")
+        heads = DEIT_HEADS[int(width)]
     arch = {"width": int(width), "depth": depth, "heads": int(heads), "mlp_ratio": mlp / width,
             "patch": int(patch), "fstride": fstride, "tstride": tstride, "num_bins": num_bins,
             "frames": frames, "layer_norm_eps": 1e-6}
@@ -392,7 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, default in (("heads", None), ("fstride", 10), ("tstride", 10), ("num_bins", 128),
                           ("frames", 1024)):
         original.add_argument(f"--{name}", type=int, default=default,
-                              help="default: width / 64" if name == "heads" else None)
+                              help="default: the DeiT size's (width / 64); required "
+                                   "for other widths" if name == "heads" else None)
     args = vars(parser.parse_args(argv))
     return report(lambda: convert(args.pop("checkpoint"), args.pop("output"), **args))
 

@@ -16,7 +16,8 @@ kaldi_fbank`` then ``normalise_fbank``) to pooled features ``[batch, width]`` fl
    mixed patch keeps its position, adding the embedding before or after gives the same tokens);
 4. a class and a distillation token are prepended, learned position embeddings added;
 5. ``depth`` pre-LayerNorm Transformer blocks (multi-head self-attention with a fused ``qkv``
-   projection as in timm's DeiT, then a 4x MLP with exact GELU);
+   projection as in timm's DeiT, then a 4x MLP with exact GELU; `resp_jax.models.transformer`,
+   which also chooses the attention kernel and what is recomputed in the backward pass);
 6. a final LayerNorm; the output is the mean of the two token outputs, as AST's forward and
    Hugging Face's ``ASTModel.pooler_output``.
 
@@ -46,7 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from resp_jax.models import converted
-from resp_jax.models.positions import _resize_linear, adapt_position_embedding  # noqa: F401
+from resp_jax.models.transformer import (ATTENTION, REMAT, Attention, Block,  # noqa: F401
+                                         DropPath, _trunc_normal, remat_choice, run_blocks)
+from resp_jax.models.positions import (LAYOUTS, _resize_linear,  # noqa: F401
+                                      adapt_position_embedding, fit_position_embedding)
 
 ENCODER_FORMAT, META_FILE, STATE_DIR = (converted.ENCODER_FORMAT, converted.META_FILE,
                                         converted.STATE_DIR)
@@ -65,83 +69,6 @@ def patch_grid(num_bins: int, frames: int, patch: int = 16, fstride: int = 10,
     return (num_bins - patch) // fstride + 1, (frames - patch) // tstride + 1
 
 
-_trunc_normal = nn.initializers.truncated_normal(stddev=0.02)  # timm's ViT init
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drops a block's residual branch per example, scaling kept ones."""
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if not train or self.rate <= 0.0:
-            return x
-        keep = 1.0 - self.rate
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        kept = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-        return jnp.where(kept, x / keep, jnp.zeros_like(x))
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention, fused qkv (output laid out as [3, heads, head_dim])."""
-
-    width: int
-    heads: int
-    attention_dropout: float = 0.0
-    dropout: float = 0.0
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        batch, tokens, _ = x.shape
-        head_dim = self.width // self.heads
-        qkv = nn.Dense(3 * self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=_trunc_normal, name="qkv")(x)
-        qkv = qkv.reshape(batch, tokens, 3, self.heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim ** -0.5)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.attention_dropout, deterministic=not train)(weights)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, tokens, self.width)
-        out = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=_trunc_normal, name="proj")(out)
-        return nn.Dropout(self.dropout, deterministic=not train)(out)
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
-
-    width: int
-    heads: int
-    mlp_dim: int
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    drop_path: float = 0.0
-    layer_norm_eps: float = 1e-6
-    dtype: Any = jnp.float32
-
-    def _norm(self, name: str) -> nn.LayerNorm:
-        return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
-                            param_dtype=jnp.float32, use_fast_variance=False, name=name)
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        drop_path = DropPath(self.drop_path)
-        h = Attention(self.width, self.heads, self.attention_dropout, self.dropout, self.dtype,
-                      name="attn")(self._norm("norm1")(x), train)
-        x = x + drop_path(h, train)
-        h = self._norm("norm2")(x)
-        h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                     kernel_init=_trunc_normal, name="fc1")(h)
-        h = nn.gelu(h, approximate=False)
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                     kernel_init=_trunc_normal, name="fc2")(h)
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        return x + drop_path(h, train)
-
-
 class ASTEncoder(nn.Module):
     """AST feature extractor: ``x [B, frames, bins]`` -> ``[B, width]`` float32 (see module doc).
 
@@ -151,6 +78,8 @@ class ASTEncoder(nn.Module):
     ``patches`` [f_dim * t_dim] bool): row ``i``'s patch ``p`` is replaced by row
     ``index[i]``'s where ``patches[p]``; class and distillation tokens are untouched.
     Stochastic depth rates rise linearly from 0 to ``drop_path`` over the blocks (timm).
+    ``attention``, ``remat``: `resp_jax.models.transformer`; ``scan`` runs the blocks as one
+    loop (`transformer.run_blocks`; they are unrolled when initialising and with drop_path).
     """
 
     width: int = 768
@@ -168,6 +97,9 @@ class ASTEncoder(nn.Module):
     layer_norm_eps: float = 1e-6
     dtype: Any = jnp.float32
     input: str = "frames_bins"  # x's layout: 'frames_bins' (AST's) | 'bins_frames' (pipeline)
+    attention: str = "auto"     # transformer.ATTENTION
+    remat: str = "auto"         # transformer.REMAT
+    scan: bool = True
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -213,15 +145,28 @@ class ASTEncoder(nn.Module):
                                   patches], axis=1)
         tokens = tokens + pos.astype(self.dtype)
         tokens = nn.Dropout(self.dropout, deterministic=not train)(tokens)
-        for i in range(self.depth):
-            rate = self.drop_path * i / max(self.depth - 1, 1)
-            tokens = Block(self.width, self.heads, self.mlp_dim, self.dropout,
-                           self.attention_dropout, rate, self.layer_norm_eps, self.dtype,
-                           name=f"block{i}")(tokens, train)
+        tokens = self._blocks(tokens, train)
         tokens = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=jnp.float32,
                               param_dtype=jnp.float32, use_fast_variance=False,
                               name="norm")(tokens[:, :2])
         return tokens.mean(axis=1)
+
+    def _blocks(self, tokens: jax.Array, train: bool) -> jax.Array:
+        remat = remat_choice(self.remat)
+
+        def block(i, cls=Block, **kw):
+            return cls(self.width, self.heads, self.mlp_dim, self.dropout,
+                       self.attention_dropout, self.drop_path * i / max(self.depth - 1, 1),
+                       self.layer_norm_eps, self.dtype, self.attention, remat, **kw)
+        if self.is_initializing() or not self.scan or self.drop_path > 0:
+            cls = nn.remat(Block, static_argnums=(2,)) if remat == "block" else Block
+            for i in range(self.depth):
+                tokens = block(i, cls, name=f"block{i}")(tokens, train)
+            return tokens
+        dropping = train and (self.dropout > 0 or self.attention_dropout > 0)
+        params = [self.variables["params"][f"block{i}"] for i in range(self.depth)]
+        return run_blocks(block(0, parent=None), params, tokens, train,
+                          self.make_rng("dropout") if dropping else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,7 +180,13 @@ CHECKED = ("width", "depth", "heads", "mlp_ratio", "patch", "fstride", "tstride"
 def resolve(config) -> None:
     """Fills the AST placeholders when a run starts (`resp_jax.configuration.resolve`):
     ``model.layer_norm_eps`` None = the converted encoder's (init_from), else timm's 1e-6;
-    ``model.proj_hidden`` / ``proj_out`` None = ``model.width`` (Patch-Mix's projector)."""
+    ``model.proj_hidden`` / ``proj_out`` None = ``model.width`` (Patch-Mix's projector);
+    ``model.pos_embed``, ``model.attention`` and ``model.remat`` are checked."""
+    for field, allowed in (("pos_embed", tuple(LAYOUTS)), ("attention", ATTENTION),
+                           ("remat", REMAT)):
+        if field in config.model and config.model[field] not in allowed:
+            raise ValueError(f"config.model.{field} must be one of {allowed}, got "
+                             f"{config.model[field]!r}")
     for field in ("proj_hidden", "proj_out"):
         if config.model[field] is None:
             config.model[field] = int(config.model.width)
@@ -247,7 +198,7 @@ def resolve(config) -> None:
 
 def encoder(config) -> ASTEncoder:
     """The encoder of a config (``model.width/depth/heads/dropout/attention_dropout/drop_path/
-    layer_norm_eps/dtype``) for the pipeline's ``[batch, bins, frames]`` inputs of
+    layer_norm_eps/dtype/attention/remat``) for the pipeline's ``[batch, bins, frames]`` inputs of
     ``data.frontend`` and ``data.duration``."""
     from resp_jax.data import features
 
@@ -258,7 +209,8 @@ def encoder(config) -> ASTEncoder:
                       num_bins=bins, frames=frames, dropout=float(m.dropout),
                       attention_dropout=float(m.attention_dropout),
                       drop_path=float(m.drop_path), layer_norm_eps=eps,
-                      dtype=jnp.dtype(m.dtype), input="bins_frames")
+                      dtype=jnp.dtype(m.dtype), input="bins_frames",
+                      attention=m.get("attention", "auto"), remat=m.get("remat", "auto"))
 
 
 def pretrained(config, input_shape) -> dict[str, Any] | None:
@@ -267,7 +219,8 @@ def pretrained(config, input_shape) -> dict[str, Any] | None:
     if not config.model.init_from:
         return None
     bins, frames = (int(d) for d in input_shape)
-    loaded, variables = load_pretrained(config.model.init_from, frames=frames, num_bins=bins)
+    loaded, variables = load_pretrained(config.model.init_from, frames=frames, num_bins=bins,
+                                        pos_embed=config.model.get("pos_embed", "ast"))
     want = encoder(config)
     diffs = [f"{k} {getattr(loaded, k)!r} (config: {getattr(want, k)!r})" for k in CHECKED
              if getattr(loaded, k) != getattr(want, k)]
@@ -361,16 +314,19 @@ def encoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
 
 def load_pretrained(directory: str | os.PathLike, *, frames: int | None = None,
                     num_bins: int | None = None, dtype: Any = jnp.float32,
-                    **fields: Any) -> tuple[ASTEncoder, dict[str, Any]]:
+                    pos_embed: str = "ast", **fields: Any) -> tuple[ASTEncoder, dict[str, Any]]:
     """Reads an encoder written by :func:`save_encoder` / tools/convert_ast.py.
 
     Returns ``(encoder, {'params'})`` for inputs of ``frames`` x ``num_bins`` (default: the
     source size, e.g. 1024 x 128); the position embedding is adapted with
-    :func:`adapt_position_embedding`. ``encoder.apply(variables, x, train=False)`` maps
-    ``x [B, frames, num_bins]`` to ``[B, width]``. ``fields`` sets the regularisation fields
-    (``dropout``, ``attention_dropout``, ``drop_path``); there is no ``batch_stats``.
+    :func:`adapt_position_embedding` (``pos_embed='ast'``) or laid out as the Patch-Mix code
+    does (``'patchmix_code'``, `positions.patchmix_code_position_embedding`).
+    ``encoder.apply(variables, x, train=False)`` maps ``x [B, frames, num_bins]`` to
+    ``[B, width]``. ``fields`` sets the regularisation and speed fields (``dropout``,
+    ``attention_dropout``, ``drop_path``, ``attention``, ``remat``); there is no
+    ``batch_stats``.
     """
-    allowed = {"dropout", "attention_dropout", "drop_path"}
+    allowed = {"dropout", "attention_dropout", "drop_path", "attention", "remat"}
     if fields.keys() - allowed:
         raise TypeError(f"load_pretrained accepts only {sorted(allowed)} as extra fields, got "
                         f"{sorted(fields.keys() - allowed)}")
@@ -383,7 +339,7 @@ def load_pretrained(directory: str | os.PathLike, *, frames: int | None = None,
     encoder = _encoder_from_meta(meta, frames=int(frames or meta["frames"]),
                                  num_bins=int(num_bins or meta["num_bins"]), dtype=dtype, **fields)
     params = dict(restored["params"])
-    params["pos_embed"] = adapt_position_embedding(np.asarray(params["pos_embed"]),
-                                                   tuple(meta["grid"]), encoder.grid)
+    params["pos_embed"] = fit_position_embedding(np.asarray(params["pos_embed"]),
+                                                 tuple(meta["grid"]), encoder.grid, pos_embed)
     variables = {"params": jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)}
     return encoder, variables

@@ -1,6 +1,12 @@
 """Position embeddings of a patch grid made fit for another grid, as AST does when a model
 trained on one clip length (AudioSet: 12 x 101 patches) is fine-tuned on another (ICBHI's 8 s:
 12 x 79); docs/method.md §9. Pure numpy; `resp_jax.models.ast.load_pretrained` applies it.
+
+Two layouts (``model.pos_embed``, `LAYOUTS`):
+  'ast'            :func:`adapt_position_embedding` to the run's (frequency, time) patch grid:
+                   each patch gets the embedding of its own place (the AST paper);
+  'patchmix_code'  :func:`patchmix_code_position_embedding`: the embedding the Patch-Mix code
+                   adds, built for the transposed grid (docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -58,3 +64,32 @@ def adapt_position_embedding(pos_embed: np.ndarray, source_grid: tuple[int, int]
         grid = _resize_linear(grid, f1, axis=0)
     out = np.concatenate([tokens, grid.reshape(1, f1 * t1, -1)], axis=1)
     return out.astype(np.float32)
+
+
+def patchmix_code_position_embedding(pos_embed: np.ndarray, source_grid: tuple[int, int],
+                                     target_grid: tuple[int, int]) -> np.ndarray:
+    """The position embedding the Patch-Mix code adds for a (f, t) ``target_grid``.
+
+    Its main.py sets ``args.h, args.w = 798, 128`` (frames, bins) and builds
+    ``ASTModel(input_fdim=798, input_tdim=128)`` ([pm] `main.py:202,242-243`), so AST's
+    adaptation runs on the transposed grid (t, f) = (79, 12): 12 centre columns of the 101
+    (44..55) interpolated to 79 rows ([pm] `models/ast.py:137-157`). The forward pass
+    transposes its input back to (frequency, time) and flattens the patches frequency-major
+    (`models/ast.py:217-229`), so patch (f, t) (token f * T + t) receives the embedding of
+    row (f * T + t) // F, column (f * T + t) % F of that (t, f) grid. The result has the
+    encoder's shape [1, 2 + f * t, D] and is added as is.
+    """
+    f1, t1 = tuple(target_grid)
+    return adapt_position_embedding(pos_embed, source_grid, (t1, f1))
+
+
+LAYOUTS = {"ast": adapt_position_embedding, "patchmix_code": patchmix_code_position_embedding}
+
+
+def fit_position_embedding(pos_embed: np.ndarray, source_grid: tuple[int, int],
+                           target_grid: tuple[int, int], layout: str = "ast") -> np.ndarray:
+    """``pos_embed`` of ``source_grid`` made fit for ``target_grid`` in ``layout`` (`LAYOUTS`)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"position-embedding layout must be one of {tuple(LAYOUTS)}, got "
+                         f"{layout!r}")
+    return LAYOUTS[layout](pos_embed, source_grid, target_grid)
