@@ -122,6 +122,8 @@ def test_position_conv_init_and_both_paths(width, groups):
                               argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    if groups > 1:
+        assert (width // groups < beats_layers.DENSE_GROUP_WIDTH) == (width == 64)
 
 
 def _meta(**extra):

@@ -60,6 +60,14 @@ def _xavier(gain: float):
     return nn.initializers.variance_scaling(gain ** 2, "fan_avg", "normal")
 
 
+# Groups narrower than this are computed as one dense convolution with a block-diagonal
+# kernel: the same sums (the other blocks are zeros), and on XLA's CPU backend several times
+# faster than a grouped convolution's gradient when each group has a few channels (width 64
+# in 16 groups: 0.19 s against 0.95 s for the gradient of a batch of 32 x 248 tokens); wider
+# groups (the published 768 / 16) keep the grouped convolution.
+DENSE_GROUP_WIDTH = 32
+
+
 class PositionConv(nn.Module):
     """Weight-normalised grouped Conv1d over tokens, 'same' length (an even kernel drops the
     last output), then exact GELU. Parameters ``weight_v [K, C/G, C]`` (flax conv layout),
@@ -83,11 +91,22 @@ class PositionConv(nn.Module):
         b = self.param("bias", nn.initializers.zeros, (c,))
         kernel = (v * (g / norm)[:, None, None]).astype(self.dtype)
         groups = self.groups
+        if groups > 1 and c // groups < DENSE_GROUP_WIDTH:
+            kernel, groups = block_diagonal(kernel, groups), 1
         pad = self.kernel // 2
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype), kernel, (1,), [(pad, pad - (1 - self.kernel % 2))],
             dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
         return nn.gelu(y + b.astype(self.dtype), approximate=False)
+
+
+def block_diagonal(kernel: jax.Array, groups: int) -> jax.Array:
+    """The dense ``[K, C, C]`` kernel of a grouped convolution's ``kernel [K, C/G, C]``
+    (flax layout: output channel o reads the inputs of group o // (C/G)); zeros elsewhere."""
+    k, per, c = kernel.shape
+    blocks = kernel.reshape(k, per, groups, c // groups)  # [K, in of group, group, out]
+    eye = jnp.eye(groups, dtype=kernel.dtype)
+    return jnp.einsum("kigo,gh->kgiho", blocks, eye).reshape(k, c, c)
 
 
 class SelfAttention(nn.Module):
