@@ -88,6 +88,44 @@ def test_layer_wise_gradient_decay_scales_earlier_gradients(tiny):
     np.testing.assert_allclose(beats.grad_multiply(x, 0.5), x)  # identity forward
 
 
+@pytest.mark.parametrize("width, groups", [(64, 16), (64, 1), (128, 2)],
+                         ids=["block-diagonal", "one-group", "grouped"])
+def test_position_conv_init_and_both_paths(width, groups):
+    """The weight-norm gain starts at the norm of v (the kernel starts equal to v, as
+    weight_norm's), and narrow groups computed as one block-diagonal dense convolution give
+    the grouped convolution's values and gradients."""
+    from resp_jax.models import beats_layers
+
+    conv = beats_layers.PositionConv(16, groups)
+    x = jax.random.normal(jax.random.key(0), (2, 40, width))
+    params = conv.init(jax.random.key(1), x)["params"]
+    v = np.asarray(params["weight_v"])
+    np.testing.assert_allclose(params["weight_g"], np.sqrt((v ** 2).sum(axis=(1, 2))),
+                               rtol=1e-6)
+
+    def grouped(p, x):  # the weight-normalised grouped convolution itself
+        v = p["weight_v"]
+        kernel = v * (p["weight_g"] / jnp.sqrt((v ** 2).sum(axis=(1, 2))))[:, None, None]
+        return jax.nn.gelu(jax.lax.conv_general_dilated(
+            x, kernel, (1,), [(8, 7)], dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=groups) + p["bias"], approximate=False)
+    params = {**params, "bias": jax.random.normal(jax.random.key(2), (width,)),
+              "weight_g": params["weight_g"] * jnp.linspace(0.5, 2.0, 16)}
+
+    def both(p, x):
+        return conv.apply({"params": p}, x), grouped(p, x)
+    ours, want = jax.jit(both)(params, x)
+    np.testing.assert_allclose(ours, want, atol=1e-5)
+    g_ours = jax.jit(jax.grad(lambda p, x: (conv.apply({"params": p}, x) * jnp.cos(x)).sum(),
+                              argnums=(0, 1)))(params, x)
+    g_want = jax.jit(jax.grad(lambda p, x: (grouped(p, x) * jnp.cos(x)).sum(),
+                              argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    if groups > 1:
+        assert (width // groups < beats_layers.DENSE_GROUP_WIDTH) == (width == 64)
+
+
 def _meta(**extra):
     return {**beats.ARCH_DEFAULTS, **beats.REGULARISATION_DEFAULTS, **TINY,
             "encoder_layerdrop": 0.1, **extra}

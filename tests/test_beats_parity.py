@@ -5,8 +5,10 @@ microsoft/unilm's beats/ code from a directory given to it (torch 2.13, torchaud
 compliance/kaldi.py): a tiny random BEATs in the published {'cfg', 'model'} layout
 (checkpoint.pt) and, in reference.npz, the reference's fbank of a fixed waveform (with and
 without the upstream x 2**15 scaling), its tokens (extract_features, eval mode) and its
-relative position buckets for the published bucket settings. These tests need neither the
-reference code nor torchaudio; the checkpoint is read by tools/convert_beats.py (torch).
+relative position buckets for the published bucket settings; in init_stats.json, the
+statistics of the reference's own from-scratch initialisation of the same tiny model. These
+tests need neither the reference code nor torchaudio; the checkpoint is read by
+tools/convert_beats.py (torch).
 
 Tolerances: tokens and pooled features within 1e-4 relative (max |ours - reference| / max
 |reference|; measured 6e-7 from the reference fbank, 3e-6 from the waveform); fbank within
@@ -107,6 +109,43 @@ def test_relative_position_buckets_match_reference(reference, num, far):
     table = beats.relative_position_buckets(n, num, far)  # [query, key]: key - query
     ours = np.concatenate([table[n - 1], table[0, 1:]])  # distances -(n-1) .. n-1
     np.testing.assert_array_equal(ours, reference[f"buckets_{num}_{far}"][1000 - (n - 1):])
+
+
+def test_initialisation_matches_reference_statistics(tool):
+    """From scratch, every parameter is drawn as the reference draws it: per state-dict entry
+    the mean and standard deviation of resp_jax's initialisation (8 seeds pooled) match the
+    reference's (16 seeds, init_stats.json) within 10 % of the reference's deviation and 10 %
+    in the deviation itself (measured within 3 %); constants exactly. The names and layouts
+    come from tools/convert_beats.py's own mapping."""
+    stats = json.loads((FIXTURES / "init_stats.json").read_text())
+    arch = tool.architecture(stats["cfg"], "init_stats.json")
+    entries = stats["entries"]
+    names = sorted(entries)
+    # Each entry as a constant array of its index: to_flax tells which leaf it becomes.
+    index = tool.to_flax({n: np.full(entries[n]["shape"], i, np.float64)
+                          for i, n in enumerate(names)}, arch)
+    encoder = beats.BEATsEncoder(**arch)
+    x = np.zeros((1, 32, 128), np.float32)
+    draws = [encoder.init(jax.random.key(seed), x, train=False) for seed in range(8)]
+    checked = set()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(index)[0]:
+        name = names[int(np.asarray(leaf).flat[0])]
+        ref = entries[name]
+        ours = np.stack([np.asarray(_leaf(d, path)) for d in draws]).astype(np.float64)
+        where = f"{name} ({jax.tree_util.keystr(path)})"
+        if ref["std"] == 0:
+            np.testing.assert_array_equal(ours, ref["mean"], err_msg=where)
+        else:
+            assert abs(ours.std() / ref["std"] - 1) < 0.1, (where, ours.std(), ref["std"])
+            assert abs(ours.mean() - ref["mean"]) < 0.1 * ref["std"], (where, ours.mean(), ref)
+        checked.add(name)
+    assert len(checked) == len(jax.tree_util.tree_leaves(draws[0]))
+
+
+def _leaf(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree
 
 
 def _checkpoint():

@@ -1,7 +1,7 @@
 """Makes the BEATs parity fixtures of tests/test_beats_parity.py with the reference code.
 
     python tools/make_beats_fixtures.py --reference=DIR --out=tests/fixtures/beats \
-        [--kaldi=PATH/torchaudio/compliance/kaldi.py]
+        [--kaldi=PATH/torchaudio/compliance/kaldi.py] [--init-only]
 
 ``--reference``: a directory holding microsoft/unilm's ``beats/BEATs.py``, ``backbone.py`` and
 ``modules.py`` (a checkout of that folder; nothing of it is copied here). They are imported
@@ -22,7 +22,11 @@ Writes to ``--out``:
                   because 2**15 is a power of two), tokens [2, 48, 64] (extract_features of
                   both waves in eval mode), buckets_<num>_<max> [2001] (the reference's
                   relative position bucket of the distances -1000 .. 1000 for the published
-                  bucket settings) and the torch / torchaudio versions used.
+                  bucket settings) and the torch / torchaudio versions used;
+  init_stats.json the reference's own from-scratch initialisation of the same tiny model over
+                  INIT_SEEDS torch seeds: per state-dict entry its shape and the mean, standard
+                  deviation and largest |value| of all its draws together, with the torch
+                  version. ``--init-only`` writes just this file (it needs no torchaudio).
 """
 
 from __future__ import annotations
@@ -48,6 +52,25 @@ CFG = {  # BEATsConfig fields of the tiny model
 }
 BUCKETS = ((320, 800), (320, 1280))  # (num_buckets, max_distance) tables to record
 SAMPLES, SEED = 16000, 0
+INIT_SEEDS = 16  # draws of the reference's initialisation pooled in init_stats.json
+
+
+def init_stats(BEATs, BEATsConfig) -> dict:
+    """Per state-dict entry of the tiny model as the reference initialises it from scratch:
+    shape, mean, std, max |value| over INIT_SEEDS seeds pooled."""
+    import torch
+
+    draws: dict[str, list] = {}
+    for seed in range(INIT_SEEDS):
+        torch.manual_seed(seed)
+        for name, p in BEATs(BEATsConfig(dict(CFG))).state_dict().items():
+            draws.setdefault(name, []).append(p.detach().double().numpy())
+    out = {}
+    for name, arrays in draws.items():
+        a = np.stack(arrays)
+        out[name] = {"shape": list(arrays[0].shape), "mean": float(a.mean()),
+                     "std": float(a.std()), "max_abs": float(np.abs(a).max())}
+    return {"cfg": dict(CFG), "seeds": INIT_SEEDS, "torch": torch.__version__, "entries": out}
 
 
 def _wave(rng: np.random.Generator) -> np.ndarray:
@@ -68,9 +91,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="fixture directory")
     parser.add_argument("--kaldi", type=Path, default=None,
                         help="torchaudio's compliance/kaldi.py, when torchaudio cannot load")
+    parser.add_argument("--init-only", action="store_true",
+                        help="write only init_stats.json (the reference's initialisation)")
     args = parser.parse_args(argv)
     import torch
 
+    if args.init_only:
+        BEATs, BEATsConfig, _, _ = import_reference(args.reference, args.kaldi)
+        args.out.mkdir(parents=True, exist_ok=True)
+        stats = init_stats(BEATs, BEATsConfig)
+        (args.out / "init_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+        print(f"wrote {args.out}/init_stats.json: {len(stats['entries'])} entries")
+        return 0
     if args.kaldi is None:
         try:
             import torchaudio.compliance.kaldi  # noqa: F401  (the fixtures need the real fbank)
@@ -107,7 +139,9 @@ def main(argv=None) -> int:
             np.int16)
     out["versions"] = np.array(json.dumps({"torch": torch.__version__, "kaldi": kaldi_note}))
     np.savez_compressed(args.out / "reference.npz", **out)
-    print(f"wrote {args.out}/checkpoint.pt, reference.npz: "
+    (args.out / "init_stats.json").write_text(json.dumps(init_stats(BEATs, BEATsConfig),
+                                                         indent=1) + "\n")
+    print(f"wrote {args.out}/checkpoint.pt, init_stats.json, reference.npz: "
           + ", ".join(f"{k} {v.shape}" for k, v in out.items()))
     return 0
 

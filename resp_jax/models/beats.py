@@ -20,6 +20,14 @@ normalised) to pooled features ``[batch, width]`` float32, as the reference's
 5. pooled output: the mean of the tokens (PAFA's classifier averages per-token logits, which
    for a linear classifier is the classifier of the mean; models/beats.py of PAFA).
 
+From scratch the parameters are drawn as the reference initialises them (BEATs.py:82-90,
+backbone.py:33-45,87-97,370-390,751-783): the patch embedding and ``post_extract_proj`` keep
+PyTorch's default init (uniform, 1/sqrt(fan_in) bounds, bias included), every Linear inside
+the encoder N(0, 0.02) with zero bias (``init_bert_params``), then with deep norm the q/k
+projections xavier-normal with gain 1 and v / out / fc1 / fc2 with gain (8 depth)^(-1/4); the
+relative position table N(0, 0.02), ``grep_a`` 1, LayerNorms 1 / 0; the position convolution
+v ~ N(0, 4 / (conv_pos width)), its weight-norm gain g = the norm of v, bias 0.
+
 With ``tokens=True`` the call returns ``(pooled, tokens [batch, L, width])`` (PAFA's projector
 pools the tokens with attention). Variables are ``{'params'}`` only. Dropouts, LayerDrop and the
 layer-wise gradient scaling act only when ``train=True`` and draw from the ``'dropout'`` rng.
@@ -37,8 +45,9 @@ import jax
 import jax.numpy as jnp
 
 from resp_jax.models import converted
-from resp_jax.models.beats_layers import (Layer, PositionConv, bert_init, torch_conv_init,
-                                          grad_multiply, relative_position_buckets)
+from resp_jax.models.beats_layers import (Layer, PositionConv, bert_init, grad_multiply,
+                                          relative_position_buckets, torch_default_bias_init,
+                                          torch_default_init)
 
 # The fields of the checkpoint's cfg the encoder reads (BEATsConfig names), with resp_jax's
 # from-scratch values (docs/method.md §10: 16 x 16 patches, a 512-wide patch embedding, conv
@@ -119,7 +128,7 @@ class BEATsEncoder(nn.Module):
         image = (jnp.swapaxes(x, 1, 2) if self.input == "bins_frames" else x)[..., None]
         patches = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
                           use_bias=self.conv_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                          kernel_init=torch_conv_init, name="patch_embedding")(
+                          kernel_init=torch_default_init, name="patch_embedding")(
                               image.astype(self.dtype))
         batch, t, f, _ = patches.shape
         h = patches.reshape(batch, t * f, self.embed_dim)  # time-major, as torch's flatten
@@ -127,7 +136,9 @@ class BEATsEncoder(nn.Module):
                          use_fast_variance=False, name="layer_norm")(h)
         if self.embed_dim != self.width:
             h = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                         kernel_init=bert_init, name="post_extract_proj")(h)
+                         kernel_init=torch_default_init,
+                         bias_init=torch_default_bias_init(self.embed_dim),
+                         name="post_extract_proj")(h)
         h = nn.Dropout(self.dropout_input, deterministic=not train)(h)
         h = h + PositionConv(self.conv_pos, self.conv_pos_groups, self.dtype, name="pos_conv")(h)
         h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,

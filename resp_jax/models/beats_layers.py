@@ -41,18 +41,39 @@ def grad_multiply(x, scale: float):
 
 grad_multiply.defvjp(lambda x, scale: (x, None), lambda scale, _, g: (g * scale,))
 
-bert_init = nn.initializers.normal(0.02)  # init_bert_params
-torch_conv_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+bert_init = nn.initializers.normal(0.02)  # init_bert_params (every Linear of the encoder)
+# PyTorch's default Conv2d / Linear weight init (kaiming_uniform_, a=sqrt(5)):
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the layers outside the encoder keep it.
+torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int):
+    """PyTorch's default Linear / Conv bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
 
 
 def _xavier(gain: float):
     return nn.initializers.variance_scaling(gain ** 2, "fan_avg", "normal")
 
 
+# Groups narrower than this are computed as one dense convolution with a block-diagonal
+# kernel: the same sums (the other blocks are zeros), and on XLA's CPU backend several times
+# faster than a grouped convolution's gradient when each group has a few channels (width 64
+# in 16 groups: 0.19 s against 0.95 s for the gradient of a batch of 32 x 248 tokens); wider
+# groups (the published 768 / 16) keep the grouped convolution.
+DENSE_GROUP_WIDTH = 32
+
+
 class PositionConv(nn.Module):
     """Weight-normalised grouped Conv1d over tokens, 'same' length (an even kernel drops the
     last output), then exact GELU. Parameters ``weight_v [K, C/G, C]`` (flax conv layout),
-    ``weight_g [K]`` (norm per kernel position), ``bias [C]``."""
+    ``weight_g [K]`` (norm per kernel position), ``bias [C]``. Initialised as the reference:
+    v ~ N(0, 4 / (K C)), g = the norm of v (so the kernel starts equal to v: ``weight_norm``
+    computes g from the weight it wraps), bias 0."""
 
     kernel: int
     groups: int
@@ -65,16 +86,27 @@ class PositionConv(nn.Module):
             raise ValueError(f"width {c} is not divisible by conv_pos_groups {self.groups}")
         std = math.sqrt(4.0 / (self.kernel * c))
         v = self.param("weight_v", nn.initializers.normal(std), (self.kernel, c // self.groups, c))
-        g = self.param("weight_g", nn.initializers.constant(std * math.sqrt(c * c / self.groups)),
-                       (self.kernel,))
-        b = self.param("bias", nn.initializers.zeros, (c,))
         norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2)))
+        g = self.param("weight_g", lambda key, shape: norm.reshape(shape), (self.kernel,))
+        b = self.param("bias", nn.initializers.zeros, (c,))
         kernel = (v * (g / norm)[:, None, None]).astype(self.dtype)
+        groups = self.groups
+        if groups > 1 and c // groups < DENSE_GROUP_WIDTH:
+            kernel, groups = block_diagonal(kernel, groups), 1
         pad = self.kernel // 2
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype), kernel, (1,), [(pad, pad - (1 - self.kernel % 2))],
-            dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=self.groups)
+            dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
         return nn.gelu(y + b.astype(self.dtype), approximate=False)
+
+
+def block_diagonal(kernel: jax.Array, groups: int) -> jax.Array:
+    """The dense ``[K, C, C]`` kernel of a grouped convolution's ``kernel [K, C/G, C]``
+    (flax layout: output channel o reads the inputs of group o // (C/G)); zeros elsewhere."""
+    k, per, c = kernel.shape
+    blocks = kernel.reshape(k, per, groups, c // groups)  # [K, in of group, group, out]
+    eye = jnp.eye(groups, dtype=kernel.dtype)
+    return jnp.einsum("kigo,gh->kgiho", blocks, eye).reshape(k, c, c)
 
 
 class SelfAttention(nn.Module):
