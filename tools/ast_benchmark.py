@@ -87,7 +87,7 @@ def run(bench, args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from resp_jax import configuration, parallel
+    from resp_jax import configuration, optim, parallel, steps
     from resp_jax.data import features, metadata
 
     if args.vs_torch and args.method != "ce":
@@ -110,6 +110,7 @@ def run(bench, args) -> dict:
     compiled = step.lower(state, batch).compile()
     # XLA counts a loop body once: the FLOPs are those of the unrolled step, before optimisation.
     flat = model.clone(encoder=model.encoder.clone(scan=False, remat="none"))
+    tx = optim.make_optimizer(config, steps_per_epoch=100)  # step_setup's (the same chain)
     flops = steps.make_train_step(flat, tx, config, None, mesh, optim.schedule(config, 100)) \
         .lower(state, batch).cost_analysis().get("flops")
     memory = compiled.memory_analysis()  # XLA's buffer assignment for this device
