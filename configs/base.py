@@ -163,6 +163,9 @@ def get_config(arg=None):
                                         # eta_min) | 'constant'
     train.cosine_t_max = 40           # T_max of the periodic cosine, in epochs
     train.eta_min = 1e-6              # lowest learning rate of the cosines
+    train.warmup_epochs = 0           # > 0: the first this many epochs rise linearly per step
+                                      # from 0.1 x lr to the schedule's rate at that epoch
+                                      # (Patch-Mix's --warm, warmup_learning_rate); 0 = off
     train.weight_average = 0.0        # after every step each weight (and BatchNorm statistic)
                                       # = this x before + (1 - this) x after; 0 = off
                                       # (Patch-Mix's --ma_update --ma_beta 0.5)
