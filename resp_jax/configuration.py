@@ -212,7 +212,8 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "model.proj_bn", "model.classifier_norm", "loss.mix_beta",
                "train.weight_average", "model.pos_embed", "model.attention",
                "model.remat", "data.wave_scale", "model.proj_ln", "model.proj_pool",
-               "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs")
+               "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs",
+               "model.fstride", "model.tstride", "model.pool")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
