@@ -286,8 +286,9 @@ def test_encoder_reads_strides_and_pool_from_the_config():
     from resp_jax import configuration
     config = configuration.resolve(load_config("ast_ce", "quick"))
     enc = ast.encoder(config)
-    assert (enc.fstride, enc.tstride, enc.pool) == (config.model.fstride, config.model.tstride,
-                                                    config.model.pool)
+    assert (enc.fstride, enc.tstride, enc.pool) == (16, 16, "mean")  # the tiny demo's
+    assert config.augment.prob == 0 and config.linear_eval.features == "cached"
     full = configuration.resolve(load_config("ast_ce"))  # the recipe: AST's own
     enc = ast.encoder(full)
     assert (enc.fstride, enc.tstride, enc.pool) == (10, 10, "cls")
+    assert full.augment.prob == 0.8413 and full.linear_eval.features == "per_epoch"
