@@ -326,7 +326,10 @@ def beats_quick(config):
     little spread, and this model learned nothing of the synthetic set in 20 epochs
     (docs/benchmarks.md). `beats_mscl`'s linear stage encodes the training split once
     (`linear_eval.features='cached'`): without a batch min-max or BatchNorm the per-epoch
-    features are the same numbers, 100 encoder passes fewer. PAFA's other settings stay."""
+    features are the same numbers, 100 encoder passes fewer. PAFA's other settings stay. With
+    the reference's from-scratch initialisation (`post_extract_proj`, the position
+    convolution's weight-norm gain; resp_jax.models.beats) CE leaves chance in its third epoch
+    and PAFA in about its tenth (the patient loss first): docs/benchmarks.md."""
     config.model.width, config.model.depth, config.model.heads = 64, 2, 4
     config.model.beats.update(embed_dim=32, encoder_ffn_embed_dim=128)
     config.data.wave_scale = 32768.0
