@@ -113,6 +113,11 @@ def get_config(arg=None):
                                    # ('block' on CPUs, where it is fastest; 'none' on GPUs) |
                                    # 'none' | 'attention' (the [B, heads, T, T] weights) |
                                    # 'block' (all of each block); the same numbers either way
+    model.fstride = 10             # AST's patch strides (16 x 16 patches) in frequency bins
+    model.tstride = 10             # and frames (AST and Patch-Mix: 10, 10: overlapping
+                                   # patches); a converted encoder must have the same
+    model.pool = "cls"             # AST's output: 'cls' (the mean of the class and distillation
+                                   # tokens' outputs: AST) | 'mean' (of every token's output)
     model.pos_embed = "ast"        # how init_from's position embedding fits the run's patch
                                    # grid: 'ast' (AST's cut / interpolation on the true
                                    # (frequency, time) grid) | 'patchmix_code' (the Patch-Mix
@@ -163,6 +168,9 @@ def get_config(arg=None):
                                         # eta_min) | 'constant'
     train.cosine_t_max = 40           # T_max of the periodic cosine, in epochs
     train.eta_min = 1e-6              # lowest learning rate of the cosines
+    train.warmup_epochs = 0           # > 0: the first this many epochs rise linearly per step
+                                      # from 0.1 x lr to the schedule's rate at that epoch
+                                      # (Patch-Mix's --warm, warmup_learning_rate); 0 = off
     train.weight_average = 0.0        # after every step each weight (and BatchNorm statistic)
                                       # = this x before + (1 - this) x after; 0 = off
                                       # (Patch-Mix's --ma_update --ma_beta 0.5)
@@ -236,12 +244,24 @@ def ast_recipe(config, arg=None):
 def ast_quick(config):
     """`quick` for the AST configs: a tiny AST (width 64, depth 2, 4 heads) from scratch on
     4 s clips, batch 32, 30 epochs at lr 1e-3 with one cosine decay (the recipe's 5e-5 is for
-    fine-tuning AudioSet weights); Patch-Mix's other settings stay."""
+    fine-tuning AudioSet weights); Patch-Mix's other settings stay. Three changes make it learn
+    in that time (docs/benchmarks.md, "A tiny AST on the synthetic set"): the output is the
+    mean of every token (`model.pool='mean'`): a class token trained from scratch starts by
+    seeing an average of the patches, and the loss sat at chance for 15 epochs (M-SCL's for
+    60) before it learnt to look; no SpecAugment (`augment.prob=0`: the recipe's 160-frame
+    time masks cover up to 80 % of a 4 s clip, and M-SCL's loss then stayed at chance for 20
+    of 30 epochs); and patches do not overlap (`model.fstride = tstride = 16`: 192 patches
+    instead of 468, a step about 4x faster). The linear stage of `ast_mscl` encodes the training
+    split once (`linear_eval.features='cached'`): without a batch min-max (the fbank front end)
+    or BatchNorm the per-epoch features are the same numbers, 100 encoder passes fewer."""
     config.model.width, config.model.depth, config.model.heads = 64, 2, 4
+    config.model.pool = "mean"
+    config.model.fstride, config.model.tstride = 16, 16
+    config.augment.prob = 0.0
     config.data.duration = 4.0
     config.train.update(batch_size=32, epochs=30, lr=1e-3, schedule="cosine", eta_min=1e-6,
                         log_every=10)
-    config.linear_eval.update(lr=1e-3, batch_size=32)
+    config.linear_eval.update(lr=1e-3, batch_size=32, features="cached")
     config.model.proj_hidden, config.model.proj_out = 128, 64
     return config
 
@@ -304,13 +324,18 @@ def beats_quick(config):
     cosine decay (the recipe's 5e-5 is for fine-tuning pretrained weights), and the upstream
     2**15 waveform scaling: without it BEATs' normalisation leaves the inputs near -1.6 with
     little spread, and this model learned nothing of the synthetic set in 20 epochs
-    (docs/benchmarks.md). PAFA's other settings stay."""
+    (docs/benchmarks.md). `beats_mscl`'s linear stage encodes the training split once
+    (`linear_eval.features='cached'`): without a batch min-max or BatchNorm the per-epoch
+    features are the same numbers, 100 encoder passes fewer. PAFA's other settings stay. With
+    the reference's from-scratch initialisation (`post_extract_proj`, the position
+    convolution's weight-norm gain; resp_jax.models.beats) CE leaves chance in its third epoch
+    and PAFA in about its tenth (the patient loss first): docs/benchmarks.md."""
     config.model.width, config.model.depth, config.model.heads = 64, 2, 4
     config.model.beats.update(embed_dim=32, encoder_ffn_embed_dim=128)
     config.data.wave_scale = 32768.0
     config.train.update(batch_size=32, epochs=20, lr=1e-3, schedule="cosine", eta_min=1e-6,
                         log_every=10)
-    config.linear_eval.update(lr=1e-3, batch_size=32)
+    config.linear_eval.update(lr=1e-3, batch_size=32, features="cached")
     config.model.proj_hidden, config.model.proj_out = 128, 64
     return config
 

@@ -88,6 +88,9 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.data.frontend in features.FBANK_FRONTENDS and config.data.norm != "reference":
         raise ValueError("config.data.norm='dataset' is for log-mel features; the fbank front "
                          "ends are normalised with their models' constants (keep 'reference')")
+    warm = config.train.get("warmup_epochs", 0)
+    if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
+        raise ValueError(f"config.train.warmup_epochs must be an int >= 0, got {warm!r}")
     if not config.data.get("wave_scale", 1.0) > 0:
         raise ValueError(f"config.data.wave_scale must be > 0, got {config.data.wave_scale!r}")
     if config.model.get("proj_bn") and config.model.get("proj_ln"):
@@ -209,7 +212,8 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "model.proj_bn", "model.classifier_norm", "loss.mix_beta",
                "train.weight_average", "model.pos_embed", "model.attention",
                "model.remat", "data.wave_scale", "model.proj_ln", "model.proj_pool",
-               "loss.pafa_pcsl", "loss.pafa_gpal")
+               "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs",
+               "model.fstride", "model.tstride", "model.pool")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -38,11 +38,40 @@ def epoch_lr(config, epoch):
     return low + (base - low) * (1 + cos) / 2
 
 
+def warmup_target(config):
+    """The rate a warm-up of ``train.warmup_epochs`` = W epochs rises to: the schedule's
+    cosine at epoch number W (Patch-Mix's main.py: warmup_to = eta_min + (lr - eta_min)
+    (1 + cos(pi W / epochs)) / 2 with --cosine; the base rate otherwise). The periodic cosine
+    uses its own T_max."""
+    base, low = config.train.lr, config.train.eta_min
+    warm = int(config.train.get("warmup_epochs", 0))
+    if config.train.schedule == "constant":
+        return base
+    t_max = config.train.cosine_t_max if config.train.schedule == "periodic_cosine" \
+        else config.train.epochs
+    return low + (base - low) * (1 + math.cos(math.pi * warm / t_max)) / 2
+
+
 def schedule(config, steps_per_epoch: int) -> Callable:
-    """Per-step schedule: the rate of the epoch the step belongs to (optax counts from 0)."""
+    """Per-step schedule: the rate of the epoch the step belongs to (optax counts from 0).
+
+    With ``train.warmup_epochs`` = W > 0 the first W epochs instead rise linearly per step from
+    0.1 x train.lr to `warmup_target`, as Patch-Mix's ``warmup_learning_rate`` (util/misc.py,
+    --warm): step s (0-based, over all epochs) of the warm-up gets
+    from + s / (W x steps_per_epoch) x (to - from); later epochs keep `epoch_lr`.
+    """
     if steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
-    return lambda step: epoch_lr(config, step // steps_per_epoch)
+    warm = int(config.train.get("warmup_epochs", 0))
+    if warm <= 0:
+        return lambda step: epoch_lr(config, step // steps_per_epoch)
+    start, end = 0.1 * config.train.lr, warmup_target(config)
+    warm_steps = warm * steps_per_epoch
+
+    def rate(step):
+        ramp = start + (jnp.asarray(step, jnp.float32) / warm_steps) * (end - start)
+        return jnp.where(step < warm_steps, ramp, epoch_lr(config, step // steps_per_epoch))
+    return rate
 
 
 def adam_l2(learning_rate, weight_decay: float, b1: float = 0.9,

@@ -253,3 +253,42 @@ def test_dropout_in_the_scanned_blocks(tiny):
     np.testing.assert_array_equal(a, step(variables, x, jax.random.key(2)))
     np.testing.assert_allclose(noisy.apply(variables, x, train=False),
                                ast.ASTEncoder(**TINY).apply(variables, x, train=False), atol=1e-6)
+
+
+def test_mean_pool_and_strides_from_the_config():
+    # pool='mean' averages the final LayerNorm of every token (class, distillation, patches);
+    # with no blocks the tokens are the embeddings, so the output can be written out here.
+    encoder = ast.ASTEncoder(**{**TINY, "depth": 0}, scan=False, pool="mean", fstride=8,
+                             tstride=12)
+    assert encoder.grid == ((40 - 16) // 8 + 1, (60 - 16) // 12 + 1)
+    x = jax.random.normal(jax.random.key(2), (2, 60, 40))
+    variables = encoder.init(jax.random.key(3), x, train=False)
+    p = variables["params"]
+    image = jnp.swapaxes(x, 1, 2)[..., None]
+    patches = jax.lax.conv_general_dilated(image, p["patch_embed"]["kernel"], (8, 12), "VALID",
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    patches = (patches + p["patch_embed"]["bias"]).reshape(2, -1, 32)
+    tokens = jnp.concatenate([jnp.broadcast_to(p["cls_token"], (2, 1, 32)),
+                              jnp.broadcast_to(p["dist_token"], (2, 1, 32)), patches], 1)
+    tokens = tokens + p["pos_embed"]
+    mu, var = tokens.mean(-1, keepdims=True), tokens.var(-1, keepdims=True)
+    normed = (tokens - mu) / jnp.sqrt(var + 1e-6) * p["norm"]["scale"] + p["norm"]["bias"]
+    out = encoder.apply(variables, x, train=False)
+    np.testing.assert_allclose(out, normed.mean(1), atol=1e-5)
+    cls_out = encoder.clone(pool="cls").apply(variables, x, train=False)
+    np.testing.assert_allclose(cls_out, normed[:, :2].mean(1), atol=1e-5)
+    with pytest.raises(ValueError, match="pool"):
+        encoder.clone(pool="max").apply(variables, x, train=False)
+
+
+def test_encoder_reads_strides_and_pool_from_the_config():
+    from train_helpers import load_config
+    from resp_jax import configuration
+    config = configuration.resolve(load_config("ast_ce", "quick"))
+    enc = ast.encoder(config)
+    assert (enc.fstride, enc.tstride, enc.pool) == (16, 16, "mean")  # the tiny demo's
+    assert config.augment.prob == 0 and config.linear_eval.features == "cached"
+    full = configuration.resolve(load_config("ast_ce"))  # the recipe: AST's own
+    enc = ast.encoder(full)
+    assert (enc.fstride, enc.tstride, enc.pool) == (10, 10, "cls")
+    assert full.augment.prob == 0.8413 and full.linear_eval.features == "per_epoch"

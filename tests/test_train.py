@@ -342,6 +342,56 @@ def test_single_cosine_decays_once_over_all_epochs():
     assert lrs[-1] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + math.cos(math.pi * 9 / 10)) / 2)
 
 
+def _reference_warmup_rates(lr, eta_min, epochs, warm_epochs, total_batches, cosine=True):
+    """Patch-Mix's main.py / util/misc.py with --warm (and --cosine): adjust_learning_rate
+    before each 1-based epoch, then warmup_learning_rate before each batch, re-implemented
+    with numpy (the reference's own warm_epochs, warmup_from, warmup_to formulas)."""
+    warmup_from = lr * 0.1
+    if cosine:
+        warmup_to = eta_min + (lr - eta_min) * (1 + np.cos(np.pi * warm_epochs / epochs)) / 2
+    else:
+        warmup_to = lr
+    rates = []
+    for epoch in range(1, epochs + 1):
+        epoch_rate = (eta_min + (lr - eta_min) * (1 + np.cos(np.pi * epoch / epochs)) / 2
+                      if cosine else lr)
+        for batch_id in range(total_batches):
+            rate = epoch_rate
+            if epoch <= warm_epochs:
+                p = (batch_id + (epoch - 1) * total_batches) / (warm_epochs * total_batches)
+                rate = warmup_from + p * (warmup_to - warmup_from)
+            rates.append(rate)
+    return np.array(rates)
+
+
+@pytest.mark.parametrize("schedule", ["cosine_from_1", "constant"])
+def test_warmup_matches_patchmix_warmup_learning_rate(schedule):
+    config = configuration.resolve(tiny_config("ce", epochs=12, train__lr=1e-3,
+                                          train__eta_min=1e-6, train__schedule=schedule,
+                                          train__warmup_epochs=3))
+    per_step = optim.schedule(config, steps_per_epoch=4)
+    got = [float(per_step(s)) for s in range(12 * 4)]
+    want = _reference_warmup_rates(1e-3, 1e-6, 12, 3, 4, cosine=schedule != "constant")
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[0] == pytest.approx(1e-4) and all(np.diff(got[:12]) > 0)
+
+
+def test_warmup_off_by_default_and_then_continuous_with_one_cosine():
+    config = configuration.resolve(tiny_config("ce", epochs=10, train__lr=1e-3,
+                                          train__schedule="cosine"))
+    assert config.train.warmup_epochs == 0
+    plain = [float(optim.schedule(config, 5)(s)) for s in range(50)]
+    np.testing.assert_allclose(plain, [float(optim.epoch_lr(config, s // 5)) for s in range(50)])
+    config.train.warmup_epochs = 2
+    warm = [float(optim.schedule(config, 5)(s)) for s in range(50)]
+    np.testing.assert_allclose(warm[10:], plain[10:])  # after the warm-up: the same schedule
+    # the warm-up heads for where the one cosine goes on (its rate at epoch 2, 0-based)
+    end = float(optim.epoch_lr(config, 2))
+    assert warm[9] == pytest.approx(1e-4 + 0.9 * (end - 1e-4), rel=1e-5)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        configuration.resolve(tiny_config("ce", train__warmup_epochs=-1))
+
+
 def test_validation_split_is_patient_disjoint_and_seeded():
     patients = np.repeat([f"p{i}" for i in range(20)], np.arange(1, 21))  # 210 cycles
     a = selection.val_mask(patients, 0.2, seed=1)

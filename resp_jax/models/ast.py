@@ -19,7 +19,9 @@ kaldi_fbank`` then ``normalise_fbank``) to pooled features ``[batch, width]`` fl
    projection as in timm's DeiT, then a 4x MLP with exact GELU; `resp_jax.models.transformer`,
    which also chooses the attention kernel and what is recomputed in the backward pass);
 6. a final LayerNorm; the output is the mean of the two token outputs, as AST's forward and
-   Hugging Face's ``ASTModel.pooler_output``.
+   Hugging Face's ``ASTModel.pooler_output`` (``pool='cls'``), or with ``pool='mean'`` the mean
+   of every token's output (class, distillation and patch tokens; not AST's: for tiny models
+   trained from scratch, whose class tokens start by seeing only an average of the patches).
 
 The classification head (AST's ``mlp_head``: LayerNorm + Linear) is not part of the encoder.
 
@@ -58,6 +60,7 @@ ENCODER_FORMAT, META_FILE, STATE_DIR = (converted.ENCODER_FORMAT, converted.META
 ARCH_FIELDS = ("width", "depth", "heads", "mlp_ratio", "patch", "fstride", "tstride",
                "layer_norm_eps", "grid", "num_bins", "frames")
 INPUTS = ("frames_bins", "bins_frames")  # ASTEncoder.input
+POOLS = ("cls", "mean")  # ASTEncoder.pool
 
 
 def patch_grid(num_bins: int, frames: int, patch: int = 16, fstride: int = 10,
@@ -100,6 +103,7 @@ class ASTEncoder(nn.Module):
     attention: str = "auto"     # transformer.ATTENTION
     remat: str = "auto"         # transformer.REMAT
     scan: bool = True
+    pool: str = "cls"           # POOLS: 'cls' (AST's) | 'mean' (every token's output)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -118,6 +122,8 @@ class ASTEncoder(nn.Module):
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.input not in INPUTS:
             raise ValueError(f"input must be one of {INPUTS}, got {self.input!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         x = jnp.asarray(x)
         shape = ((self.frames, self.num_bins) if self.input == "frames_bins"
                  else (self.num_bins, self.frames))
@@ -148,7 +154,7 @@ class ASTEncoder(nn.Module):
         tokens = self._blocks(tokens, train)
         tokens = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=jnp.float32,
                               param_dtype=jnp.float32, use_fast_variance=False,
-                              name="norm")(tokens[:, :2])
+                              name="norm")(tokens if self.pool == "mean" else tokens[:, :2])
         return tokens.mean(axis=1)
 
     def _blocks(self, tokens: jax.Array, train: bool) -> jax.Array:
@@ -183,7 +189,7 @@ def resolve(config) -> None:
     ``model.proj_hidden`` / ``proj_out`` None = ``model.width`` (Patch-Mix's projector);
     ``model.pos_embed``, ``model.attention`` and ``model.remat`` are checked."""
     for field, allowed in (("pos_embed", tuple(LAYOUTS)), ("attention", ATTENTION),
-                           ("remat", REMAT)):
+                           ("remat", REMAT), ("pool", POOLS)):
         if field in config.model and config.model[field] not in allowed:
             raise ValueError(f"config.model.{field} must be one of {allowed}, got "
                              f"{config.model[field]!r}")
@@ -206,7 +212,9 @@ def encoder(config) -> ASTEncoder:
     bins, frames = features.input_shape(config)
     eps = DEFAULT_LAYER_NORM_EPS if m.layer_norm_eps is None else float(m.layer_norm_eps)
     return ASTEncoder(width=int(m.width), depth=int(m.depth), heads=int(m.heads),
-                      num_bins=bins, frames=frames, dropout=float(m.dropout),
+                      num_bins=bins, frames=frames, fstride=int(m.get("fstride", 10)),
+                      tstride=int(m.get("tstride", 10)), pool=m.get("pool", "cls"),
+                      dropout=float(m.dropout),
                       attention_dropout=float(m.attention_dropout),
                       drop_path=float(m.drop_path), layer_norm_eps=eps,
                       dtype=jnp.dtype(m.dtype), input="bins_frames",
