@@ -193,6 +193,7 @@ def _loss_and_grads(encoder, variables, x):
     return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
 
+@pytest.mark.slow  # four compilations of the step
 def test_scan_remat_and_unrolled_blocks_agree(tiny):
     """One lax.scan over the stacked blocks, with or without recomputation, gives the unrolled
     blocks' features and gradients (float32 rounding); the parameters keep their names."""
