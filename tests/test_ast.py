@@ -44,6 +44,7 @@ def test_shapes_grid_and_variables(tiny):
         encoder.apply(variables, x[:, :50], train=False)
 
 
+@pytest.mark.slow  # compiles the encoder twice more, in bfloat16
 def test_bfloat16_compute(tiny):
     encoder, variables, x = tiny
     half = ast.ASTEncoder(**TINY, dtype=jnp.bfloat16)

@@ -62,8 +62,8 @@ def _setup(config, mesh, pretrained="load"):
     return config, model, tx, state, shape
 
 
-@pytest.mark.parametrize("method", [m if m == "ce" else pytest.param(m, marks=pytest.mark.slow)
-                                    for m in METHODS])
+@pytest.mark.slow  # one step compilation per method
+@pytest.mark.parametrize("method", METHODS)
 def test_every_method_step_lowers_its_loss_on_a_tiny_ast(method, mesh):
     name, heads = METHODS[method]
     config, model, tx, state, shape = _setup(tiny_ast_config(name, method, heads), mesh)
@@ -194,6 +194,7 @@ def _fbank_features(n=5, seconds=1.0, seed=0):
     return config, feats, waves
 
 
+@pytest.mark.slow  # the fbank of whole synthetic clips, then batches
 def test_fbank_features_and_batches():
     config, feats, waves = _fbank_features()
     samples = int(config.data.duration * audio.SAMPLE_RATE)

@@ -111,6 +111,7 @@ def test_relative_position_buckets_match_reference(reference, num, far):
     np.testing.assert_array_equal(ours, reference[f"buckets_{num}_{far}"][1000 - (n - 1):])
 
 
+@pytest.mark.slow  # statistics over many initialisations
 def test_initialisation_matches_reference_statistics(tool):
     """From scratch, every parameter is drawn as the reference draws it: per state-dict entry
     the mean and standard deviation of resp_jax's initialisation (8 seeds pooled) match the

@@ -109,6 +109,7 @@ def test_icbhi_sounds_carry_their_labels(small_icbhi):
     assert rate(clicks, (1, 3)) > 0.5 and rate(clicks, (0, 2)) < 0.1
 
 
+@pytest.mark.slow  # writes the default synthetic dataset
 def test_labels_correlate_with_demographics(defaults):
     def p_value(dataset, field):
         root = defaults / f"{dataset}-{synthetic.CACHE_VERSION}"

@@ -62,7 +62,7 @@ def mesh():
     return parallel.make_mesh(jax.devices()[:1])
 
 
-@pytest.mark.parametrize("name", [n if n in ("ce", "scl", "mscl") else
+@pytest.mark.parametrize("name", [n if n in ("ce", "mscl") else
                                   pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS])
 def test_every_method_step_lowers_its_loss_on_a_fixed_batch(name, mesh):
     config, model, state, step = _setup(name, mesh)
