@@ -15,9 +15,9 @@ from types import ModuleType
 
 import jax.numpy as jnp
 
-from resp_jax.models import ast, beats, cnn6, heads
+from resp_jax.models import ast, beats, cnn6, heads, htsat
 
-BACKBONES: dict[str, ModuleType] = {"cnn6": cnn6, "ast": ast, "beats": beats}
+BACKBONES: dict[str, ModuleType] = {"cnn6": cnn6, "ast": ast, "beats": beats, "htsat": htsat}
 DTYPES = ("float32", "bfloat16")  # model.dtype: the compute dtype (parameters stay float32)
 
 
