@@ -44,14 +44,14 @@ def windows(duration: float, window: float, hop: float) -> list:
 
 
 def segments(wav: str, annotations: str | None, window: float, hop: float,
-             dataset: str) -> tuple:
-    """``(wave at 16 kHz, rows)`` of one recording: a row per cycle or window, with its
+             dataset: str, sample_rate: int = 16000) -> tuple:
+    """``(wave at sample_rate, rows)`` of one recording: a row per cycle or window, with its
     start, end and (annotations) annotated class name; cycles starting past the end of the
     audio are left out with a warning that names them."""
     from resp_jax.data import audio, readers, records, wav_checks
 
-    wave = audio.load_any(wav)
-    duration = len(wave) / audio.SAMPLE_RATE
+    wave = audio.load_any(wav, sample_rate)
+    duration = len(wave) / sample_rate
     if annotations is None:
         return wave, [{"start": a, "end": b} for a, b in windows(duration, window, hop)]
     kind, cycles, dropped = readers.read_annotation(annotations)
@@ -80,7 +80,7 @@ def segments(wav: str, annotations: str | None, window: float, hop: float,
 def predict(run, wavs: list, annotations: list | None = None, window: float | None = None,
             hop: float | None = None) -> list:
     """One dict per cycle or window of every recording (see the module docstring)."""
-    from resp_jax.data import audio
+    from resp_jax.data import audio, prepare
 
     if annotations and len(annotations) != len(wavs):
         raise ValueError(f"{len(wavs)} --wav but {len(annotations)} --annotations; give one "
@@ -98,9 +98,10 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
     hop = float(hop or window / 2)
     out = []
     for i, wav in enumerate(wavs):
+        sr = int(run.config.data.sample_rate)  # the run's (48 kHz for CLAP's front end)
         wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
-                              run.dataset)
-        cuts = [audio.cut(wave, r["start"], r["end"]) for r in rows]
+                              run.dataset, sr)
+        cuts = [audio.cut(wave, r["start"], r["end"], sr, prepare.fade(sr)) for r in rows]
         result = run.classify_waves(cuts, [r.get("label", -1) for r in rows], source=str(wav))
         for k, (row, p) in enumerate(zip(rows, result["probabilities"])):
             record = {"wav": wav, "index": k, "start": round(row["start"], 4),
