@@ -115,11 +115,11 @@ def opera_probe(config):
 
 def htsat_quick(config):
     """`quick` for the HTS-AT configs: a tiny HTS-AT from scratch (16-wide first stage, two
-    stages of 2 blocks with 2 and 4 heads, 8 x 8 patches on the 256 x 256 image: a 32 x 32
-    token map, windows of 8; CLAP's projection to 64 when the recipe has one), 4 s clips,
+    stages of 2 blocks with 2 and 4 heads, 16 x 16 patches on the 256 x 256 image: a 16 x 16
+    token map, windows of 4; CLAP's projection to 64 when the recipe has one), 4 s clips,
     batch 32, 20 epochs at lr 1e-3 with one cosine decay; the recipe's other settings stay."""
-    config.model.htsat.update(embed_dim=16, depths=(2, 2), heads=(2, 4), patch_size=8,
-                              patch_stride=8, window_size=8)
+    config.model.htsat.update(embed_dim=16, depths=(2, 2), heads=(2, 4), patch_size=16,
+                              patch_stride=16, window_size=4)
     if config.data.frontend == "clap":
         config.model.htsat.projection_dim = 64
     else:

@@ -80,28 +80,30 @@ def schedule(config, steps_per_epoch: int) -> Callable:
     return rate
 
 
-def adam_l2(learning_rate, weight_decay: float, b1: float = 0.9, b2: float = 0.999, *,
-            head_weight_decay: float | None = None,
-            clip_norm: float = 0.0) -> optax.GradientTransformation:
-    """PyTorch ``Adam(lr, betas=(b1, b2), weight_decay=wd)``.
-
-    ``head_weight_decay``: another L2 for every parameter outside ``encoder`` (the classifier
-    and projectors); ``clip_norm`` > 0 clips the global norm of the gradient, L2 included,
-    before Adam (OPERA's fine-tuning: an explicit L2 term in the loss, then Lightning's
-    gradient_clip_val).
-    """
+def l2_and_clip(weight_decay: float, head_weight_decay: float | None = None,
+                clip_norm: float = 0.0) -> optax.GradientTransformation:
+    """What Adam sees added to and done with the gradient first: the L2 term wd x param
+    (``head_weight_decay``: another one for every parameter outside ``encoder``, the
+    classifier and projectors), then, with ``clip_norm`` > 0, the global norm clipped (OPERA's
+    fine-tuning: an explicit L2 term in the loss, then Lightning's gradient_clip_val)."""
     if head_weight_decay is None or head_weight_decay == weight_decay:
         decay = [optax.add_decayed_weights(weight_decay)]
     else:
-        def encoder_mask(params):
-            return {k: jax.tree.map(lambda _: k == "encoder", v) for k, v in params.items()}
-
-        def head_mask(params):
-            return {k: jax.tree.map(lambda _: k != "encoder", v) for k, v in params.items()}
-        decay = [optax.add_decayed_weights(weight_decay, mask=encoder_mask),
-                 optax.add_decayed_weights(head_weight_decay, mask=head_mask)]
+        def mask(encoder: bool):
+            return lambda params: {k: jax.tree.map(lambda _: (k == "encoder") == encoder, v)
+                                   for k, v in params.items()}
+        decay = [optax.add_decayed_weights(weight_decay, mask=mask(True)),
+                 optax.add_decayed_weights(head_weight_decay, mask=mask(False))]
     clip = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
-    return optax.chain(*decay, *clip, optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8),
+    return optax.chain(*decay, *clip)
+
+
+def adam_l2(learning_rate, weight_decay: float, b1: float = 0.9, b2: float = 0.999, *,
+            head_weight_decay: float | None = None,
+            clip_norm: float = 0.0) -> optax.GradientTransformation:
+    """PyTorch ``Adam(lr, betas=(b1, b2), weight_decay=wd)``, with `l2_and_clip`'s options."""
+    return optax.chain(l2_and_clip(weight_decay, head_weight_decay, clip_norm),
+                       optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8),
                        optax.scale_by_learning_rate(learning_rate))
 
 

@@ -48,7 +48,7 @@ import numpy as np
 from resp_jax.models import converted
 from resp_jax.models.beats_layers import torch_default_bias_init, torch_default_init
 from resp_jax.models.cnn6 import BatchNorm
-from resp_jax.models.htsat_layers import PatchMerging, SwinBlock, bicubic_matrix, trunc_normal
+from resp_jax.models.htsat_layers import PatchMerging, SwinBlock, stretch, trunc_normal
 from resp_jax.models.transformer import REMAT, remat_choice
 
 INPUTS = ("frames_bins", "bins_frames")  # HTSATEncoder.input
@@ -138,8 +138,7 @@ class HTSATEncoder(nn.Module):
                              f"{self.input!r}), got shape {x.shape}")
         x = BatchNorm(name="bn0")(x.astype(jnp.float32), train, mask)  # per mel bin
         if x.shape[1] < target:
-            x = jnp.einsum("ot,btf->bof", jnp.asarray(bicubic_matrix(x.shape[1], target),
-                                                      jnp.float32), x)
+            x = stretch(x, target)
         b, ratio, mel = x.shape[0], self.freq_ratio, self.num_mel_bins
         image = x.reshape(b, ratio, self.spec_size, mel).transpose(0, 1, 3, 2)
         image = image.reshape(b, ratio * mel, self.spec_size, 1).astype(self.dtype)

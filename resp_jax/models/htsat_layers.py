@@ -65,10 +65,11 @@ def merge(windows, window: int, height: int, width: int):
 
 
 @functools.lru_cache(maxsize=None)
-def bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """[size_out, size_in] float64: PyTorch's ``interpolate(mode='bicubic', align_corners=True)``
-    along one axis (Keys' cubic, A = -0.75, source index i (in - 1) / (out - 1), neighbours
-    clamped to the edges), as HTS-AT stretches a spectrogram's frames to its input length."""
+def bicubic_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(index [size_out, 4] int32, weight [size_out, 4] float64): PyTorch's
+    ``interpolate(mode='bicubic', align_corners=True)`` along one axis as four taps per output
+    (Keys' cubic, A = -0.75, source position i (in - 1) / (out - 1), neighbours clamped to the
+    edges), as HTS-AT stretches a spectrogram's frames to its input length."""
     a = -0.75
     scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
     src = np.arange(size_out) * scale
@@ -80,13 +81,18 @@ def bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
 
     def far(d):  # 1 < |d| < 2
         return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
-    out = np.zeros((size_out, size_in))
-    for k in range(4):
-        np.add.at(out, (np.arange(size_out), np.clip(base + k - 1, 0, size_in - 1)),
-                  weights[:, k])
-    out.setflags(write=False)
-    return out
+    weight = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    index = np.clip(base[:, None] + np.arange(-1, 3)[None, :], 0, size_in - 1).astype(np.int32)
+    index.setflags(write=False)
+    weight.setflags(write=False)
+    return index, weight
+
+
+def stretch(x, size_out: int):
+    """``x [B, T, F]`` stretched to ``[B, size_out, F]`` along T (`bicubic_taps`)."""
+    index, weight = bicubic_taps(x.shape[1], size_out)
+    taps = jnp.take(x, jnp.asarray(index), axis=1)  # [B, out, 4, F]
+    return jnp.einsum("botf,ot->bof", taps, jnp.asarray(weight, x.dtype))
 
 
 def drop_path(x, rate, key):
