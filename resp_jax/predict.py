@@ -80,7 +80,7 @@ def segments(wav: str, annotations: str | None, window: float, hop: float,
 def predict(run, wavs: list, annotations: list | None = None, window: float | None = None,
             hop: float | None = None) -> list:
     """One dict per cycle or window of every recording (see the module docstring)."""
-    from resp_jax.data import audio, prepare
+    from resp_jax.data import audio
 
     if annotations and len(annotations) != len(wavs):
         raise ValueError(f"{len(wavs)} --wav but {len(annotations)} --annotations; give one "
@@ -101,7 +101,7 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
         sr = int(run.config.data.sample_rate)  # the run's (48 kHz for CLAP's front end)
         wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
                               run.dataset, sr)
-        cuts = [audio.cut(wave, r["start"], r["end"], sr, prepare.fade(sr)) for r in rows]
+        cuts = [audio.cut(wave, r["start"], r["end"], sr, audio.fade_length(sr)) for r in rows]
         result = run.classify_waves(cuts, [r.get("label", -1) for r in rows], source=str(wav))
         for k, (row, p) in enumerate(zip(rows, result["probabilities"])):
             record = {"wav": wav, "index": k, "start": round(row["start"], 4),

@@ -73,6 +73,7 @@ def test_bad_inputs_are_refused():
         htsat.HTSATEncoder(**{**TINY, "heads": (3, 4)}).check()
 
 
+@pytest.mark.slow  # a compile, an orbax round trip and a config resolution: ~10 s
 def test_converted_encoder_round_trip_and_mismatch(tmp_path):
     enc = htsat.HTSATEncoder(**TINY)
     init = jax.jit(lambda key: enc.init(key, jnp.zeros((1, 8, 16)), train=False))

@@ -113,7 +113,7 @@ class Features:
         n = len(split)
         _warn_short(name, split, self.samples, self.pad, self.sample_rate)
         x = np.empty((n,) + self.input_shape, np.float32)
-        fade = audio.FADE * self.sample_rate // audio.SAMPLE_RATE  # 1/16 s
+        fade = audio.fade_length(self.sample_rate)
         for a in range(0, n, chunk):
             waves = np.stack([audio.fit(w, self.samples, self.pad, fade)
                               for w in split.audio[a:a + chunk]])

@@ -80,17 +80,12 @@ class Prepared:
                            f"expected one of {sorted(self.splits)}") from None
 
 
-def fade(sample_rate: int) -> int:
-    """The cycles' fade length at ``sample_rate``: 1/16 s (`audio.FADE` at 16 kHz)."""
-    return audio.FADE * int(sample_rate) // audio.SAMPLE_RATE
-
-
 def _decode_recording(path: str, cycles: list, sr: int = audio.SAMPLE_RATE) -> list:
     """All cycles of one recording from a single decode at ``sr`` Hz (a manifest's: any
     format)."""
     manifest = cycles and cycles[0].dataset == records.MANIFEST
     wave = audio.load_any(path, sr) if manifest else audio.load(path, sr)
-    return [audio.cut(wave, c.start, c.end, sr, fade(sr)) for c in cycles]
+    return [audio.cut(wave, c.start, c.end, sr, audio.fade_length(sr)) for c in cycles]
 
 
 def _by_recording(cycles: list) -> list:

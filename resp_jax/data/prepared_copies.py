@@ -46,7 +46,7 @@ def fingerprint(dataset: str, root, exclude=None, schema=None,
     (and so their 1/16 s fade) is part of it: each rate is a copy of its own."""
     root = Path(root)
     skip = os.path.realpath(exclude) if exclude else None
-    fade = audio.FADE * int(sample_rate) // audio.SAMPLE_RATE
+    fade = audio.fade_length(sample_rate)
     h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{int(sample_rate)}|{fade}".encode())
     if dataset == records.MANIFEST:
         h.update(root.read_bytes())
