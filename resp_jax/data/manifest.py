@@ -209,6 +209,8 @@ def read(path, *, schema: Optional[sources.Schema] = None, classes=None,
     """
     path = Path(path)
     t = table(path)
+    if schema is not None:   # its normal class need not be 'normal' (data.normal_class)
+        classes, normal_class = schema.classes, schema.classes[0]
     own, splits = describe(path, classes, normal_class, t)
     schema = schema or own
     problems = Problems(skip_bad)

@@ -36,6 +36,8 @@ REGISTRY = {
     "icbhi": "resp_jax.data.icbhi",
     "sprsound": "resp_jax.data.sprsound",
     "manifest": "resp_jax.data.manifest",
+    "sprsound_releases": "resp_jax.data.sprsound_releases",
+    "hf_lung": "resp_jax.data.hf_lung",
 }
 NAMES = tuple(REGISTRY)
 OFFICIAL = "official"   # the protocol of the dataset's own published splits
