@@ -39,7 +39,7 @@ def get_config(arg=None):
     data.name = "icbhi"            # 'icbhi', 'sprsound', 'sprsound_releases', 'hf_lung' or
                                    # 'manifest' (your own recordings): resp_jax.data.sources
     data.root = ""                 # dataset root ('manifest': PATH/manifest.csv); '' = the
-                                   # small synthetic default dataset (ICBHI, SPRSound)
+                                   # small synthetic default dataset (not for 'manifest')
     data.tfds_dir = ""             # where prepared (TFDS) data is cached;
                                    # '' = ~/.cache/resp_jax/tfds
     data.skip_bad = False          # skip (and report) unreadable files instead of failing
@@ -154,10 +154,12 @@ def get_config(arg=None):
     loss.pafa_gpal = 0.0005        # pafa: weight of the global patient alignment term
                                    # (PAFA's --lambda_gpal)
     loss.class_weighted = placeholder(bool)  # CE weighted by 1/class frequency (training split);
-                                             # None = dataset default (ICBHI yes, SPRSound no)
+                                             # None = the dataset's Source (ICBHI and
+                                             # HF_Lung yes, SPRSound no)
 
     config.train = train = config_dict.ConfigDict()
-    train.epochs = placeholder(int)   # None = dataset default (ICBHI 400, SPRSound 200)
+    train.epochs = placeholder(int)   # None = the dataset's Source (ICBHI 400, SPRSound and
+                                      # HF_Lung 200)
     train.batch_size = 128            # global batch, split over all devices (and hosts)
     train.lr = placeholder(float)     # None = 1e-4 with model.init_from, 1e-3 from scratch
     train.weight_decay = 1e-4         # L2 added to the gradient before Adam (PyTorch Adam)
