@@ -1,9 +1,10 @@
 """The experiment config, resolved and checked in one place when a run starts.
 
 configs/base.py leaves dataset- and init-dependent fields as None; `resolve` fills them from
-the dataset's `Source` (`data.name`) and `model.init_from` (docs/method.md §4-5) and checks every field against the
-allowed values, which each live with the code that uses them and are imported here, so
-`config.json` records what actually ran and a bad value fails before any data is read.
+the dataset's `Source` (`data.name`) and `model.init_from` (docs/method.md §4-5) and checks
+every field against the allowed values, which each live with the code that uses them and are
+imported here, so `config.json` records what actually ran and a bad value fails before any
+data is read.
 `check_resume` guards a run directory against resuming with another config.
 """
 

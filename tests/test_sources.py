@@ -136,11 +136,11 @@ def test_sprsound_trains_exactly_as_a_manifest_of_its_cycles(tmp_path):
     from train_helpers import tiny_config
 
     source = sources.get(name)
-    root = synthetic.write(name, tmp_path / "root", recordings=12, seed=1)
+    root = synthetic.write(name, tmp_path / "root", recordings=9, seed=1)
     csv = _as_manifest(source, root, tmp_path / "m.csv")
     runs = {}
     for data_name, data_root in ((name, root), ("manifest", csv)):
-        config = tiny_config("ce", epochs=2, train__log_every=1)
+        config = tiny_config("ce", epochs=1, train__log_every=1)
         config.data.name, config.data.root = data_name, str(data_root)
         config.data.tfds_dir = str(tmp_path / "tfds")
         config.data.classes, config.data.normal_class = source.classes, source.classes[0]

@@ -29,7 +29,7 @@ from typing import Optional
 from absl import logging
 
 from resp_jax.data import records, sources
-from resp_jax.data.wav_checks import Problems, clamp_to_audio, wav_info
+from resp_jax.data.wav_checks import Problems, fit_to_recording
 
 NAME = "hf_lung"
 CLASSES = ("Normal", "CAS", "DAS", "CAS & DAS")   # normal first: Sp is its recall
@@ -80,8 +80,8 @@ def label_of(phase: tuple, events: list) -> int:
 
 
 def _read_labels(path: Path, problems: Problems, dropped: list) -> Optional[list]:
-    """``[(line, start, end, label)]`` of one label file's phases sorted by start; None when
-    the file is unreadable."""
+    """``[(line, 'phase', start, end, label)]`` of one label file's phases sorted by start
+    (`wav_checks.fit_to_recording`'s units); None when the file is unreadable."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -116,7 +116,7 @@ def _read_labels(path: Path, problems: Problems, dropped: list) -> Optional[list
                            f"{seen[(start, end)]}; left out (docs/method.md §1.4)", number))
             continue
         seen[(start, end)] = number
-        out.append((number, start, end, label_of((start, end), events)))
+        out.append((number, "phase", start, end, label_of((start, end), events)))
     return out
 
 
@@ -125,7 +125,7 @@ def read_label_file(path) -> tuple:
     sorted by start; `DataError` naming the file and line for anything malformed."""
     dropped: list = []
     phases = _read_labels(Path(path), Problems(skip_bad=False), dropped)
-    return [(start, end, label) for _, start, end, label in phases], dropped
+    return [(start, end, label) for _, _, start, end, label in phases], dropped
 
 
 def split_dirs(root) -> dict:
@@ -158,33 +158,20 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
     for split, folder in split_dirs(root).items():
         for path in sorted(folder.glob(f"*{LABEL_SUFFIX}")):
             stem = path.name[:-len(LABEL_SUFFIX)]
-            phases = _read_labels(path, problems, dropped_here)
-            if not phases:
+            units = _read_labels(path, problems, dropped_here)
+            if not units:
                 continue
             wav_path = ""
             if not annotations_only:
-                wav = folder / f"{stem}.wav"
-                try:
-                    duration = wav_info(wav).duration
-                except records.DataError as e:
-                    problems.error(e, f"{len(phases)} phase(s) of {stem} skipped")
+                fitted = fit_to_recording(folder / f"{stem}.wav", units, problems, path, "phase")
+                if fitted is None:
                     continue
-                wav_path = str(wav)
-                kept = []
-                for number, start, end, label in phases:
-                    span = clamp_to_audio(start, end, duration)
-                    if span is None:
-                        problems.bad(path, f"phase {start:.3f}-{end:.3f} s starts at or past "
-                                           f"the end of the audio ({duration:.3f} s in "
-                                           f"{wav.name}); expected phases inside it", number)
-                        continue
-                    kept.append((number, *span, label))
-                phases = kept
+                wav_path, units = fitted
             device, patient = session(stem)
             cycles += [records.Cycle(
                 dataset=NAME, split=split, stem=stem, wav_path=wav_path, index=k,
                 patient=patient, start=start, end=end, label=label, label_name=CLASSES[label],
-                device=device) for k, (_, start, end, label) in enumerate(phases)]
+                device=device) for k, (_, _, start, end, label) in enumerate(units)]
     if dropped_here:
         logging.warning("HF_Lung: %d label(s) left out (docs/method.md §1.4), e.g. %s: %s",
                         len(dropped_here), dropped_here[0].path, dropped_here[0].reason)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from resp_jax.data import records, sources
-from resp_jax.data.wav_checks import Problems, clamp_to_audio, wav_info
+from resp_jax.data.wav_checks import Problems, fit_to_recording
 
 NAME = "icbhi"
 # Class names in label order (docs/method.md §1.1): crackles + 2 x wheezes.
@@ -319,27 +319,16 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False) -> rec
             problems.bad(path, "annotation file without cycles; expected one "
                                "'start<TAB>end<TAB>crackles<TAB>wheezes' line per cycle")
             continue
+        units = [(number, "cycle", start, end, (position, label))
+                 for number, position, start, end, label in lines]
         wav_path = ""
         if not annotations_only:
-            wav = audio_dir / f"{stem}.wav"
-            try:
-                duration = wav_info(wav).duration
-            except records.DataError as e:
-                problems.error(e, f"{len(lines)} cycle(s) of {stem} skipped")
+            fitted = fit_to_recording(audio_dir / f"{stem}.wav", units, problems, path, "cycle")
+            if fitted is None:
                 continue
-            wav_path = str(wav)
-            clamped = []
-            for number, position, start, end, label in lines:
-                span = clamp_to_audio(start, end, duration)
-                if span is None:
-                    problems.bad(path, f"cycle {start}-{end} s starts at or past the end of "
-                                       f"the audio ({duration:.3f} s in {wav.name}); expected "
-                                       "a cycle inside the recording", number)
-                    continue
-                clamped.append((number, position, span[0], span[1], label))
-            lines = clamped
+            wav_path, units = fitted
         sex, age = demographics[pid]
-        for _, position, start, end, label in lines:
+        for _, _, start, end, (position, label) in units:
             cycles.append(records.Cycle(
                 dataset=NAME, split=split, stem=stem, wav_path=wav_path,
                 index=position, patient=pid, start=start, end=end, label=label,

@@ -169,13 +169,13 @@ class Source:
         """The logical splits of ``protocol`` chosen from ``splits`` (dataset split name ->
         cycles: a prepared dataset's `prepare.Split`s, or lists of `Cycle`s):
         ``{'train': ..., 'test': ...}``. The official protocol trains on 'train' and reports
-        ``test_split`` (default: the Source's). A new protocol is a name in ``protocols`` and
+        ``test_split`` (default: `test_split_of` the splits). A new protocol is a name in ``protocols`` and
         a branch here that selects (or, with `prepare.Split.take`, subsets) cycles: the loop,
         the validation carve and the metrics stay as they are."""
         if protocol not in self.protocols:
             raise ValueError(f"{self.name} has no protocol {protocol!r}; expected one of "
                              f"{self.protocols}")
-        test = test_split or self.test_split
+        test = test_split or self.test_split_of(tuple(splits))
         for name in ("train", test):
             if name not in splits:
                 raise KeyError(f"{self.name} has no split {name!r}; expected one of "

@@ -22,7 +22,7 @@ from typing import Optional
 from absl import logging
 
 from resp_jax.data import records, sources
-from resp_jax.data.wav_checks import Problems, clamp_to_audio, wav_info
+from resp_jax.data.wav_checks import Problems, fit_to_recording
 
 NAME = "sprsound"
 # Event classes in label order (docs/method.md §1.2).
@@ -189,33 +189,25 @@ def recording_cycles(path: Path, split: str, info: dict, problems: Problems, dro
     events = _read_events(path, problems, dropped)
     if events is None:
         return []
+    units = [(None, f"event {k}", start, end, label) for k, start, end, label in events]
     wav_path = ""
-    if wavs is not None and events:
+    if wavs is not None and units:
         wav = wavs.get(path.stem)
-        try:
-            if wav is None:
-                raise records.DataError(wav_folder / f"{path.stem}.wav",
-                                        f"file not found; expected the recording of {path.name}")
-            duration = wav_info(wav).duration
-        except records.DataError as e:
-            problems.error(e, f"{len(events)} event(s) of {path.stem} skipped")
+        if wav is None:
+            problems.error(records.DataError(
+                wav_folder / f"{path.stem}.wav",
+                f"file not found; expected the recording of {path.name}"),
+                f"{len(units)} event(s) of {path.stem} skipped")
             return []
-        wav_path = str(wav)
-        kept = []
-        for k, start, end, label in events:
-            span = clamp_to_audio(start, end, duration)
-            if span is None:
-                problems.bad(path, f"event {k} ({start:.3f}-{end:.3f} s) starts at or past "
-                                   f"the end of the audio ({duration:.3f} s in "
-                                   f"{Path(wav).name}); expected events inside the recording")
-                continue
-            kept.append((k, span[0], span[1], label))
-        events = kept
+        fitted = fit_to_recording(wav, units, problems, path, "event")
+        if fitted is None:
+            return []
+        wav_path, units = fitted
     return [records.Cycle(
         dataset=dataset, split=split, stem=path.stem, wav_path=wav_path, index=index,
         patient=info["patient"], start=start, end=end, label=label, label_name=CLASSES[label],
         sex=info["sex"], age=info["age"], age_group=age_group(info["age"]),
-        location=info["location"]) for index, (_, start, end, label) in enumerate(events)]
+        location=info["location"]) for index, (_, _, start, end, label) in enumerate(units)]
 
 
 def warn_dropped(dropped: list) -> None:
