@@ -73,4 +73,5 @@ def test_inspect_counts_every_split(root):
         cycles = result.split(split)
         assert s["cycles"] == len(cycles) == sum(s["classes"].values())
         assert s["recordings"] == len({c.stem for c in cycles})
+        assert s["patients"] == len({c.patient for c in cycles} - {""})   # anonymised: not one
     assert sorted(summary["metadata"]) == ["age_group", "location", "sex"]

@@ -44,7 +44,7 @@ def summarize(dataset: str, result: records.ReadResult) -> dict:
         splits[split] = {
             "cycles": len(cycles),
             "recordings": len({c.stem for c in cycles}),
-            "patients": len({c.patient for c in cycles}),
+            "patients": len({c.patient for c in cycles} - {""}),   # known ones
             "classes": {name: labels.get(i, 0)
                         for i, name in enumerate(result.classes)},
         }
@@ -61,7 +61,7 @@ def _table(summary: dict, result: records.ReadResult, dropped: list) -> list:
     width = max(10, *(len(n) for n in names))
     lines = [f"{dataset}: {len(result.cycles)} cycles, "
              f"{len({c.stem for c in result.cycles})} recordings, "
-             f"{len({c.patient for c in result.cycles})} patients"]
+             f"{len({c.patient for c in result.cycles} - {''})} patients"]
     header = f"{'split':<12}{'cycles':>8}{'recs':>7}{'patients':>10}  " + "".join(
         f"{n:>{width + 1}}" for n in names)
     lines.append(header)

@@ -109,7 +109,7 @@ def _json_files(folders: dict) -> list:
     return out
 
 
-def _wav_index(folder: Path) -> dict:
+def wav_index(folder: Path) -> dict:
     """stem -> path of every WAV under ``folder``."""
     if not folder.is_dir():
         raise records.DataError(folder, "folder not found; expected the recordings (.wav) "
@@ -234,8 +234,8 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
     dropped_here: list = []
     wavs: dict = {}
     if not annotations_only:
-        wavs = {"train": _wav_index(folders["train_wav"])}
-        wavs["test"] = _wav_index(folders["test_wav"])
+        wavs = {"train": wav_index(folders["train_wav"])}
+        wavs["test"] = wav_index(folders["test_wav"])
 
     by_split = {s: [] for s in SPLITS}
     for split, path in _json_files(folders):

@@ -59,7 +59,7 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
     problems = Problems(skip_bad)
     dropped_here: list = []
     for split, (json_dir, wav_dir) in releases(root).items():
-        wavs = None if annotations_only else sprsound._wav_index(wav_dir)
+        wavs = None if annotations_only else sprsound.wav_index(wav_dir)
         for path in sorted(json_dir.rglob("*.json")):
             try:
                 info = sprsound.parse_stem(path.stem, LOCATIONS, anonymous=True)
