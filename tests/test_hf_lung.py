@@ -134,3 +134,20 @@ def test_synthetic_root_in_the_real_layout_and_its_inspect_counts(tmp_path):
     assert summary["metadata"]["device"] == dict(collections.Counter(
         c.device for c in result.cycles))
     json.dumps(summary)
+
+
+@pytest.mark.slow  # a TFDS preparation
+def test_prepared_copy_holds_the_phases_with_their_codes(root, tmp_path):
+    from resp_jax.data import prepare
+
+    p = prepare.load("hf_lung", root, data_dir=tmp_path / "tfds")
+    units = hf_lung.read(root).cycles
+    assert list(p.splits) == ["train", "test"] and p.schema == hf_lung.SOURCE.schema()
+    for split in p.splits:
+        want = [c for c in units if c.split == split]
+        s = p[split]
+        assert s.stem == [c.stem for c in want] and s.patient == [c.patient for c in want]
+        assert list(s.label) == [c.label for c in want]
+        assert list(s.codes["device"]) == [hf_lung.DEVICES.index(c.device) for c in want]
+        assert set(s.codes["sex"]) == {-1}                   # HF_Lung records no sex
+        assert [len(a) for a in s.audio] == [round((c.end - c.start) * 16000) for c in want]
