@@ -1,4 +1,5 @@
-"""Synthetic ICBHI 2017 and SPRSound datasets, written in the real distributed layouts, and a
+"""Synthetic datasets written in their real distributed layouts, one writer per dataset (its
+`Source` names it): ICBHI 2017, SPRSound 2022 and its later test sets, HF_Lung_V1, and a
 manifest example (README, "Your own recordings": ICBHI-like recordings listed in one CSV).
 
 They let every stage run (and be tested) without the real recordings, and they go through
@@ -11,7 +12,8 @@ the same readers as real data. The sounds are made to be learnable but not trivi
 - levels vary from obvious to faint, and some normal cycles hold a stray click or a faint
   short tone, so a model cannot key on presence alone;
 - each device colours the sound (its own frequency response, hiss, hum), and records at its
-  own sample rate (ICBHI: 4, 10 or 44.1 kHz; SPRSound 8 kHz), with 16-, 24- or 32-bit PCM;
+  own sample rate (ICBHI: 4, 10 or 44.1 kHz; SPRSound 8 kHz; HF_Lung 4 kHz), with 16-, 24-
+  or 32-bit PCM;
 - labels depend on the patient's diagnosis and age group (and so correlate with sex and age).
 
     python -m resp_jax.data.synthetic --dataset=icbhi --out=/tmp/icbhi_syn [--recordings=48]
