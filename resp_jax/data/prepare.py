@@ -5,11 +5,12 @@ root) through the readers and `audio`, and stores every cycle (cut, faded, float
 with its label, stem, patient, cycle index and the integer code of every base metadata field.
 A second run reads the cache: no decoding, no resampling, no reader.
 
-The cache key is a fingerprint of the root's contents (relative path, size and mtime of every
-file; a manifest: its CSV's content, its audio files' sizes and mtimes, and the classes and
-field values its codes follow) used as the builder config name, so changing, adding or
-removing a file makes a new prepared copy, and the root's older copies are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
-a cached load reports them too.
+The cache key is a fingerprint of the root's contents (`Source.fingerprint`: relative path,
+size and mtime of every file; a manifest: its CSV's content, its audio files' sizes and
+mtimes, and the classes and field values its codes follow) used as the builder config name,
+so changing, adding or removing a file makes a new prepared copy, and the root's older copies
+are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the
+builder's metadata, so a cached load reports them too.
 """
 
 from __future__ import annotations
@@ -26,11 +27,8 @@ from typing import Iterator
 import numpy as np
 from absl import logging
 
-from resp_jax.data import audio, metadata, prepared_copies, records
+from resp_jax.data import audio, metadata, prepared_copies, records, sources
 from resp_jax.data.prepared_copies import DEFAULT_DATA_DIR, FORMAT_VERSION
-
-_BUILDERS = {records.ICBHI: "RespJaxIcbhi", records.SPRSOUND: "RespJaxSprsound",
-             records.MANIFEST: "RespJaxManifest"}
 
 
 @dataclasses.dataclass
@@ -66,11 +64,11 @@ class Prepared:
     root: str
     splits: dict                # split name -> Split
     skipped: list               # records.Skipped
-    schema: metadata.Schema = None  # classes and field values (None: the dataset's fixed one)
+    schema: sources.Schema = None  # classes and field values (None: the dataset's fixed one)
 
     def __post_init__(self):
         if self.schema is None:
-            self.schema = metadata.fixed_schema(self.dataset)
+            self.schema = sources.get(self.dataset).schema()
 
     def __getitem__(self, split: str) -> Split:
         try:
@@ -81,10 +79,10 @@ class Prepared:
 
 
 def _decode_recording(path: str, cycles: list, sr: int = audio.SAMPLE_RATE) -> list:
-    """All cycles of one recording from a single decode at ``sr`` Hz (a manifest's: any
-    format)."""
-    manifest = cycles and cycles[0].dataset == records.MANIFEST
-    wave = audio.load_any(path, sr) if manifest else audio.load(path, sr)
+    """All cycles of one recording from a single decode at ``sr`` Hz (in any format
+    soundfile reads when the dataset's `Source` allows it, else PCM WAV)."""
+    any_format = cycles and sources.get(cycles[0].dataset).any_audio_format
+    wave = audio.load_any(path, sr) if any_format else audio.load(path, sr)
     return [audio.cut(wave, c.start, c.end, sr, audio.fade_length(sr)) for c in cycles]
 
 
@@ -175,11 +173,9 @@ def _builder_class(dataset: str):
             )
 
         def _split_generators(self, dl_manager):
-            from resp_jax.data import readers
-
             root = self._root   # a manifest's CSV; its folder is the manual dir
-            kw = {"schema": self._schema} if dataset == records.MANIFEST else {}
-            result = readers.read(dataset, root, skip_bad=self._skip_bad, **kw)
+            source = sources.get(dataset)
+            result = source.read(root, skip_bad=self._skip_bad, schema=self._schema)
             # Stored with the examples as JSON; extended while the splits are generated (TFDS
             # writes the metadata after the last split).
             skipped = [s.to_json() for s in result.skipped]
@@ -187,7 +183,7 @@ def _builder_class(dataset: str):
             self.info.metadata["skipped"] = skipped
             if self._sample_rate != audio.SAMPLE_RATE:
                 self.info.metadata["sample_rate"] = self._sample_rate
-            if dataset == records.MANIFEST:
+            if source.schema_from_data:
                 self.info.metadata["schema"] = prepared_copies.schema_json(self._schema)
             return {split: self._generate_examples(result.split(split), skipped)
                     for split in result.splits}
@@ -208,7 +204,7 @@ def _builder_class(dataset: str):
                     ex[f] = metadata.encode_base(self._schema, f, metadata.value(c, f))
                 yield f"{pos:07d}", ex
 
-    _Builder.__name__ = _Builder.__qualname__ = _BUILDERS[dataset]
+    _Builder.__name__ = _Builder.__qualname__ = "RespJax" + dataset.title().replace("_", "")
     _Builder.__module__ = __name__
     _builder_classes[dataset] = _Builder
     return _Builder
@@ -218,13 +214,10 @@ _builder_classes: dict = {}
 
 
 def _schema(dataset: str, root, schema):
-    """``schema`` or the dataset's own: fixed (ICBHI, SPRSound) or its CSV's (a manifest)."""
-    if schema is not None or dataset not in _BUILDERS:
+    """``schema`` or the dataset's own: fixed, or read from its data (a manifest's CSV)."""
+    if schema is not None:
         return schema
-    if dataset == records.MANIFEST:
-        from resp_jax.data import manifest
-        return manifest.describe(root)[0]
-    return metadata.fixed_schema(dataset)
+    return sources.get(dataset).describe(root)[0]
 
 
 def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, workers: int = 0,
@@ -233,13 +226,11 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
     of ``sample_rate``, the rate its cycles are resampled to)."""
     import tensorflow_datasets as tfds
 
-    if dataset not in _BUILDERS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(_BUILDERS)}")
+    sources.get(dataset)   # an unknown name fails here, naming the known ones
     schema = _schema(dataset, root, schema)
     data_dir = prepared_copies.data_dir_path(data_dir)
-    key = schema if dataset == records.MANIFEST else None
     config = tfds.core.BuilderConfig(name=prepared_copies.config_name(
-                                         dataset, root, data_dir, schema=key,
+                                         dataset, root, data_dir, schema=schema,
                                          sample_rate=sample_rate),
                                      version=FORMAT_VERSION,
                                      description=f"prepared from {root}")
@@ -273,16 +264,10 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
     """
     import tensorflow_datasets as tfds
 
-    root = Path(root).expanduser().resolve()
-    if dataset == records.MANIFEST:
-        if not root.is_file():
-            raise records.DataError(root, "manifest not found; expected a CSV file (README, "
-                                          "\"Your own recordings\")")
-    elif not root.is_dir():
-        raise records.DataError(root, f"dataset root not found; expected a directory with the "
-                                      f"distributed {dataset} files")
+    source = sources.get(dataset)
+    root = source.check_root(root)
     schema = _schema(dataset, root, schema)
-    manual = root.parent if dataset == records.MANIFEST else root
+    manual = source.manual_dir(root)
     b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
                 schema=schema, sample_rate=sample_rate)
     if not b.is_prepared():
@@ -311,7 +296,7 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
         raise records.DataError(
             first.path, f"{first.reason} ({len(skipped)} bad item(s) in {root}; set "
                         "data.skip_bad to skip them)", first.line)
-    names = records.SPLITS.get(dataset) or sorted(b.info.splits, key=lambda s: (s != "train", s))
+    names = source.splits or sorted(b.info.splits, key=lambda s: (s != "train", s))
     splits = {s: _read_split(b, s, schema.stored_fields) for s in names}
     return Prepared(dataset=dataset, root=str(root), splits=splits, skipped=skipped,
                     schema=schema)
