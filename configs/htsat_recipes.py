@@ -116,17 +116,21 @@ def opera_probe(config):
 def htsat_quick(config):
     """`quick` for the HTS-AT configs: a tiny HTS-AT from scratch (16-wide first stage, two
     stages of 2 blocks with 2 and 4 heads, 16 x 16 patches on the 256 x 256 image: a 16 x 16
-    token map, windows of 4; CLAP's projection to 64 when the recipe has one), 4 s clips,
-    no SpecAugment (as `ast_quick`: opera_mscl's two 40-frame time masks hide up to 63 % of
+    token map, windows of 4; CLAP's projection to 64 when the recipe has one), 4 s clips
+    (CLAP: 10 s, its whole window: with 4 s clips, tiled twice and followed by 2 s of padded
+    silence at the -100 dB floor, this model stayed at the class prior for 15 epochs, with
+    and without the weight average, dropout, the projection or gradient clipping;
+    docs/benchmarks.md), no SpecAugment (as `ast_quick`: opera_mscl's two 40-frame time masks hide up to 63 % of
     a 4 s clip, and its SupCon loss stayed at chance, 4.13, from the second epoch on),
     batch 32, 20 epochs at lr 1e-3 with one cosine decay; the recipe's other settings stay."""
     config.model.htsat.update(embed_dim=16, depths=(2, 2), heads=(2, 4), patch_size=16,
                               patch_stride=16, window_size=4)
+    config.data.duration = 4.0
     if config.data.frontend == "clap":
         config.model.htsat.projection_dim = 64
+        config.data.duration = 10.0  # CLAP's whole window: no silence padded after the clip
     else:
         config.model.htsat.update(projection_dim=0, tscam_classes=0)
-    config.data.duration = 4.0
     config.augment.prob = 0.0  # as ast_quick: 40-frame time masks hide up to 63 % of 4 s
     config.train.update(batch_size=32, epochs=20, lr=1e-3, schedule="cosine", eta_min=1e-6,
                         log_every=10)
