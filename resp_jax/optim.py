@@ -81,8 +81,9 @@ def schedule(config, steps_per_epoch: int) -> Callable:
 
 
 def l2_and_clip(weight_decay: float, head_weight_decay: float | None = None,
-                clip_norm: float = 0.0) -> optax.GradientTransformation:
-    """What Adam sees added to and done with the gradient first: the L2 term wd x param
+                clip_norm: float = 0.0) -> list:
+    """The transformations before Adam (a list, so that `adam_l2`'s chain keeps the flat
+    state layout of saved runs): the L2 term wd x param
     (``head_weight_decay``: another one for every parameter outside ``encoder``, the
     classifier and projectors), then, with ``clip_norm`` > 0, the global norm clipped (OPERA's
     fine-tuning: an explicit L2 term in the loss, then Lightning's gradient_clip_val)."""
@@ -95,14 +96,14 @@ def l2_and_clip(weight_decay: float, head_weight_decay: float | None = None,
         decay = [optax.add_decayed_weights(weight_decay, mask=mask(True)),
                  optax.add_decayed_weights(head_weight_decay, mask=mask(False))]
     clip = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
-    return optax.chain(*decay, *clip)
+    return decay + clip
 
 
 def adam_l2(learning_rate, weight_decay: float, b1: float = 0.9, b2: float = 0.999, *,
             head_weight_decay: float | None = None,
             clip_norm: float = 0.0) -> optax.GradientTransformation:
     """PyTorch ``Adam(lr, betas=(b1, b2), weight_decay=wd)``, with `l2_and_clip`'s options."""
-    return optax.chain(l2_and_clip(weight_decay, head_weight_decay, clip_norm),
+    return optax.chain(*l2_and_clip(weight_decay, head_weight_decay, clip_norm),
                        optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8),
                        optax.scale_by_learning_rate(learning_rate))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from resp_jax import configuration, optim
@@ -128,11 +129,11 @@ def test_opera_optimiser_pieces():
                                [1e-4, 1e-4, 0.99e-4, 1e-4 * 0.99 ** 3], rtol=1e-6)
     params = {"encoder": {"w": jnp.full(3, 2.0)}, "classifier": {"w": jnp.full(3, 2.0)}}
     zero = jax.tree.map(jnp.zeros_like, params)
-    pre = optim.l2_and_clip(0.1, head_weight_decay=0.5)
+    pre = optax.chain(*optim.l2_and_clip(0.1, head_weight_decay=0.5))
     grads = pre.update(zero, pre.init(params), params)[0]
     np.testing.assert_allclose(grads["encoder"]["w"], 0.2)
     np.testing.assert_allclose(grads["classifier"]["w"], 1.0)
-    pre = optim.l2_and_clip(0.1, head_weight_decay=0.5, clip_norm=1.0)
+    pre = optax.chain(*optim.l2_and_clip(0.1, head_weight_decay=0.5, clip_norm=1.0))
     grads = pre.update(zero, pre.init(params), params)[0]
     norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads))))
     np.testing.assert_allclose(norm, 1.0, rtol=1e-5)  # sqrt(3 (0.2^2 + 1)) > 1: clipped
