@@ -20,6 +20,7 @@ two runs it adds their paired difference, for two sweeps Welch's test (`resp_jax
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -75,7 +76,7 @@ def metrics_section(res: dict, keys: list, predictions, recomputed: dict, resamp
     lines = []
     if predictions is not None:
         from_file = predictions.scores()
-        rows.append([f"{evaluation.PREDICTIONS_FILE}"] + [_cell(from_file[k]) for k, _ in keys])
+        rows.append([evaluation.PREDICTIONS_FILE] + [_cell(from_file[k]) for k, _ in keys])
     rows.append(["recomputed from ckpt/best"] + [_cell(recomputed[k]) for k, _ in keys])
     if predictions is not None:
         ci = evaluation.bootstrap(predictions, resamples)
@@ -91,11 +92,21 @@ def metrics_section(res: dict, keys: list, predictions, recomputed: dict, resamp
     return md_table(["source"] + [h for _, h in keys], rows) + lines
 
 
+SUBGROUP_VALUES = 12  # a field with more values in the test split (a manifest's age) is left out
+
+
 def subgroup_section(predictions, schema, resamples: int, figure: Path) -> list:
     """Sp / Se / Score per value of each metadata field: a table and ``figure``."""
     if predictions is None or not predictions.fields:
         return []
-    rows = evaluation.subgroups(predictions, resamples, order=dict(schema.vocabs))
+    counts = {f: len(set(v.tolist())) for f, v in predictions.fields.items()}
+    many = [f"{f} ({n} values)" for f, n in counts.items() if n > SUBGROUP_VALUES]
+    shown = dataclasses.replace(predictions, fields={
+        f: v for f, v in predictions.fields.items() if counts[f] <= SUBGROUP_VALUES})
+    if not shown.fields:
+        return ["## Subgroups", "", f"Every metadata field has more than {SUBGROUP_VALUES} "
+                f"values in the test split: {', '.join(many)}.", ""]
+    rows = evaluation.subgroups(shown, resamples, order=dict(schema.vocabs))
     overall = predictions.scores()["score"]
     plot_subgroups(rows, overall, figure)
     lines = ["## Subgroups", "", f"![subgroups]({FIGURE_DIR}/{figure.name})", "",
@@ -104,7 +115,9 @@ def subgroup_section(predictions, schema, resamples: int, figure: Path) -> list:
              f"({resamples} resamples); n/a: the subgroup has no normal (Sp) or no abnormal "
              f"(Se) cycle. Dashed line in the figure: the overall Score ({overall:.2f}). A "
              "subgroup of few patients has a wide interval: read differences between subgroups "
-             "against them.", ""]
+             "against them."
+             + (f" Left out, with more than {SUBGROUP_VALUES} values: {', '.join(many)}."
+                if many else ""), ""]
     lines += md_table(
         ["field", "value", "cycles", "patients", "Sp", "Se", "Score"],
         [[r["field"], r["value"] or "unknown", r["cycles"], r["patients"]]

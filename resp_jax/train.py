@@ -120,8 +120,15 @@ def keep_selected(ckpts, epoch: int, outputs: dict) -> None:
         tmp.replace(path)
 
 
-def selected_outputs(ckpts, epoch: int) -> dict:
+def selected_outputs(ckpts, epoch: int) -> dict | None:
+    """The outputs `keep_selected` saved; None for a run that selected its epoch before
+    they were kept (it ends without predictions.csv; `report` falls back to ckpt/best)."""
     path = ckpts.directory / SELECTED_OUTPUTS
+    if not path.is_file():
+        logging.warning("%s not found: this run selected epoch %d before its test outputs were "
+                        "kept; it writes no %s and no intervals", path, epoch,
+                        evaluation.PREDICTIONS_FILE)
+        return None
     with np.load(path) as saved:
         if int(saved["epoch"]) != epoch:
             raise RuntimeError(f"{path} holds epoch {int(saved['epoch'])}'s test outputs, but "
@@ -245,6 +252,7 @@ def train_and_evaluate(config, workdir) -> dict:
     if jax.process_index() == 0:
         if selected is None:  # selected before this process resumed the run
             selected = selected_outputs(ckpts, best["epoch"])
-        write_predictions(workdir, data, selected, results, config)
+        if selected is not None:
+            write_predictions(workdir, data, selected, results, config)
         logging_utils.write_json(workdir / "results.json", results)
     return results

@@ -234,3 +234,20 @@ def test_command_line(trained_runs, tmp_path):
     done = subprocess.run([sys.executable, "-m", "resp_jax.report"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "either --workdir=DIR" in done.stderr
+
+
+def test_subgroups_leave_out_fields_of_many_values(tmp_path):
+    """A manifest's free-valued column (an age in years) would make one subgroup per value:
+    it is named and left out; the other fields are tabulated and drawn."""
+    import test_evaluation
+    from resp_jax.data import metadata
+    p = test_evaluation.make_predictions(patients=20)
+    p.fields["age"] = p.patient.copy()   # 20 values
+    schema = metadata.Schema("manifest", p.classes, (("sex", ("M", "F")), ("age", ())))
+    lines = report.subgroup_section(p, schema, 100, tmp_path / "subgroups.png")
+    text = "\n".join(lines)
+    assert "Left out, with more than 12 values: age (20 values)." in text
+    assert [r[:2] for r in _table_rows(text, "sex")] == [["sex", "M"], ["sex", "F"],
+                                                         ["sex", "unknown"]]
+    assert not _table_rows(text, "age")
+    assert_real_image(tmp_path / "subgroups.png")
