@@ -36,7 +36,6 @@ SEED = 0           # every bootstrap draws from this seed: rerunning gives the s
 LEVEL = 95.0       # percent coverage of every interval
 FIXED = ("stem", "index", "start", "end", "patient")  # then the metadata fields
 TRUE, PREDICTED, PROB = "annotated", "predicted", "p_"  # then one p_<class> per class
-INTERVAL_METRICS = ("sp", "se", "score", "hs", "sprsound_score")
 
 
 @dataclasses.dataclass
@@ -46,8 +45,8 @@ class Predictions:
     classes: tuple
     stem: np.ndarray           # str [n]: recording
     index: np.ndarray          # int [n]: the cycle's position in its recording
-    start: np.ndarray          # float [n]: annotated start and end (s); NaN unknown
-    end: np.ndarray
+    start: np.ndarray          # float [n]: start and end (s) as cut (the end clamped to the
+    end: np.ndarray            # audio); NaN unknown
     patient: np.ndarray        # str [n]
     fields: dict               # metadata field -> str [n] value names ('' unknown)
     label: np.ndarray          # int [n]: annotated class
@@ -96,11 +95,14 @@ def from_outputs(split, outputs: dict, schema) -> Predictions:
         probabilities=np.asarray(outputs["prob"], np.float32))
 
 
+def _header(fields, classes) -> list:
+    return list(FIXED) + list(fields) + [TRUE, PREDICTED] + [PROB + c for c in classes]
+
+
 def columns(schema) -> list:
     """The header of a predictions file; ValueError when a metadata field's name is taken by
     a fixed column (a manifest column named like a class's probability column)."""
-    header = (list(FIXED) + [f for f, _ in schema.vocabs] + [TRUE, PREDICTED]
-              + [PROB + c for c in schema.classes])
+    header = _header([f for f, _ in schema.vocabs], schema.classes)
     taken = sorted({c for c in header if header.count(c) > 1})
     if taken:
         raise ValueError(f"metadata field(s) {taken} of {schema.dataset} would share a column "
@@ -118,7 +120,7 @@ def write(path, p: Predictions) -> None:
     significant digits: the float32 values read back exactly."""
     path = Path(path)
     fields = list(p.fields)
-    header = (list(FIXED) + fields + [TRUE, PREDICTED] + [PROB + c for c in p.classes])
+    header = _header(fields, p.classes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="") as f:
@@ -149,12 +151,14 @@ def read(path, dataset: str) -> Predictions:
         raise ValueError(f"{path}: empty; expected the header of a predictions file")
     header = rows[0]
     missing = [c for c in FIXED + (TRUE, PREDICTED) if c not in header]
-    classes = tuple(c[len(PROB):] for c in header if c.startswith(PROB))
-    if missing or len(classes) < 2:
-        raise ValueError(f"{path}:1: not a predictions file (missing column(s) "
-                         f"{missing or [PROB + '<class>']})")
     col = {c: k for k, c in enumerate(header)}
-    fields = [c for c in header[len(FIXED):col[TRUE]]]
+    last = header[col[PREDICTED] + 1:] if PREDICTED in col else []
+    classes = tuple(c[len(PROB):] for c in last if c.startswith(PROB))
+    if missing or len(classes) < 2 or len(classes) != len(last):
+        raise ValueError(f"{path}:1: not a predictions file (expected the columns "
+                         f"{list(FIXED)}, metadata, {TRUE!r}, {PREDICTED!r}, then one "
+                         f"{PROB}<class> per class)")
+    fields = header[len(FIXED):col[TRUE]]
     code = {c: k for k, c in enumerate(classes)}
     table = {c: [] for c in header}
     for line, row in enumerate(rows[1:], 2):
@@ -241,8 +245,8 @@ def interval(values, level: float = LEVEL) -> list | None:
 
 
 def _resampled(cms: np.ndarray, counts: np.ndarray, dataset) -> dict:
-    c = cms.shape[-1]
-    pooled = counts @ cms.reshape(len(cms), c * c)
+    c = cms.shape[-1]  # float64 counts: exact below 2**53, and a BLAS matrix product
+    pooled = counts.astype(np.float64) @ cms.reshape(len(cms), c * c).astype(np.float64)
     return score_arrays(pooled.reshape(len(counts), c, c), dataset)
 
 
@@ -285,13 +289,14 @@ def check_same_cycles(a: Predictions, b: Predictions, names=("A", "B")) -> np.nd
             f"{len(kb)} cycles; {len(only_a)} only in {names[0]} ({show(only_a)}), "
             f"{len(only_b)} only in {names[1]} ({show(only_b)})")
     rows = np.array([where[k] for k in ka], np.int64)
-    for what, x, y in (("annotated class", a.label, b.label[rows]),
+    classes = np.asarray(a.classes)
+    for what, x, y in (("annotated class", classes[a.label], classes[b.label[rows]]),
                        ("patient", a.patient, b.patient[rows])):
         bad = np.flatnonzero(x != y)
         if bad.size:
             i = int(bad[0])
             raise ValueError(f"{names[0]} and {names[1]} differ in the {what} of {bad.size} "
-                             f"cycle(s), e.g. {a.stem[i]}#{a.index[i]}: {x[i]} vs {y[i]}")
+                             f"cycle(s), e.g. {a.stem[i]}#{a.index[i]}: {x[i]!r} vs {y[i]!r}")
     return rows
 
 

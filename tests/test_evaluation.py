@@ -234,6 +234,10 @@ def test_predictions_file_round_trip(tmp_path):
     assert back.probabilities.dtype == np.float32 and back.classes == p.classes
     assert np.array_equal(back.fields["sex"], p.fields["sex"])
     assert back.scores() == p.scores()
+    # A metadata column that starts like a probability column stays a metadata column.
+    p.fields = {"p_site": np.where(p.label > 0, "a", "")}
+    evaluation.write(path, p)
+    assert list(evaluation.read(path, "icbhi").fields) == ["p_site"]
 
 
 def test_from_outputs_names_metadata_values():
