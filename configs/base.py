@@ -5,7 +5,9 @@ Fields left as placeholders (None) are dataset- or init-dependent and are filled
 `resp_jax.configuration.resolve`, when a run starts; the resolved values are what `config.json` records.
 
 Config arguments, comma separated after the file name (`configs/mscl.py:quick,sprsound`):
-  icbhi | sprsound   the dataset (data.name; 'manifest' also needs data.root=PATH/manifest.csv);
+  icbhi | sprsound | sprsound_releases | hf_lung | manifest
+                     the dataset (data.name, `resp_jax.data.sources.NAMES`; 'manifest' also
+                     needs data.root=PATH/manifest.csv);
   quick              the README demo preset: short clips, small widths, few epochs, small batch
                      (AST configs: `ast_quick`, a tiny AST; BEATs configs: `beats_quick`).
 The AST configs (configs/ast_*.py) start from `ast_recipe`: Patch-Mix's fine-tuning recipe;
@@ -15,7 +17,7 @@ Command-line overrides come after: `--config.train.epochs=10`.
 
 from ml_collections import config_dict
 
-from resp_jax.data.records import DATASETS
+from resp_jax.data.sources import NAMES as DATASETS
 
 placeholder = config_dict.placeholder
 
@@ -34,9 +36,10 @@ def get_config(arg=None):
     config.method = "ce"
 
     config.data = data = config_dict.ConfigDict()
-    data.name = "icbhi"            # 'icbhi', 'sprsound' or 'manifest' (your own recordings)
+    data.name = "icbhi"            # 'icbhi', 'sprsound', 'sprsound_releases', 'hf_lung' or
+                                   # 'manifest' (your own recordings): resp_jax.data.sources
     data.root = ""                 # dataset root ('manifest': PATH/manifest.csv); '' = the
-                                   # small synthetic default dataset (ICBHI, SPRSound)
+                                   # small synthetic default dataset (not for 'manifest')
     data.tfds_dir = ""             # where prepared (TFDS) data is cached;
                                    # '' = ~/.cache/resp_jax/tfds
     data.skip_bad = False          # skip (and report) unreadable files instead of failing
@@ -57,8 +60,9 @@ def get_config(arg=None):
                                    # only: 'fbank' uses AST's AudioSet mean and 2 x std)
     data.norm_mean = 0.3690        # standardisation after the batch min-max (ICBHI values,
     data.norm_std = 0.0255         # reused for SPRSound as the reference code does)
-    data.test_split = placeholder(str)  # split reported as 'test'; None = 'test' (ICBHI,
-                                        # manifest), 'inter_test' (SPRSound)
+    data.test_split = placeholder(str)  # split reported as 'test'; None = the dataset's:
+                                        # 'test' (ICBHI, HF_Lung, manifest), 'inter_test'
+                                        # (SPRSound), the newest release (sprsound_releases)
     data.classes = placeholder(tuple)   # class names in label order; None = the dataset's
                                         # (manifest: the labels of its CSV); the normal class
                                         # comes first (label 0: Sp is its recall)
@@ -150,10 +154,12 @@ def get_config(arg=None):
     loss.pafa_gpal = 0.0005        # pafa: weight of the global patient alignment term
                                    # (PAFA's --lambda_gpal)
     loss.class_weighted = placeholder(bool)  # CE weighted by 1/class frequency (training split);
-                                             # None = dataset default (ICBHI yes, SPRSound no)
+                                             # None = the dataset's Source (ICBHI and
+                                             # HF_Lung yes, SPRSound no)
 
     config.train = train = config_dict.ConfigDict()
-    train.epochs = placeholder(int)   # None = dataset default (ICBHI 400, SPRSound 200)
+    train.epochs = placeholder(int)   # None = the dataset's Source (ICBHI 400, SPRSound and
+                                      # HF_Lung 200)
     train.batch_size = 128            # global batch, split over all devices (and hosts)
     train.lr = placeholder(float)     # None = 1e-4 with model.init_from, 1e-3 from scratch
     train.weight_decay = 1e-4         # L2 added to the gradient before Adam (PyTorch Adam)

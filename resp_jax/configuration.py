@@ -1,9 +1,10 @@
 """The experiment config, resolved and checked in one place when a run starts.
 
 configs/base.py leaves dataset- and init-dependent fields as None; `resolve` fills them from
-`data.name` and `model.init_from` (docs/method.md §4-5) and checks every field against the
-allowed values, which each live with the code that uses them and are imported here, so
-`config.json` records what actually ran and a bad value fails before any data is read.
+the dataset's `Source` (`data.name`) and `model.init_from` (docs/method.md §4-5) and checks
+every field against the allowed values, which each live with the code that uses them and are
+imported here, so `config.json` records what actually ran and a bad value fails before any
+data is read.
 `check_resume` guards a run directory against resuming with another config.
 """
 
@@ -17,15 +18,11 @@ import jax
 import ml_collections
 
 from resp_jax import evaluation, linear_eval, logging_utils, losses, models, optim, selection
-from resp_jax.data import audio, features, metadata, pipeline, readers, records
+from resp_jax.data import audio, features, metadata, pipeline, sources
 
-# What differs between datasets (docs/method.md §4, §5). Normalisation constants are the same for both
-# (the reference reuses ICBHI's) and live in configs/base.py. A manifest gets ICBHI's.
-DATASET_DEFAULTS = {
-    records.ICBHI: {"epochs": 400, "class_weighted": True},
-    records.SPRSOUND: {"epochs": 200, "class_weighted": False},
-    records.MANIFEST: {"epochs": 400, "class_weighted": True},
-}
+# What differs between datasets (docs/method.md §4, §5: epochs, class weighting) is each
+# Source's; the normalisation constants are the same for all (the reference reuses ICBHI's)
+# and live in configs/base.py.
 LR_PRETRAINED = 1e-4   # fine-tuning AudioSet weights
 LR_SCRATCH = 1e-3
 
@@ -67,7 +64,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A checked copy of ``config`` with every placeholder filled in."""
     config = copy.deepcopy(config)  # field types (and placeholders' types) kept
     name = config.data.name
-    _choice("data.name", name, records.DATASETS)
+    _choice("data.name", name, sources.NAMES)
     _choice("method", config.method, METHODS)
     _choice("eval.selection", config.eval.selection, selection.PROTOCOLS)
     _choice("train.schedule", config.train.schedule, optim.SCHEDULES)
@@ -103,17 +100,17 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise ValueError(f"config.model.{field} must be set for model "
                              f"{config.model.name!r}")
 
-    defaults = DATASET_DEFAULTS[name]
+    source = sources.get(name)
     if config.train.epochs is None:
-        config.train.epochs = defaults["epochs"]
+        config.train.epochs = source.epochs
     if config.loss.class_weighted is None:
-        config.loss.class_weighted = defaults["class_weighted"]
+        config.loss.class_weighted = source.class_weighted
     if config.train.lr is None:
         config.train.lr = LR_PRETRAINED if config.model.init_from else LR_SCRATCH
-    # Classes, metadata fields and splits: fixed for ICBHI and SPRSound, a manifest's from
-    # its CSV; recorded here so config.json says what every code meant.
-    schema, splits, normal = readers.describe(name, config.data.root, config.data.classes,
-                                              config.data.normal_class)
+    # Classes, metadata fields and splits: fixed, or read from the data (a manifest's CSV);
+    # recorded here so config.json says what every code meant.
+    schema, splits, normal = source.describe(config.data.root, config.data.classes,
+                                             config.data.normal_class)
     config.data.classes = schema.classes
     config.data.normal_class = normal
     config.data.fields = schema.to_config()
@@ -122,7 +119,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"{config.data.root}: no 'train' split (splits found: "
                          f"{', '.join(splits) or 'none'}); training needs one")
     if config.data.test_split is None:
-        config.data.test_split = records.TEST_SPLIT.get(name, "test")
+        config.data.test_split = source.test_split_of(splits)
     _choice("data.test_split", config.data.test_split, [s for s in splits if s != "train"])
     if config.eval.selection == "val" and selection.VAL_SPLIT in splits:
         raise ValueError(f"{config.data.root} has a split named {selection.VAL_SPLIT!r}, and "

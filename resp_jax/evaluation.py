@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from resp_jax import metrics
-from resp_jax.data.records import SPRSOUND
+from resp_jax.data import sources
 
 PREDICTIONS_FILE = "predictions.csv"
 RESAMPLES = 2000   # bootstrap resamples by default (config eval.bootstrap_resamples)
@@ -229,7 +229,7 @@ def score_arrays(cm, dataset: str | None = None) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         hs = np.where(se + sp > 0, 2 * se * sp / (se + sp), np.where(np.isnan(se + sp), np.nan, 0))
     out = {"sp": sp, "se": se, "score": (se + sp) / 2, "hs": hs}
-    if dataset == SPRSOUND:
+    if dataset is not None and sources.get(dataset).sprsound_score:
         out["sprsound_score"] = (out["score"] + hs) / 2
     return out
 

@@ -3,8 +3,9 @@
     python -m resp_jax.predict --workdir=DIR --wav=FILE [--annotations=FILE] [--csv=OUT]
     python -m resp_jax.predict --workdir=DIR --wav=FILE [--window=8] [--hop=4] [--csv=OUT]
 
-With ``--annotations`` (an ICBHI ``.txt`` cycle file or a SPRSound ``.json`` event file) each
-annotated cycle is classified, and its annotated class is printed beside the prediction;
+With ``--annotations`` (an ICBHI ``.txt`` cycle file, a SPRSound ``.json`` event file, an
+HF_Lung ``_label.txt`` file: `sources.by_annotation`) each annotated cycle is classified,
+and its annotated class is printed beside the prediction;
 without, the recording is cut into windows of ``--window`` seconds (default and most: the
 run's ``data.duration``, the clip length the model sees) every ``--hop`` seconds (default:
 half a window), the last one ending at the end of the recording.
@@ -50,17 +51,18 @@ def windows(duration: float, window: float, hop: float) -> list:
 
 
 def segments(wav: str, annotations: str | None, window: float, hop: float,
-             dataset: str) -> tuple:
+             classes=()) -> tuple:
     """``(wave at 16 kHz, rows)`` of one recording: a row per cycle or window, with its
-    start, end and (annotations) annotated class name; cycles starting past the end of the
-    audio are left out with a warning that names them."""
-    from resp_jax.data import audio, readers, records, wav_checks
+    start, end and (annotations) annotated class name and its index in ``classes`` (the
+    run's; -1 when not among them); cycles starting past the end of the audio are left out
+    with a warning that names them."""
+    from resp_jax.data import audio, readers, wav_checks
 
     wave = audio.load_any(wav)
     duration = len(wave) / audio.SAMPLE_RATE
     if annotations is None:
         return wave, [{"start": a, "end": b} for a, b in windows(duration, window, hop)]
-    kind, cycles, dropped = readers.read_annotation(annotations)
+    source, cycles, dropped = readers.read_annotation(annotations)
     for d in dropped:
         logging.warning("%s: %s (left out)", d.path, d.reason)
     rows, past = [], []
@@ -69,11 +71,9 @@ def segments(wav: str, annotations: str | None, window: float, hop: float,
         if clamped is None:
             past.append(k)
             continue
-        row = {"start": clamped[0], "end": clamped[1],
-               "annotated": records.CLASSES[kind][label]}  # the annotation format's
-        if kind == dataset:
-            row["label"] = label
-        rows.append(row)
+        name = source.classes[label]   # the annotation format's class
+        rows.append({"start": clamped[0], "end": clamped[1], "annotated": name,
+                     "label": classes.index(name) if name in classes else -1})
     if past:
         logging.warning("%s: %d annotated cycle(s) start after the end of %s (%.2f s) and are "
                         "left out: cycles %s (0-based, in file order)", annotations, len(past),
@@ -126,7 +126,7 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
     out = []
     for i, wav in enumerate(wavs):
         wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
-                              run.dataset)
+                              run.classes)
         found = from_run(own, wav, rows)
         if found is not None:
             logging.info("%s: one of the run's test recordings; its %d cycles' predictions "
@@ -138,10 +138,10 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
             probabilities = run.classify_waves(cuts, [r.get("label", -1) for r in rows],
                                                source=str(wav))["probabilities"]
             predicted = probabilities.argmax(axis=-1)
-        for k, (row, p, c) in enumerate(zip(rows, probabilities, predicted)):
+        for k, (row, p, choice) in enumerate(zip(rows, probabilities, predicted)):
             record = {"wav": wav, "index": k, "start": round(row["start"], 4),
                       "end": round(row["end"], 4),
-                      "predicted": run.classes[int(c)],
+                      "predicted": run.classes[int(choice)],
                       "probabilities": {c: round(float(v), 6) for c, v in zip(run.classes, p)}}
             if "annotated" in row:
                 record["annotated"] = row["annotated"]
@@ -229,8 +229,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "A finished run (resp_jax.main --workdir).")
     flags.DEFINE_multi_string("wav", None, "Recording(s) to classify (repeat the flag).")
     flags.DEFINE_multi_string(
-        "annotations", None, "Cycle annotations per --wav, in the same order: ICBHI .txt or "
-        "SPRSound .json. Without them, sliding windows are classified.")
+        "annotations", None, "Cycle annotations per --wav, in the same order: ICBHI .txt, "
+        "SPRSound .json or HF_Lung _label.txt. Without them, sliding windows are classified.")
     flags.DEFINE_float("window", None, "Window length in seconds (no annotations); "
                        "default: the run's data.duration.", lower_bound=0.1)
     flags.DEFINE_float("hop", None, "Seconds between window starts (no annotations); "

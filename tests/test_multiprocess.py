@@ -155,8 +155,8 @@ def test_processes_making_the_default_dataset_at_once_keep_the_one_that_finished
     reading)."""
     import shutil
 
-    from resp_jax.data import synthetic
-    monkeypatch.setitem(synthetic.DEFAULT_DATASET_RECORDINGS, "icbhi", 4)
+    from resp_jax.data import sources, synthetic
+    monkeypatch.setattr(sources.get("icbhi"), "synthetic_default", 4)
     target = tmp_path / f"icbhi-{synthetic.CACHE_VERSION}"
     write = synthetic.write
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from resp_jax.data import audio, metadata, prepare, prepared_copies, readers, records, synthetic
+from resp_jax.data import (audio, icbhi, metadata, prepare, prepared_copies, readers, records,
+                           synthetic)
 from resp_jax.data.records import DataError
 
 
@@ -60,10 +61,10 @@ def _assert_same(a, b):
 def test_prepared_cycles_are_cut_from_16k_recordings(icbhi_root, tmp_path):
     p = prepare.load("icbhi", icbhi_root, data_dir=tmp_path / "tfds")
     result = readers.read("icbhi", icbhi_root)
-    assert p.skipped == [] and set(p.splits) == set(records.SPLITS["icbhi"])
+    assert p.skipped == [] and set(p.splits) == set(icbhi.SPLITS)
     assert sum(len(s) for s in p.splits.values()) == len(result.cycles) > 0
     decoded = {}
-    for split in records.SPLITS["icbhi"]:
+    for split in icbhi.SPLITS:
         cycles, s = result.split(split), p[split]
         assert len(s) == len(cycles)
         assert s.stem == [c.stem for c in cycles] and s.patient == [c.patient for c in cycles]

@@ -29,7 +29,7 @@ class SplitFeatures:
     stem: list
     patient: list
     index: np.ndarray | None = None  # int32 [n]: cycle position in its recording
-    start: np.ndarray | None = None  # float64 [n]: annotated start and end (s); NaN unknown
+    start: np.ndarray | None = None  # float64 [n]: start and end (s) as cut; NaN unknown
     end: np.ndarray | None = None
 
     def __len__(self) -> int:

@@ -2,15 +2,16 @@
 
 One TFDS builder per dataset reads the distributed files from a manual directory (the data
 root) through the readers and `audio`, and stores every cycle (cut, faded, float32, 16 kHz)
-with its label, stem, patient, cycle index, annotated start and end (s) and the integer code
+with its label, stem, patient, cycle index, start and end (s, as cut) and the integer code
 of every base metadata field.
 A second run reads the cache: no decoding, no resampling, no reader.
 
-The cache key is a fingerprint of the root's contents (relative path, size and mtime of every
-file; a manifest: its CSV's content, its audio files' sizes and mtimes, and the classes and
-field values its codes follow) used as the builder config name, so changing, adding or
-removing a file makes a new prepared copy, and the root's older copies are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
-a cached load reports them too.
+The cache key is a fingerprint of the root's contents (`Source.fingerprint`: relative path,
+size and mtime of every file; a manifest: its CSV's content, its audio files' sizes and
+mtimes, and the classes and field values its codes follow) used as the builder config name,
+so changing, adding or removing a file makes a new prepared copy, and the root's older copies
+are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the
+builder's metadata, so a cached load reports them too.
 """
 
 from __future__ import annotations
@@ -27,11 +28,8 @@ from typing import Iterator
 import numpy as np
 from absl import logging
 
-from resp_jax.data import audio, metadata, prepared_copies, records
+from resp_jax.data import audio, metadata, prepared_copies, records, sources
 from resp_jax.data.prepared_copies import DEFAULT_DATA_DIR, FORMAT_VERSION
-
-_BUILDERS = {records.ICBHI: "RespJaxIcbhi", records.SPRSOUND: "RespJaxSprsound",
-             records.MANIFEST: "RespJaxManifest"}
 
 
 @dataclasses.dataclass
@@ -42,7 +40,7 @@ class Split:
     stem: list                  # recording stem per cycle
     patient: list               # patient id per cycle
     index: np.ndarray           # int32 [n]: cycle position in its recording's annotations
-    start: np.ndarray = None    # float64 [n]: annotated start and end (s) of each cycle;
+    start: np.ndarray = None    # float64 [n]: start and end (s) of each cycle as cut;
     end: np.ndarray = None      # None for cycles that are no dataset's (resp_jax.predict)
 
     def __len__(self) -> int:
@@ -71,11 +69,11 @@ class Prepared:
     root: str
     splits: dict                # split name -> Split
     skipped: list               # records.Skipped
-    schema: metadata.Schema = None  # classes and field values (None: the dataset's fixed one)
+    schema: sources.Schema = None  # classes and field values (None: the dataset's fixed one)
 
     def __post_init__(self):
         if self.schema is None:
-            self.schema = metadata.fixed_schema(self.dataset)
+            self.schema = sources.get(self.dataset).schema()
 
     def __getitem__(self, split: str) -> Split:
         try:
@@ -86,9 +84,10 @@ class Prepared:
 
 
 def _decode_recording(path: str, cycles: list) -> list:
-    """All cycles of one recording from a single decode (a manifest's: any format)."""
-    manifest = cycles and cycles[0].dataset == records.MANIFEST
-    wave = audio.load_any(path) if manifest else audio.load(path)
+    """All cycles of one recording from a single decode (in any format soundfile reads when
+    the dataset's `Source` allows it, else PCM WAV)."""
+    any_format = cycles and sources.get(cycles[0].dataset).any_audio_format
+    wave = audio.load_any(path) if any_format else audio.load(path)
     return [audio.cut(wave, c.start, c.end) for c in cycles]
 
 
@@ -181,17 +180,15 @@ def _builder_class(dataset: str):
             )
 
         def _split_generators(self, dl_manager):
-            from resp_jax.data import readers
-
             root = self._root   # a manifest's CSV; its folder is the manual dir
-            kw = {"schema": self._schema} if dataset == records.MANIFEST else {}
-            result = readers.read(dataset, root, skip_bad=self._skip_bad, **kw)
+            source = sources.get(dataset)
+            result = source.read(root, skip_bad=self._skip_bad, schema=self._schema)
             # Stored with the examples as JSON; extended while the splits are generated (TFDS
             # writes the metadata after the last split).
             skipped = [s.to_json() for s in result.skipped]
             self.info.metadata["root"] = str(root)
             self.info.metadata["skipped"] = skipped
-            if dataset == records.MANIFEST:
+            if source.schema_from_data:
                 self.info.metadata["schema"] = prepared_copies.schema_json(self._schema)
             return {split: self._generate_examples(result.split(split), skipped)
                     for split in result.splits}
@@ -211,7 +208,7 @@ def _builder_class(dataset: str):
                     ex[f] = metadata.encode_base(self._schema, f, metadata.value(c, f))
                 yield f"{pos:07d}", ex
 
-    _Builder.__name__ = _Builder.__qualname__ = _BUILDERS[dataset]
+    _Builder.__name__ = _Builder.__qualname__ = "RespJax" + dataset.title().replace("_", "")
     _Builder.__module__ = __name__
     _builder_classes[dataset] = _Builder
     return _Builder
@@ -221,13 +218,10 @@ _builder_classes: dict = {}
 
 
 def _schema(dataset: str, root, schema):
-    """``schema`` or the dataset's own: fixed (ICBHI, SPRSound) or its CSV's (a manifest)."""
-    if schema is not None or dataset not in _BUILDERS:
+    """``schema`` or the dataset's own: fixed, or read from its data (a manifest's CSV)."""
+    if schema is not None:
         return schema
-    if dataset == records.MANIFEST:
-        from resp_jax.data import manifest
-        return manifest.describe(root)[0]
-    return metadata.fixed_schema(dataset)
+    return sources.get(dataset).describe(root)[0]
 
 
 def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, workers: int = 0,
@@ -235,13 +229,11 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
     """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root``."""
     import tensorflow_datasets as tfds
 
-    if dataset not in _BUILDERS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(_BUILDERS)}")
+    sources.get(dataset)   # an unknown name fails here, naming the known ones
     schema = _schema(dataset, root, schema)
     data_dir = prepared_copies.data_dir_path(data_dir)
-    key = schema if dataset == records.MANIFEST else None
     config = tfds.core.BuilderConfig(name=prepared_copies.config_name(dataset, root, data_dir,
-                                                                      schema=key),
+                                                                      schema=schema),
                                      version=FORMAT_VERSION,
                                      description=f"prepared from {root}")
     cls = _builder_class(dataset)
@@ -271,16 +263,10 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
     """
     import tensorflow_datasets as tfds
 
-    root = Path(root).expanduser().resolve()
-    if dataset == records.MANIFEST:
-        if not root.is_file():
-            raise records.DataError(root, "manifest not found; expected a CSV file (README, "
-                                          "\"Your own recordings\")")
-    elif not root.is_dir():
-        raise records.DataError(root, f"dataset root not found; expected a directory with the "
-                                      f"distributed {dataset} files")
+    source = sources.get(dataset)
+    root = source.check_root(root)
     schema = _schema(dataset, root, schema)
-    manual = root.parent if dataset == records.MANIFEST else root
+    manual = source.manual_dir(root)
     b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
                 schema=schema)
     if not b.is_prepared():
@@ -308,7 +294,7 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
         raise records.DataError(
             first.path, f"{first.reason} ({len(skipped)} bad item(s) in {root}; set "
                         "data.skip_bad to skip them)", first.line)
-    names = records.SPLITS.get(dataset) or sorted(b.info.splits, key=lambda s: (s != "train", s))
+    names = source.splits or sorted(b.info.splits, key=lambda s: (s != "train", s))
     splits = {s: _read_split(b, s, schema.stored_fields) for s in names}
     return Prepared(dataset=dataset, root=str(root), splits=splits, skipped=skipped,
                     schema=schema)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from absl import logging
 
-from resp_jax.data import audio, manifest, metadata, records
+from resp_jax.data import audio, records, sources
 
 DEFAULT_DATA_DIR = "~/.cache/resp_jax/tfds"
 FORMAT_VERSION = "1.2.0"   # bump when what a prepared example holds (or its order) changes
@@ -25,46 +25,23 @@ BUILDER_PREFIX = "resp_jax_"  # TFDS builder name (and folder under data_dir): p
 
 
 def schema_json(schema) -> str:
-    """A manifest copy's classes and field values as its metadata records them (they fix
-    its codes, so they are part of its key)."""
-    return json.dumps({"classes": list(schema.classes),
-                       "fields": [[f, list(v)] for f, v in schema.vocabs]})
+    """A copy's classes and field values as its metadata records them when they come from
+    its data (a manifest's: they fix its codes, so they are part of its key)."""
+    return schema.to_json()
 
 
-def schema_from_json(text: str):
-    d = json.loads(text)
-    return metadata.Schema(records.MANIFEST, tuple(d["classes"]),
-                           tuple((f, tuple(v)) for f, v in d["fields"]))
+def schema_from_json(text: str, dataset: str):
+    return sources.Schema.from_json(dataset, text)
 
 
 def fingerprint(dataset: str, root, exclude=None, schema=None) -> str:
-    """A short hash of the dataset, the prepared format and every file under ``root``
-    (relative path, size, mtime), leaving out the directory ``exclude`` (a cache inside it).
-    A manifest's: its CSV's content, the size and mtime of every audio file it names, and
-    the ``schema`` (classes and field values) its codes follow."""
-    root = Path(root)
-    skip = os.path.realpath(exclude) if exclude else None
+    """A short hash of the dataset, the prepared format and what the dataset's `Source`
+    keys its copy on (`Source.fingerprint`): by default every file under ``root`` (relative
+    path, size, mtime), leaving out the directory ``exclude`` (a cache inside it); a
+    manifest's: its CSV's content, the size and mtime of every audio file it names, and the
+    ``schema`` (classes and field values) its codes follow."""
     h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{audio.SAMPLE_RATE}|{audio.FADE}".encode())
-    if dataset == records.MANIFEST:
-        h.update(root.read_bytes())
-        for path in manifest.audio_paths(root):
-            try:
-                st = os.stat(path)
-                h.update(f"\n{path}\t{st.st_size}\t{st.st_mtime_ns}".encode())
-            except OSError:
-                h.update(f"\n{path}\tmissing".encode())
-        h.update(("\n" + (schema_json(schema) if schema else "")).encode())
-        return h.hexdigest()[:20]
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames
-                             if os.path.realpath(os.path.join(dirpath, d)) != skip)
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            st = os.stat(full)
-            entries.append(f"{os.path.relpath(full, root)}\t{st.st_size}\t{st.st_mtime_ns}")
-    for e in sorted(entries):
-        h.update(e.encode() + b"\n")
+    sources.get(dataset).fingerprint(h, Path(root), exclude=exclude, schema=schema)
     return h.hexdigest()[:20]
 
 
@@ -84,7 +61,7 @@ class Copy:
     path: Path
     root: str | None   # None: no root recorded (not made by resp_jax's builder)
     size: int          # bytes
-    schema: str | None = None  # a manifest copy's `schema_json`
+    schema: str | None = None  # its `schema_json`, when its schema comes from its data
 
     @property
     def config(self) -> str:
@@ -98,7 +75,7 @@ class Copy:
 def copies(data_dir=None) -> list:
     """Every finished copy under ``data_dir``; copies still being written are left out."""
     found = []
-    for dataset in records.DATASETS:
+    for dataset in sources.NAMES:
         for info in sorted(Path(data_dir_path(data_dir), BUILDER_PREFIX + dataset)
                            .glob("*/*/dataset_info.json")):
             path = info.parent
@@ -131,9 +108,9 @@ def remove(copy: Copy) -> None:
 
 
 def remove_older(dataset: str, root, keep, data_dir=None, schema=None) -> list:
-    """Removes the copies of ``dataset`` made from ``root`` (with the same ``schema``, a
-    manifest's `schema_json`) other than ``keep`` (the copy just prepared), logging each with
-    its size; returns them."""
+    """Removes the copies of ``dataset`` made from ``root`` (with the same ``schema``: the
+    `schema_json` of one read from the data) other than ``keep`` (the copy just prepared),
+    logging each with its size; returns them."""
     keep = os.path.realpath(keep)
     older = [c for c in copies(data_dir) if c.dataset == dataset and c.root == str(root)
              and c.schema == schema and os.path.realpath(c.path) != keep]
@@ -160,7 +137,7 @@ def stale(data_dir=None) -> tuple:
         if key not in current:
             try:
                 current[key] = config_name(c.dataset, c.root, data_dir, schema=c.schema and
-                                           schema_from_json(c.schema))
+                                           schema_from_json(c.schema, c.dataset))
             except records.DataError:
                 current[key] = None
         if current[key] is None:
