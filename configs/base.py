@@ -200,6 +200,8 @@ def get_config(arg=None):
                                       # validation split carved from train), 'last'
     ev.val_fraction = 0.2             # share of training cycles (whole patients) used for 'val'
     ev.batch_size = 128               # global evaluation batch (padded and masked)
+    ev.bootstrap_resamples = 2000     # resamples of the test patients behind every 95 % interval
+                                      # (results.json, report, sweep; docs/method.md §11)
 
     return apply_args(config, arg)
 
