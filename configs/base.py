@@ -34,7 +34,7 @@ def get_config(arg=None):
     # heads of loss.heads; with a metadata head it is the paper's "SCL w/ metadata"), 'simclr'
     # (NT-Xent: head 'instance'), 'mscl' (one projector per head, weighted sum),
     # 'linear_probe' (no first stage: the linear classifier on the frozen model.init_from
-    # encoder, OPERA's benchmark protocol; docs/method.md §11).
+    # encoder, OPERA's benchmark protocol; docs/method.md §12).
     config.method = "ce"
 
     config.data = data = config_dict.ConfigDict()
@@ -55,7 +55,7 @@ def get_config(arg=None):
                                    # 'beats' (BEATs' 128-bin Kaldi fbank and normalisation,
                                    # no batch min-max: BEATs, docs/method.md §10) | 'clap'
                                    # (CLAP's 64-bin log-mel of 10 s at 48 kHz) | 'opera'
-                                   # (OPERA-CT's min-maxed 64-bin log-mel): HTS-AT, §11
+                                   # (OPERA-CT's min-maxed 64-bin log-mel): HTS-AT, §12
     data.wave_scale = 1.0          # Kaldi fbank front ends: each clip is multiplied by this
                                    # first (1.0: AST, Patch-Mix and PAFA; 32768.0 = 2**15:
                                    # upstream BEATs' preprocess)
@@ -215,6 +215,8 @@ def get_config(arg=None):
                                       # validation split carved from train), 'last'
     ev.val_fraction = 0.2             # share of training cycles (whole patients) used for 'val'
     ev.batch_size = 128               # global evaluation batch (padded and masked)
+    ev.bootstrap_resamples = 2000     # resamples of the test patients behind every 95 % interval
+                                      # (results.json, report, sweep; docs/method.md §11)
 
     return apply_args(config, arg)
 

@@ -1,7 +1,7 @@
 """CLAP's audio tower fine-tuned with cross-entropy: BTS's "Audio-CLAP" baseline
 (kaen2891/bts, Interspeech 2024, Table 2), laion/clap-htsat-unfused's HTS-AT audio tower and
 projection trained end to end on BTS's recipe (`htsat_recipes.clap_recipe`: 48 kHz, CLAP's
-log-mel, Adam 5e-5, 50 epochs, batch 8, weight average 0.5; docs/method.md §11).
+log-mel, Adam 5e-5, 50 epochs, batch 8, weight average 0.5; docs/method.md §12).
 
     python tools/convert_clap.py --checkpoint=clap-htsat-unfused/ --output=weights/clap
     python -m resp_jax.sweep --config=configs/clap_ce.py --config.data.root=ICBHI \

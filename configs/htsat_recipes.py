@@ -1,6 +1,6 @@
 """The HTS-AT recipes shared by configs/clap_*.py and configs/opera_*.py (not a config itself):
 CLAP's audio tower fine-tuned as BTS does it, OPERA-CT fine-tuned or probed as OPERA's
-benchmark does it, and `htsat_quick`, their tiny from-scratch preset (docs/method.md §11).
+benchmark does it, and `htsat_quick`, their tiny from-scratch preset (docs/method.md §12).
 
 Each function takes a config from configs/base.py and the config argument string; the
 configs load this file with runpy, as they load base.py.

@@ -2,7 +2,7 @@
 benchmarks): the respiratory foundation model's HTS-AT, pretrained contrastively on 136k
 respiratory recordings, trained end to end on ICBHI's cycles with OPERA's fine-tuning recipe
 (`htsat_recipes.opera_recipe`: OPERA's log-mel of 8.18 s, Adam 1e-4 decayed x 0.99 per epoch,
-64 epochs, batch 64, gradient clipped to 1, the best validation epoch; docs/method.md §11).
+64 epochs, batch 64, gradient clipped to 1, the best validation epoch; docs/method.md §12).
 
 No published ICBHI cycle figure: OPERA fine-tunes on ICBHI's recordings (COPD vs healthy).
 

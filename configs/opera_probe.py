@@ -1,7 +1,7 @@
 """OPERA-CT as OPERA's benchmark evaluates it: a linear probe of the frozen encoder (method
 'linear_probe': no first stage; `htsat_recipes.opera_probe`: features of 8 s clips computed
 once, a Linear head, Adam 1e-4 x 0.97 per epoch, batch 32, 64 epochs, gradient clipped to 1,
-L2 1e-5 on the head, the best validation epoch; docs/method.md §11). It needs converted
+L2 1e-5 on the head, the best validation epoch; docs/method.md §12). It needs converted
 weights: a probe of a random encoder measures the random features.
 
     python -m resp_jax.main --config=configs/opera_probe.py --config.data.root=ICBHI \

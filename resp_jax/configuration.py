@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from resp_jax import linear_eval, logging_utils, losses, models, optim, selection
+from resp_jax import evaluation, linear_eval, logging_utils, losses, models, optim, selection
 from resp_jax.data import audio, feature_store, features, metadata, pipeline, sources
 
 # What differs between datasets (docs/method.md §4, §5: epochs, class weighting) is each
@@ -30,7 +30,7 @@ ONE_STAGE = ("ce", "hybrid", "patchmix_cl", "pafa")
 TWO_STAGE = ("scl", "simclr", "mscl", "linear_probe")
 NO_HEADS = ("ce", "linear_probe")  # methods without contrastive heads
 # 'linear_probe': no first stage; the second stage's linear classifier sits on the frozen
-# encoder of model.init_from (OPERA's benchmark protocol, docs/method.md §11).
+# encoder of model.init_from (OPERA's benchmark protocol, docs/method.md §12).
 METHODS = ONE_STAGE + TWO_STAGE
 INSTANCE = losses.INSTANCE
 PATIENT = metadata.PATIENT  # pseudo-field: the patient ids of a split (PAFA's head)
@@ -121,6 +121,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.classes = schema.classes
     config.data.normal_class = normal
     config.data.fields = schema.to_config()
+    evaluation.columns(schema)  # a manifest column may not take a predictions-file column
     if "train" not in splits:
         raise ValueError(f"{config.data.root}: no 'train' split (splits found: "
                          f"{', '.join(splits) or 'none'}); training needs one")
@@ -132,7 +133,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                          "eval.selection='val' carves its own from 'train': rename that split")
 
     for key in ("train.epochs", "train.batch_size", "train.lr", "linear_eval.batch_size",
-                "eval.batch_size", "data.duration", "loss.temperature", "train.log_every"):
+                "eval.batch_size", "data.duration", "loss.temperature", "train.log_every",
+                "eval.bootstrap_resamples"):
         section, field = key.split(".")
         if key != "train.epochs" or config.method != "linear_probe":
             _positive(key, config[section][field])
@@ -210,8 +212,8 @@ def _check_pafa(config, names) -> None:
                          "returns its tokens)")
 
 
-# Fields a resumed run may change: they do not affect the results.
-RESUME_MAY_CHANGE = ("train.log_every", "sweep_seeds")
+# Fields a resumed run may change: they do not affect training (the bootstrap runs at the end).
+RESUME_MAY_CHANGE = ("train.log_every", "sweep_seeds", "eval.bootstrap_resamples")
 # Fields added since runs began recording config.json: a run recorded without them resumes.
 ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.frontend", "augment.policy",
                "augment.fill",

@@ -41,7 +41,7 @@ def _encode_split(encode, variables, data, split, mesh):
 
 def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
     """Fits and selects the classifier; returns (selector, classifier params of the selected
-    epoch)."""
+    epoch, that epoch's gathered test outputs: `steps.gather`)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     repl, shard = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     encode = jax.jit(lambda v, x: model.apply(v, x, False, method="encode"),
@@ -113,7 +113,7 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
     predict = jax.jit(lambda p, x, y: steps.predictions(clf.apply({"params": p}, x), y,
                                                         jnp.ones(y.shape, jnp.float32), cw))
     params, opt_state = init(state.key)
-    selector, best = selection.Selector(config.eval.selection), None
+    selector, best, best_test = selection.Selector(config.eval.selection), None, None
     for epoch in range(1, config.linear_eval.epochs + 1):
         if stop.signum:
             raise Interrupted(stop.signum, "interrupted during linear evaluation; the "
@@ -128,14 +128,14 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
             raise NonFiniteLoss(f"linear evaluation loss became {loss} at epoch {epoch}; "
                                 "lower linear_eval.lr")
         log.write({"epoch": epoch, "stage": "linear", "split": "train", "loss": loss})
-        results = {}
+        results, outputs = {}, {}
         for split in data.eval_splits:
-            results[split] = steps.scores([predict(params, *feats[split])], data.name,
-                                          data.num_classes)
+            outputs[split] = steps.gather([predict(params, *feats[split])])
+            results[split] = steps.scores(outputs[split], data.name, data.num_classes)
             log.write({"epoch": epoch, "stage": "linear", "split": split, **results[split]})
         if selector.update(epoch, results):
-            best = params
+            best, best_test = params, outputs["test"]
     logging.info("linear evaluation (%s features): %d epochs, selected epoch %d (%s): test "
                  "score %.2f", config.linear_eval.features, config.linear_eval.epochs,
                  selector.best["epoch"], selector.protocol, selector.best["test"]["score"])
-    return selector, best
+    return selector, best, best_test

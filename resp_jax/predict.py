@@ -11,6 +11,12 @@ run's ``data.duration``, the clip length the model sees) every ``--hop`` seconds
 half a window), the last one ending at the end of the recording.
 Several recordings: repeat ``--wav`` (and ``--annotations``, in the same order).
 
+The annotated cycles of one of the run's own test recordings (same stem, cycle starts, ends
+and classes) are not classified again: their predictions are read from the run's
+``predictions.csv``, the evaluation that ``results.json`` and ``report`` show (classified
+alone, a recording's cycles are min-maxed in other batches than in the run's evaluation, which
+can move a probability). ``--recompute`` classifies them anyway.
+
 Prints one JSON object per cycle or window (wav, index, start, end, predicted, probabilities,
 annotated) on stdout, and with ``--csv`` writes the same as CSV. Any format, sample rate, bit
 depth or channel count that soundfile reads is accepted (channels are averaged, audio is
@@ -77,9 +83,28 @@ def segments(wav: str, annotations: str | None, window: float, hop: float,
     return wave, rows
 
 
+def from_run(predictions, wav: str, rows: list):
+    """``[n, C]`` probabilities and ``[n]`` predicted classes of ``rows`` (the annotated
+    cycles of ``wav``) as the run's own evaluation gave them (its predictions.csv), when
+    ``wav`` is one of its test recordings and every row one of its cycles (same recording
+    stem, start and class, an end within 10 ms: ends are clamped to the audio); else None."""
+    if predictions is None or not rows or "annotated" not in rows[0]:
+        return None
+    stem = os.path.splitext(os.path.basename(wav))[0]
+    where = {float(a): i for i, (s, a) in enumerate(zip(predictions.stem, predictions.start))
+             if s == stem}
+    found = [where.get(float(r["start"])) for r in rows]
+    if None in found or any(predictions.label[i] != r.get("label", -1)
+                            or abs(predictions.end[i] - r["end"]) > 0.01
+                            for i, r in zip(found, rows)):
+        return None
+    return predictions.probabilities[found], predictions.predicted[found]
+
+
 def predict(run, wavs: list, annotations: list | None = None, window: float | None = None,
-            hop: float | None = None) -> list:
+            hop: float | None = None, recompute: bool = False) -> list:
     """One dict per cycle or window of every recording (see the module docstring)."""
+    from resp_jax import evaluation
     from resp_jax.data import audio
 
     if annotations and len(annotations) != len(wavs):
@@ -96,17 +121,29 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
                          f"run was trained on (data.duration); the model would see only the "
                          f"first {clip:g} s of each window: use --window <= {clip:g}")
     hop = float(hop or window / 2)
+    path = run.workdir / evaluation.PREDICTIONS_FILE
+    own = None if recompute or not path.is_file() else evaluation.read(path, run.dataset)
     out = []
     for i, wav in enumerate(wavs):
         sr = int(run.config.data.sample_rate)  # the run's (48 kHz for CLAP's front end)
         wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
                               run.classes, sr)
-        cuts = [audio.cut(wave, r["start"], r["end"], sr, audio.fade_length(sr)) for r in rows]
-        result = run.classify_waves(cuts, [r.get("label", -1) for r in rows], source=str(wav))
-        for k, (row, p) in enumerate(zip(rows, result["probabilities"])):
+        found = from_run(own, wav, rows)
+        if found is not None:
+            logging.info("%s: one of the run's test recordings; its %d cycles' predictions "
+                         "are the run's own (%s; --recompute classifies them anew)", wav,
+                         len(rows), path)
+            probabilities, predicted = found
+        else:
+            cuts = [audio.cut(wave, r["start"], r["end"], sr, audio.fade_length(sr))
+                    for r in rows]
+            probabilities = run.classify_waves(cuts, [r.get("label", -1) for r in rows],
+                                               source=str(wav))["probabilities"]
+            predicted = probabilities.argmax(axis=-1)
+        for k, (row, p, choice) in enumerate(zip(rows, probabilities, predicted)):
             record = {"wav": wav, "index": k, "start": round(row["start"], 4),
                       "end": round(row["end"], 4),
-                      "predicted": run.classes[int(p.argmax())],
+                      "predicted": run.classes[int(choice)],
                       "probabilities": {c: round(float(v), 6) for c, v in zip(run.classes, p)}}
             if "annotated" in row:
                 record["annotated"] = row["annotated"]
@@ -172,7 +209,8 @@ def main(argv):
         if FLAGS.csv:
             check_writable(FLAGS.csv)
         run = finished_run.load(FLAGS.workdir)
-        records = predict(run, FLAGS.wav, FLAGS.annotations, FLAGS.window, FLAGS.hop)
+        records = predict(run, FLAGS.wav, FLAGS.annotations, FLAGS.window, FLAGS.hop,
+                          FLAGS.recompute)
         if FLAGS.csv:
             write_csv(FLAGS.csv, records, run.classes)
     except (DataError, FileNotFoundError, ValueError) as e:
@@ -200,6 +238,8 @@ def _define_flags() -> None:
     flags.DEFINE_float("hop", None, "Seconds between window starts (no annotations); "
                        "default: half the window.", lower_bound=0.01)
     flags.DEFINE_string("csv", None, "Also write the predictions to this CSV file.")
+    flags.DEFINE_bool("recompute", False, "Classify the annotated cycles of the run's own test "
+                      "recordings anew instead of reading them from its predictions.csv.")
     flags.mark_flags_as_required(["workdir", "wav"])
 
 

@@ -1,4 +1,4 @@
-"""The HTS-AT encoder's own behaviour (docs/method.md §11): the scanned and unrolled stages agree,
+"""The HTS-AT encoder's own behaviour (docs/method.md §12): the scanned and unrolled stages agree,
 bfloat16 compute stays close, the frame stretch is PyTorch's bicubic interpolation, bad inputs
 and mismatched converted encoders are refused; the configs, front-end sample rates and
 prepared-copy keys around it. Parity with the references: tests/test_htsat_parity.py."""

@@ -1,4 +1,4 @@
-"""HTS-AT against its references (docs/method.md §11): CLAP's audio tower and front end
+"""HTS-AT against its references (docs/method.md §12): CLAP's audio tower and front end
 against transformers (a tiny random ClapAudioModelWithProjection saved in the hub layout here,
 ClapFeatureExtractor), OPERA-CT's against the outputs of OPERA's own code.
 

@@ -49,6 +49,8 @@ def _assert_same(a, b):
         x, y = a[s], b[s]
         assert x.stem == y.stem and x.patient == y.patient
         np.testing.assert_array_equal(x.index, y.index)
+        np.testing.assert_array_equal(x.start, y.start)
+        np.testing.assert_array_equal(x.end, y.end)
         for f in metadata.BASE_FIELDS:
             np.testing.assert_array_equal(x.codes[f], y.codes[f])
         assert len(x.audio) == len(y.audio)
@@ -67,6 +69,9 @@ def test_prepared_cycles_are_cut_from_16k_recordings(icbhi_root, tmp_path):
         assert len(s) == len(cycles)
         assert s.stem == [c.stem for c in cycles] and s.patient == [c.patient for c in cycles]
         np.testing.assert_array_equal(s.index, [c.index for c in cycles])
+        # start and end as the reader gave them, every digit (a run's predictions.csv)
+        assert s.start.tolist() == [c.start for c in cycles]
+        assert s.end.tolist() == [c.end for c in cycles]
         for f in metadata.BASE_FIELDS:
             assert s.codes[f].dtype == np.int32
             np.testing.assert_array_equal(

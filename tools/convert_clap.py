@@ -1,5 +1,5 @@
 """Converts CLAP's audio tower (Hugging Face layout) into a resp_jax HTS-AT encoder directory
-(docs/method.md §11).
+(docs/method.md §12).
 
     python tools/convert_clap.py --checkpoint=clap-htsat-unfused/ --output=DIR
 

@@ -1,5 +1,5 @@
 """Converts OPERA-CT's released Lightning checkpoint into a resp_jax HTS-AT encoder directory
-(docs/method.md §11).
+(docs/method.md §12).
 
     python tools/convert_opera.py --checkpoint=encoder-operaCT.ckpt --output=DIR
 

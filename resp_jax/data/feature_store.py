@@ -29,6 +29,8 @@ class SplitFeatures:
     stem: list
     patient: list
     index: np.ndarray | None = None  # int32 [n]: cycle position in its recording
+    start: np.ndarray | None = None  # float64 [n]: start and end (s) as cut; NaN unknown
+    end: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -38,17 +40,21 @@ class SplitFeatures:
         return self.codes["label"]
 
     @classmethod
-    def of(cls, x, codes: dict, stem=None, patient=None, index=None) -> "SplitFeatures":
+    def of(cls, x, codes: dict, stem=None, patient=None, index=None, start=None,
+           end=None) -> "SplitFeatures":
         """From a [n, bins, T] array and base-field codes (per-example extremes computed)."""
         x = np.asarray(x, np.float32)
         n = len(x)
         empty = np.zeros(0, np.float32)
+        unknown = np.full(n, np.nan)
         return cls(x=x, lo=x.min(axis=(1, 2)) if n else empty,
                    hi=x.max(axis=(1, 2)) if n else empty,
                    codes={k: np.asarray(v, np.int32) for k, v in codes.items()},
                    stem=list(stem) if stem is not None else [""] * n,
                    patient=list(patient) if patient is not None else [""] * n,
-                   index=np.asarray(index if index is not None else np.arange(n), np.int32))
+                   index=np.asarray(index if index is not None else np.arange(n), np.int32),
+                   start=np.asarray(unknown if start is None else start, np.float64),
+                   end=np.asarray(unknown if end is None else end, np.float64))
 
     def take(self, rows) -> "SplitFeatures":
         """The examples at ``rows`` (e.g. a validation split carved from training)."""
@@ -57,7 +63,9 @@ class SplitFeatures:
                              codes={k: v[rows] for k, v in self.codes.items()},
                              stem=[self.stem[i] for i in rows],
                              patient=[self.patient[i] for i in rows],
-                             index=None if self.index is None else self.index[rows])
+                             index=None if self.index is None else self.index[rows],
+                             start=None if self.start is None else self.start[rows],
+                             end=None if self.end is None else self.end[rows])
 
 
 class Features:
@@ -123,7 +131,8 @@ class Features:
                 x[a:a + len(waves)] = htsat_frontends.logmel(self.frontend, waves)
             else:
                 x[a:a + len(waves)] = features.logmel_tf(waves).numpy()
-        return SplitFeatures.of(x, split.codes, split.stem, split.patient, split.index)
+        return SplitFeatures.of(x, split.codes, split.stem, split.patient, split.index,
+                                split.start, split.end)
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -165,7 +174,7 @@ def check_sample_rate(frontend: str, sample_rate: int) -> None:
     if int(sample_rate) != want:
         raise ValueError(f"config.data.sample_rate={sample_rate}; data.frontend={frontend!r} is "
                          f"defined at {want} Hz: set data.sample_rate={want} "
-                         "(docs/method.md §2.4, §11)")
+                         "(docs/method.md §2.4, §12)")
 
 
 def _warn_short(name: str, split, samples: int, pad: str, sr: int = audio.SAMPLE_RATE) -> None:

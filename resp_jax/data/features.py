@@ -223,7 +223,7 @@ BEATS_STD = 6.55582
 
 FRONTENDS = ("logmel", "fbank", "beats") + htsat_frontends.FRONTENDS
 # CNN6's log-mel (the paper) | AST's Kaldi fbank | BEATs' Kaldi fbank (docs/method.md §10) |
-# CLAP's and OPERA-CT's log-mels (HTS-AT, §11; `resp_jax.data.htsat_frontends`)
+# CLAP's and OPERA-CT's log-mels (HTS-AT, §12; `resp_jax.data.htsat_frontends`)
 FBANK_BINS = 128
 # The Kaldi fbank front ends: window, waveform-mean removal, normalisation (mean, std).
 FBANK_FRONTENDS = {"fbank": ("hanning", True, AUDIOSET_MEAN, AUDIOSET_STD),

@@ -1,4 +1,4 @@
-"""The log-mel front ends of the HTS-AT checkpoints (docs/method.md §11): CLAP's and
+"""The log-mel front ends of the HTS-AT checkpoints (docs/method.md §12): CLAP's and
 OPERA-CT's, each as its own feature code computes it, in numpy/librosa.
 
 ``data.frontend='clap'``: transformers' ``ClapFeatureExtractor`` with the settings of

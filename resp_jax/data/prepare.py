@@ -2,7 +2,8 @@
 
 One TFDS builder per dataset reads the distributed files from a manual directory (the data
 root) through the readers and `audio`, and stores every cycle (cut, faded, float32, 16 kHz)
-with its label, stem, patient, cycle index and the integer code of every base metadata field.
+with its label, stem, patient, cycle index, start and end (s, as cut) and the integer code
+of every base metadata field.
 A second run reads the cache: no decoding, no resampling, no reader.
 
 The cache key is a fingerprint of the root's contents (`Source.fingerprint`: relative path,
@@ -39,6 +40,8 @@ class Split:
     stem: list                  # recording stem per cycle
     patient: list               # patient id per cycle
     index: np.ndarray           # int32 [n]: cycle position in its recording's annotations
+    start: np.ndarray = None    # float64 [n]: start and end (s) of each cycle as cut;
+    end: np.ndarray = None      # None for cycles that are no dataset's (resp_jax.predict)
 
     def __len__(self) -> int:
         return len(self.audio)
@@ -54,7 +57,9 @@ class Split:
                      codes={k: v[rows] for k, v in self.codes.items()},
                      stem=[self.stem[i] for i in rows],
                      patient=[self.patient[i] for i in rows],
-                     index=self.index[rows])
+                     index=self.index[rows],
+                     start=None if self.start is None else self.start[rows],
+                     end=None if self.end is None else self.end[rows])
 
 
 @dataclasses.dataclass
@@ -165,6 +170,11 @@ def _builder_class(dataset: str):
                     "stem": tfds.features.Text(),
                     "patient": tfds.features.Text(),
                     "index": np.int32,
+                    # bytes: tf.train.Example holds float32 only; these keep every digit
+                    "start": tfds.features.Tensor(shape=(), dtype=np.float64,
+                                                  encoding=tfds.features.Encoding.BYTES),
+                    "end": tfds.features.Tensor(shape=(), dtype=np.float64,
+                                                encoding=tfds.features.Encoding.BYTES),
                     "order": np.int32,
                     **fields,
                 }),
@@ -199,7 +209,7 @@ def _builder_class(dataset: str):
                     skipped.append(records.Skipped(c.wav_path, msg).to_json())
                     continue
                 ex = {"audio": wave, "stem": c.stem, "patient": c.patient,
-                      "index": c.index, "order": pos}
+                      "index": c.index, "start": c.start, "end": c.end, "order": pos}
                 for f in self._schema.stored_fields:
                     ex[f] = metadata.encode_base(self._schema, f, metadata.value(c, f))
                 yield f"{pos:07d}", ex
@@ -315,7 +325,9 @@ def _read_split(b, split: str, fields: tuple) -> Split:
     return Split(audio=[r["audio"] for r in rows], codes=codes,
                  stem=[r["stem"].decode() for r in rows],
                  patient=[r["patient"].decode() for r in rows],
-                 index=np.array([r["index"] for r in rows], np.int32).reshape(-1))
+                 index=np.array([r["index"] for r in rows], np.int32).reshape(-1),
+                 start=np.array([r["start"] for r in rows], np.float64).reshape(-1),
+                 end=np.array([r["end"] for r in rows], np.float64).reshape(-1))
 
 
 def main(argv) -> None:

@@ -20,7 +20,7 @@ from absl import logging
 from resp_jax.data import audio, records, sources
 
 DEFAULT_DATA_DIR = "~/.cache/resp_jax/tfds"
-FORMAT_VERSION = "1.1.0"   # bump when what a prepared example holds (or its order) changes
+FORMAT_VERSION = "1.2.0"   # bump when what a prepared example holds (or its order) changes
 BUILDER_PREFIX = "resp_jax_"  # TFDS builder name (and folder under data_dir): prefix + dataset
 
 

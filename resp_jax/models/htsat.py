@@ -1,4 +1,4 @@
-"""The HTS-AT encoder and its weights on disk (docs/method.md §11).
+"""The HTS-AT encoder and its weights on disk (docs/method.md §12).
 
 Why a fourth backbone: HTS-AT (Chen et al., ICASSP 2022), a hierarchical Swin Transformer on
 log-mel spectrograms, is the audio tower of LAION's CLAP (``laion/clap-htsat-unfused``, the

@@ -1,5 +1,5 @@
 """The layers of HTS-AT (`resp_jax.models.htsat`): Swin blocks with shifted-window attention and
-a relative position bias, patch merging, and the constants they need (docs/method.md §11).
+a relative position bias, patch merging, and the constants they need (docs/method.md §12).
 
 Parameter names follow the converted checkpoints (tools/convert_clap.py, tools/convert_opera.py):
 a block holds ``norm1, attn/{qkv, proj, relative_position_bias_table}, norm2, fc1, fc2``; patch
