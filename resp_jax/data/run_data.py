@@ -87,7 +87,8 @@ def load(config) -> RunData:
         root = str(synthetic.default_dataset(name))
     schema = metadata.schema(config.data)   # classes and field values (configuration.resolve)
     prepared = prepare.load(name, root, data_dir=config.data.tfds_dir or None,
-                            skip_bad=config.data.skip_bad, schema=schema)
+                            skip_bad=config.data.skip_bad, schema=schema,
+                            sample_rate=int(config.data.sample_rate))
     test_split = config.data.test_split
     # The protocol's logical splits (the official one: 'train' and data.test_split).
     chosen = sources.get(name).protocol_splits(prepared.splits, sources.OFFICIAL, test_split)
