@@ -65,11 +65,13 @@ class TrainedRun:
         [n] of evaluation batches (``x``, ``label``, ``mask``), padding rows dropped."""
         feats, probs, labels = [], [], []
         for b in batches:
-            f, p = self._forward(self.variables, jnp.asarray(b["x"]))
             keep = np.asarray(b["mask"]) > 0
+            rows = inference_rows(int(keep.sum()), len(keep))
+            f, p = self._forward(self.variables, jnp.asarray(b["x"][:rows]))
+            keep = keep[:rows]
             feats.append(np.asarray(f)[keep])
             probs.append(np.asarray(p)[keep])
-            labels.append(np.asarray(b["label"])[keep])
+            labels.append(np.asarray(b["label"])[:rows][keep])
         width = int(self.variables["params"]["classifier"]["linear"]["kernel"].shape[0])
         feats = np.concatenate(feats) if feats else np.zeros((0, width), np.float32)
         probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
@@ -97,6 +99,10 @@ class TrainedRun:
         to the run's duration and batched ``eval.batch_size`` at a time in the given order.
         ``labels`` (int, -1 unknown) are passed through; ``source`` (the recording) names the
         cycles in warnings."""
+        return self.outputs(self.wave_batches(waves, labels, source))
+
+    def wave_batches(self, waves: Sequence[np.ndarray], labels=None, source: str = ""):
+        """The evaluation batches (``x``, ``label``, ``mask``) `classify_waves` classifies."""
         from resp_jax.data import feature_store, pipeline, prepare
 
         n = len(waves)
@@ -106,8 +112,7 @@ class TrainedRun:
         config = self.inference_config()
         feats = feature_store.Features(
             prepare.Prepared(self.dataset, "", {"new": split}, [], self.schema), config)
-        return self.outputs(pipeline.eval_batches(feats, config, "new",
-                                                  global_batch=config.eval.batch_size))
+        return pipeline.eval_batches(feats, config, "new", global_batch=config.eval.batch_size)
 
     def split_outputs(self, data, split: str) -> dict:
         """`outputs` of a split of the run's dataset (``data`` from `run_data.load`), with
@@ -126,6 +131,15 @@ class TrainedRun:
                    index=np.asarray(s.index),
                    codes={k: np.asarray(v) for k, v in s.codes.items()})
         return out
+
+
+def inference_rows(real: int, batch: int) -> int:
+    """Rows of an evaluation batch worth running: its ``real`` rows (first; padding follows)
+    rounded up to a power of two, at most ``batch``. A 30-s recording's 7 windows then cost 8
+    rows instead of ``eval.batch_size`` (128), while at most log2(batch) + 1 shapes compile.
+    Padding rows take no part in the batch min-max and the models classify rows independently
+    at inference (BatchNorm uses its running statistics), so the outputs are the same."""
+    return min(batch, 1 << max(real - 1, 0).bit_length())
 
 
 def read_json(path: Path, what: str) -> dict:

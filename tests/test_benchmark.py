@@ -113,3 +113,27 @@ def test_torch_two_stage_reference_runs_the_protocol(tiny_icbhi, capsys):
     assert out["score"] == pytest.approx(scores[-1], abs=0.01)
     assert out["score_recent"] == pytest.approx(np.mean(scores), abs=0.01)
     assert out["score"] == pytest.approx((out["sp"] + out["se"]) / 2)
+
+
+def test_predict_times_resp_jax_predict_and_the_reference_forward():
+    out = _main(["predict", "--model=cnn6", "--quick", "--seconds=9", "--rounds=1"])
+    assert out["benchmark"] == "predict" and out["quick"] is True
+    (cnn6,) = out["models"]
+    # 4-s windows every 2 s over 9 s: starts 0, 2, 4, 6 (the last one reaches the end)
+    assert (cnn6["model"], cnn6["clip_s"], cnn6["windows"], cnn6["batch_rows"]) == \
+        ("cnn6", 4.0, 4, 4)
+    assert cnn6["predict_ms_per_window"] == pytest.approx(1000 * cnn6["predict_s"] / 4,
+                                                          rel=0.01)
+    for key in ("forward_ms", "torch_forward_ms", "window_ms", "torch_window_ms",
+                "jax_over_torch", "window_jax_over_torch", "predict_jax_over_torch"):
+        assert cnn6[key] > 0, key
+    assert cnn6["jax_over_torch"] == pytest.approx(
+        cnn6["torch_forward_ms"] / cnn6["forward_ms"], rel=0.01)  # one round
+    assert out["threads"] == out["torch_threads"] == out["xla_threads"]
+    assert set(out["load_avg_1min"]) == {"start", "end", "max"}
+    assert out["comparable"] == (out["load_avg_1min"]["max"] <= out["cores"])
+
+
+def test_predict_with_beats_needs_the_reference():
+    with pytest.raises(SystemExit, match="--reference=DIR"):
+        benchmark.main(["predict", "--model=all"])

@@ -131,7 +131,8 @@ def run(bench, args) -> dict:
     if args.vs_torch:
         ref = TorchASTStep(SIZES[args.ast_size], args.batch, args.frames, args.dtype)
         others["torch"] = (ref, ref.sync)
-    median = bench.time_steps(step, state, batch, others, args)
+    median, fields = bench.speed(bench.time_steps(step, state, batch, others, args),
+                                 args.batch)
     steps_per_epoch = -(-ICBHI_TRAIN // args.batch)
     evals = -(-ICBHI_TEST // args.batch)
     recipe_h = AST_EPOCHS * (steps_per_epoch * median["jax"] + evals * median["forward"]) / 3600
@@ -141,13 +142,8 @@ def run(bench, args) -> dict:
            "heads": config.model.heads, "method": args.method, "batch": args.batch,
            "frames": args.frames, "grid": list(model.encoder.grid), "dtype": args.dtype,
            "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-           "samples_per_s": round(args.batch / median["jax"], 3),
-           "step_ms": round(1000 * median["jax"], 1),
-           "forward_ms": round(1000 * median["forward"], 1),
+           **fields,
            "step_gflop": bench._sig(flops / 1e9) if flops else None,
            "achieved_tflops": bench._sig(flops / median["jax"] / 1e12) if flops else None,
            "projected_icbhi_50_epochs_h": round(recipe_h, 2), "step_memory_gb": memory_gb}
-    if "torch" in median:
-        out["torch_samples_per_s"] = round(args.batch / median["torch"], 3)
-        out["jax_over_torch"] = round(median["torch"] / median["jax"], 3)
     return out

@@ -122,7 +122,8 @@ def run(bench, args) -> dict:
         ref = TorchBEATsStep(args.reference, reference_cfg(config), args.batch, args.frames,
                              args.dtype)
         others["torch"] = (ref, ref.sync)
-    median = bench.time_steps(step, state, batch, others, args)
+    median, fields = bench.speed(bench.time_steps(step, state, batch, others, args),
+                                 args.batch)
     steps_per_epoch = ICBHI_TRAIN // args.batch  # PAFA drops the last partial batch
     evals = -(-ICBHI_TEST // args.batch)
     recipe_h = PAFA_EPOCHS * (steps_per_epoch * median["jax"] + evals * median["forward"]) / 3600
@@ -132,13 +133,8 @@ def run(bench, args) -> dict:
            "heads": config.model.heads, "method": args.method, "batch": args.batch,
            "frames": args.frames, "tokens": tokens, "dtype": args.dtype,
            "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-           "samples_per_s": round(args.batch / median["jax"], 3),
-           "step_ms": round(1000 * median["jax"], 1),
-           "forward_ms": round(1000 * median["forward"], 1),
+           **fields,
            "step_gflop": bench._sig(flops / 1e9) if flops else None,
            "achieved_tflops": bench._sig(flops / median["jax"] / 1e12) if flops else None,
            "projected_icbhi_100_epochs_h": round(recipe_h, 2)}
-    if "torch" in median:
-        out["torch_samples_per_s"] = round(args.batch / median["torch"], 3)
-        out["jax_over_torch"] = round(median["torch"] / median["jax"], 3)
     return out

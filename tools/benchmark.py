@@ -12,6 +12,8 @@
         [--batch=8] [--vs-torch]                    # tools/htsat_benchmark.py
     python tools/benchmark.py loop --method=scl --data_dir=DIR [--batch=128] [--epochs=3]
     python tools/benchmark.py conv-layers [--batch=32] [--frames=251] [--vs-torch]
+    python tools/benchmark.py predict [--model=cnn6|ast|beats|all] [--seconds=30]
+        [--reference=DIR]                           # tools/predict_benchmark.py
 
 `input`: steady-state two-view training samples per second of the tf.data pipeline
 (features cached once per run, so an epoch is shuffle + batch min-max + 2 x SpecAugment +
@@ -36,6 +38,15 @@ gradient and weight gradient, best of rounds, with GFLOP/s; `--vs-torch` adds Py
 This is where XLA:CPU's choice of convolution backend shows (resp_jax/xla_setup.py;
 `RESP_JAX_XLA_CPU_TUNING=0` gives XLA's default for comparison).
 
+`predict`: `resp_jax.predict` on a recording with full-size CNN6, AST and BEATs (random
+weights): wall time, per-window latency and the forward pass against the PyTorch reference
+forward of the same model, in the same process (tools/predict_benchmark.py).
+
+Every subcommand gives XLA:CPU and PyTorch the same number of threads (`--threads`, default
+every usable core), records the load average and each side's thread count and CPU use, and
+marks its figures not comparable when the load exceeded the cores (tools/bench_conditions.py);
+ratios are medians of per-round ratios, with their spread.
+
 `loop`: the real training loop (`train.train_and_evaluate`: input pipeline, host-side loop,
 step) for `--epochs` + 1 epochs on a dataset; reports the samples/s and the share of each
 epoch's wall time the loop waited for its input (what the run writes to TensorBoard), median
@@ -45,7 +56,7 @@ over the epochs after the first (which compiles).
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -58,7 +69,11 @@ REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("resp_jax") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(REPO / "tools"))  # the per-model benchmarks beside this file
+
+import bench_conditions  # noqa: E402
 import resp_jax  # noqa: E402,F401  (sets XLA's CPU flags before JAX starts a backend)
+from resp_jax.data import sources  # noqa: E402
 
 
 def config_for(name: str, arg: str | None = None):
@@ -118,14 +133,17 @@ def _timed(fn, sync, steps: int) -> float:
     return time.perf_counter() - t
 
 
-def median_step_seconds(runners: dict, rounds: int, steps: int) -> dict:
-    """Median seconds per call of each ``name: (fn, sync)``, timed in alternating rounds of
-    ``steps`` calls so that every runner sees the same machine load."""
+def round_seconds(runners: dict, rounds: int, steps: int, sampler=None) -> dict:
+    """Seconds per call of each ``name: (fn, sync)`` in each of ``rounds`` alternating rounds
+    of ``steps`` calls, so that every runner sees about the same machine; with a
+    `bench_conditions.Sampler`, each runner's CPU use is recorded too."""
     times = {k: [] for k in runners}
     for _ in range(rounds):
         for k, (fn, sync) in runners.items():
-            times[k].append(_timed(fn, sync, steps) / steps)
-    return {k: statistics.median_high(v) for k, v in times.items()}
+            seconds = sampler.side(k, _timed, fn, sync, steps)[0] if sampler is not None \
+                else _timed(fn, sync, steps)
+            times[k].append(seconds / steps)
+    return times
 
 
 def step_setup(config, shape: tuple, class_weights=None) -> tuple:
@@ -146,7 +164,7 @@ def step_setup(config, shape: tuple, class_weights=None) -> tuple:
 
 
 def time_steps(step, state, batch, others: dict, args, warmup: int = 1) -> dict:
-    """Median seconds per call (`median_step_seconds`) of the train ``step`` as 'jax', fed its
+    """Per-round seconds per call (`round_seconds`) of the train ``step`` as 'jax', fed its
     own output state, and of ``others`` ({name: (fn, sync)}), after ``warmup`` calls of each;
     with ``args.profile`` a jax.profiler trace of three steps is written there first."""
     import jax
@@ -163,7 +181,23 @@ def time_steps(step, state, batch, others: dict, args, warmup: int = 1) -> dict:
     if getattr(args, "profile", ""):  # for Perfetto or TensorBoard's profiler
         with jax.profiler.trace(args.profile, create_perfetto_trace=True):
             _timed(jax_step, jax.block_until_ready, 3)
-    return median_step_seconds(runners, args.rounds, args.steps)
+    return round_seconds(runners, args.rounds, args.steps, getattr(args, "sampler", None))
+
+
+def speed(times: dict, batch: int, reference: str = "torch") -> tuple[dict, dict]:
+    """(median seconds per call of each runner, the JSON's speed fields) from `time_steps`'
+    per-round times: samples/s and step time of 'jax', the forward pass's time, and with a
+    ``reference`` runner its samples/s and ``jax_over_torch``, the median of the per-round
+    ratios, with their spread (`bench_conditions.round_ratios`)."""
+    median = {k: statistics.median(v) for k, v in times.items()}
+    out = {"samples_per_s": _sig(batch / median["jax"]),
+           "step_ms": _sig(1000 * median["jax"]),
+           **({"forward_ms": _sig(1000 * median["forward"])} if "forward" in median else {})}
+    if reference in times:
+        spread = bench_conditions.round_ratios(times[reference], times["jax"])
+        out.update({"torch_samples_per_s": _sig(batch / median[reference]),
+                    "jax_over_torch": spread.pop("median"), "jax_over_torch_rounds": spread})
+    return median, out
 
 
 ICBHI_TRAIN, ICBHI_TEST, ICBHI_EPOCHS = 4142, 2756, 400  # docs/method.md §1.1, §5
@@ -198,149 +232,18 @@ TRANSFORMERS = {"ast": ("ast_benchmark", 798), "beats": ("beats_benchmark", 498)
 
 
 def run_train_step(args) -> dict:
-    if args.model in TRANSFORMERS:  # tools/<model>_benchmark.py
-        sys.path.insert(0, str(REPO / "tools"))
-        module, frames = TRANSFORMERS[args.model]
-        args.frames = args.frames or frames
-        return importlib.import_module(module).run(sys.modules[__name__], args)
-    if args.method in ("patchmix_cl", "pafa"):
-        raise SystemExit(f"--method={args.method} needs --model=ast (patchmix_cl) or "
-                         "--model=beats (pafa)")
-    args.frames = args.frames or 251
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from resp_jax import configuration, parallel
-    from resp_jax.data import metadata
-    from resp_jax.models import heads
-
-    if args.vs_torch and args.method != "scl":
-        raise SystemExit("--vs-torch compares the SupCon step (tools/torch_reference.py "
-                         "implements only that one): use it with --method=scl")
-    config = config_for(args.method)
-    config.train.batch_size = args.batch
-    config.model.channels = tuple(int(c) for c in args.channels.split(","))
-    config.model.dtype = args.dtype
-    config = configuration.resolve(config)
-    mesh, model, state, step, eval_step = step_setup(config, (64, args.frames),
-                                                     np.full(4, 0.25, np.float32))
-
-    rng = np.random.default_rng(0)
-    host = {"view1": rng.standard_normal((args.batch, 64, args.frames), np.float32),
-            "view2": rng.standard_normal((args.batch, 64, args.frames), np.float32),
-            "mask": np.ones(args.batch, np.float32)}
-    for field in configuration.fields(config):
-        host[field] = rng.integers(0, metadata.num_values("icbhi", field), args.batch)
-    batch = parallel.to_global(host, mesh)
-    eval_batch = parallel.to_global({"x": host["view1"], "label": host["label"],
-                                     "mask": host["mask"]}, mesh)
-    flops = step.lower(state, batch).compile().cost_analysis().get("flops")
-
-    # Inference variables for the forward pass: copies, since every step donates `state`.
-    classifier = heads.Classifier(4).init(jax.random.key(1),
-                                         np.zeros((1, config.model.channels[-1]), np.float32))
-    variables = jax.tree.map(jnp.copy, {"params": {**state.params,
-                                                   "classifier": classifier["params"]},
-                                        "batch_stats": state.batch_stats})
-
-    runners = {"forward": (lambda: eval_step(variables, eval_batch), jax.block_until_ready)}
-    if args.vs_torch:
-        sys.path.insert(0, str(REPO / "tools"))
-        import torch
-        import torch_reference
-
-        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        ref = torch_reference.SupConStep(args.batch, args.frames, config.model.channels,
-                                         device=device, dtype=tdtype)
-        runners["torch"] = (ref, ref.sync)
-    median = time_steps(step, state, batch, runners, args, warmup=2)
-    rate = matmul_rate(args.dtype, 2048 if jax.devices()[0].platform == "cpu" else 8192)
-    out = {"benchmark": "train-step", "method": args.method, "batch": args.batch,
-           "frames": args.frames, "dtype": args.dtype, "channels": list(config.model.channels),
-           "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-           "devices": len(jax.devices()),
-           "samples_per_s": round(args.batch / median["jax"], 2),
-           "step_ms": round(1000 * median["jax"], 2),
-           "forward_ms": round(1000 * median["forward"], 2),
-           "step_gflop": _sig(flops / 1e9) if flops else None,
-           "achieved_tflops": _sig(flops / median["jax"] / 1e12) if flops else None,
-           "matmul_tflops": _sig(rate / 1e12),
-           "fraction_of_matmul_rate": _sig(flops / median["jax"] / rate) if flops else None,
-           "projected_icbhi_400_epochs_h": round(icbhi_projection_h(
-               median["jax"], median["forward"], args.batch, args.batch,
-               configuration.is_two_stage(config)), 2)}
-    if "torch" in median:
-        out["torch_samples_per_s"] = round(args.batch / median["torch"], 2)
-        out["jax_over_torch"] = round(median["torch"] / median["jax"], 3)
-    return out
-
-
-def conv_layer_shapes(channels, mel: int, frames: int) -> list:
-    """(height, width, in, out) of each CNN6 block's 5x5 convolution (reference layout)."""
-    out, h, w, cin = [], mel, frames, 1
-    for cout in channels:
-        out.append((h, w, cin, cout))
-        h, w, cin = h // 2, w // 2, cout
-    return out
+    """tools/<model>_benchmark.py's ``run`` (CNN6: tools/cnn6_benchmark.py)."""
+    module, frames = TRANSFORMERS.get(args.model, ("cnn6_benchmark", 251))
+    args.frames = args.frames or frames
+    return importlib.import_module(module).run(sys.modules[__name__], args)
 
 
 def run_conv_layers(args) -> dict:
-    """Forward, input-gradient and weight-gradient time of each block's convolution."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+    return importlib.import_module("cnn6_benchmark").run_conv_layers(sys.modules[__name__], args)
 
-    def conv(x, w):
-        return jax.lax.conv_general_dilated(x, w, (1, 1), ((2, 2), (2, 2)),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    fns = {"forward": jax.jit(conv),
-           "input_grad": jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-           "weight_grad": jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])}
-    torch = None
-    if args.vs_torch:
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # JAX's device kind too
-        torch_sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    channels = tuple(int(c) for c in args.channels.split(","))
-    layers = []
-    for h, w, cin, cout in conv_layer_shapes(channels, 64, args.frames):
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((args.batch, h, w, cin), np.float32)
-        k = rng.standard_normal((5, 5, cin, cout), np.float32)
-        g = rng.standard_normal((args.batch, h, w, cout), np.float32)
-        gflop = 2 * args.batch * h * w * cin * cout * 25 / 1e9
-        runners = {}
-        xj, kj, gj = (jnp.asarray(a) for a in (x, k, g))
-        runners["forward"] = lambda: fns["forward"](xj, kj)
-        runners["weight_grad"] = lambda: fns["weight_grad"](xj, kj, gj)
-        if cin > 1:  # the first block's input gradient is never needed
-            runners["input_grad"] = lambda: fns["input_grad"](xj, kj, gj)
-        if torch is not None:
-            F = torch.nn.functional
-            xt, kt, gt = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in
-                          (x.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1),
-                           g.transpose(0, 3, 1, 2)))
-            runners["torch_forward"] = lambda: F.conv2d(xt, kt, padding=2)
-            runners["torch_weight_grad"] = lambda: torch.nn.grad.conv2d_weight(
-                xt, kt.shape, gt, padding=2)
-            if cin > 1:
-                runners["torch_input_grad"] = lambda: torch.nn.grad.conv2d_input(
-                    xt.shape, kt, gt, padding=2)
-        layer = {"shape": [h, w, cin, cout], "gflop": round(gflop, 2)}
-        with torch.no_grad() if torch is not None else contextlib.nullcontext():
-            for name, fn in runners.items():
-                sync = (lambda out: torch_sync()) if name.startswith("torch") \
-                    else jax.block_until_ready
-                _timed(fn, sync, 1)  # compile / warm up
-                best = min(_timed(fn, sync, 1) for _ in range(args.rounds))
-                layer[name] = {"ms": round(1000 * best, 1), "gflop_s": round(gflop / best, 1)}
-        layers.append(layer)
-    return {"benchmark": "conv-layers", "batch": args.batch, "frames": args.frames,
-            "platform": jax.devices()[0].platform, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "layers": layers}
+def run_predict(args) -> dict:
+    return importlib.import_module("predict_benchmark").run(sys.modules[__name__], args)
 
 
 def run_loop(args) -> dict:
@@ -392,9 +295,14 @@ def run_loop(args) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, default=None,
+                        help="threads of XLA:CPU and of PyTorch, the same on both sides "
+                             "(default: every usable core)")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])
     p = sub.add_parser("input", help="tf.data input pipeline throughput")
     p.add_argument("--data_dir", required=True, help="dataset root (distributed files)")
-    p.add_argument("--dataset", default="icbhi", choices=("icbhi", "sprsound"))
+    p.add_argument("--dataset", default="icbhi", choices=sources.NAMES)
     p.add_argument("--batch", type=int, default=128, help="global batch")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per example")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
@@ -419,10 +327,11 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--channels", default="64,128,256,512", help="CNN6 widths")
     p.add_argument("--steps", type=int, default=3, help="steps per timed round")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="timed rounds, alternating between the sides (median reported)")
     p.add_argument("--vs-torch", dest="vs_torch", action="store_true",
-                   help="also time tools/torch_reference.py's SupCon step (--method=scl) and "
-                        "print the ratio")
+                   help="also time the PyTorch reference step (CNN6: --method=scl; AST, BEATs "
+                        "and HTS-AT: --method=ce) and print the ratio")
     p.add_argument("--profile", default="", help="also write a jax.profiler trace of 3 "
                    "steps to this directory")
     p.add_argument("--compile-only", dest="compile_only", action="store_true",
@@ -438,9 +347,19 @@ def main(argv=None) -> None:
     p.add_argument("--vs-torch", dest="vs_torch", action="store_true",
                    help="also time PyTorch's convolution and its gradients")
     p.set_defaults(run=run_conv_layers)
+    p = sub.add_parser("predict", help="resp_jax.predict on a recording vs PyTorch's forward")
+    p.add_argument("--model", default="all", choices=("cnn6", "ast", "beats", "all"))
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the recording")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="timed rounds, alternating between the sides (median reported)")
+    p.add_argument("--reference", default="", help="--model=beats|all: the directory of "
+                   "the reference BEATs.py (microsoft/unilm beats/)")
+    p.add_argument("--quick", action="store_true", help="the configs' tiny quick models "
+                   "(checks the command; not a figure)")
+    p.set_defaults(run=run_predict)
     p = sub.add_parser("loop", help="the real training loop: samples/s and input wait")
     p.add_argument("--data_dir", required=True, help="dataset root (distributed files)")
-    p.add_argument("--dataset", default="icbhi", choices=("icbhi", "sprsound"))
+    p.add_argument("--dataset", default="icbhi", choices=sources.NAMES)
     p.add_argument("--method", default="scl", choices=("scl", "ce", "hybrid", "mscl", "simclr"))
     p.add_argument("--batch", type=int, default=128, help="global batch")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs after the first")
@@ -450,7 +369,15 @@ def main(argv=None) -> None:
     p.add_argument("--tfds_dir", default="", help="prepared-data cache (default: prepare's)")
     p.set_defaults(run=run_loop)
     args = parser.parse_args(argv)
-    print(json.dumps(args.run(args)))
+    threads = bench_conditions.set_threads(args.threads)
+    torch_info = bench_conditions.set_torch_threads(threads) \
+        if getattr(args, "vs_torch", False) or args.command == "predict" else None
+    with bench_conditions.Sampler() as sampler:
+        args.sampler = sampler
+        out = args.run(args)
+    out.update(bench_conditions.conditions(sampler, threads, torch_info))
+    bench_conditions.warn(out)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

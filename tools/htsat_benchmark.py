@@ -104,7 +104,8 @@ def run(bench, args) -> dict:
     if args.vs_torch:
         ref = TorchClapStep(config.model, args.batch, shape[1], args.dtype)
         others["torch"] = (ref, ref.sync)
-    median = bench.time_steps(step, state, batch, others, args)
+    median, fields = bench.speed(bench.time_steps(step, state, batch, others, args),
+                                 args.batch)
     steps_per_epoch = ICBHI_TRAIN // args.batch  # BTS drops the last partial batch
     evals = -(-ICBHI_TEST // args.batch)
     recipe_h = BTS_EPOCHS * (steps_per_epoch * median["jax"] + evals * median["forward"]) / 3600
@@ -113,13 +114,8 @@ def run(bench, args) -> dict:
            "embed_dim": h.embed_dim, "depths": list(h.depths), "heads": list(h.heads),
            "method": args.method, "batch": args.batch, "frames": shape[1], "dtype": args.dtype,
            "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-           "samples_per_s": round(args.batch / median["jax"], 3),
-           "step_ms": round(1000 * median["jax"], 1),
-           "forward_ms": round(1000 * median["forward"], 1),
+           **fields,
            "step_gflop": bench._sig(flops / 1e9) if flops else None,
            "achieved_tflops": bench._sig(flops / median["jax"] / 1e12) if flops else None,
            "projected_icbhi_50_epochs_h": round(recipe_h, 2)}
-    if "torch" in median:
-        out["torch_samples_per_s"] = round(args.batch / median["torch"], 3)
-        out["jax_over_torch"] = round(median["torch"] / median["jax"], 3)
     return out
