@@ -39,6 +39,12 @@ def _encode_split(encode, variables, data, split, mesh):
     return x[m > 0], y[m > 0]
 
 
+def progress_every(epochs: int, lines: int = 10) -> int:
+    """Log a progress line every this many linear epochs: about ``lines`` lines a stage (the
+    epochs are short: one line each would bury the pretraining lines)."""
+    return max(1, -(-epochs // lines))
+
+
 def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
     """Fits and selects the classifier; returns (selector, classifier params of the selected
     epoch, that epoch's gathered test outputs: `steps.gather`)."""
@@ -48,6 +54,8 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
                      in_shardings=(repl, shard), out_shardings=repl)
     per_epoch = config.linear_eval.features == "per_epoch"
     splits = data.eval_splits if per_epoch else data.eval_splits + ("train",)
+    logging.info("linear evaluation: encoding %s once with the frozen encoder",
+                 ", ".join(splits))
     feats = parallel.replicate({s: _encode_split(encode, variables, data, s, mesh)
                                 for s in splits}, mesh)  # small: every device holds them
     cw = None if data.class_weights is None else jnp.asarray(data.class_weights, jnp.float32)
@@ -114,7 +122,9 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
                                                         jnp.ones(y.shape, jnp.float32), cw))
     params, opt_state = init(state.key)
     selector, best, best_test = selection.Selector(config.eval.selection), None, None
-    for epoch in range(1, config.linear_eval.epochs + 1):
+    epochs = config.linear_eval.epochs
+    every = progress_every(epochs)
+    for epoch in range(1, epochs + 1):
         if stop.signum:
             raise Interrupted(stop.signum, "interrupted during linear evaluation; the "
                               "pretrained encoder is saved and linear evaluation reruns on "
@@ -122,8 +132,8 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
         t0 = time.perf_counter()
         params, opt_state, total, count = train_epoch(params, opt_state, epoch)
         loss = float(total) / max(float(count), 1.0)  # one host read per epoch
-        log.scalar("linear/speed/samples_per_s", float(count) / (time.perf_counter() - t0),
-                   epoch)  # TensorBoard only
+        rate = float(count) / (time.perf_counter() - t0)
+        log.scalar("linear/speed/samples_per_s", rate, epoch)  # TensorBoard only
         if not np.isfinite(loss):
             raise NonFiniteLoss(f"linear evaluation loss became {loss} at epoch {epoch}; "
                                 "lower linear_eval.lr")
@@ -135,6 +145,10 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
             log.write({"epoch": epoch, "stage": "linear", "split": split, **results[split]})
         if selector.update(epoch, results):
             best, best_test = params, outputs["test"]
+        if epoch == 1 or epoch % every == 0 or epoch == epochs:
+            logging.info("linear epoch %d/%d: loss %.4f, %s (%.0f samples/s)", epoch, epochs,
+                         loss, ", ".join(f"{s} score {r['score']:.2f}"
+                                         for s, r in results.items()), rate)
     logging.info("linear evaluation (%s features): %d epochs, selected epoch %d (%s): test "
                  "score %.2f", config.linear_eval.features, config.linear_eval.epochs,
                  selector.best["epoch"], selector.protocol, selector.best["test"]["score"])

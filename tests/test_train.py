@@ -7,14 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resp_jax import (checkpoint, configuration, losses, metrics, optim, parallel, selection,
-                      steps, train)
+from resp_jax import (checkpoint, configuration, linear_eval, losses, metrics, optim, parallel,
+                      selection, steps, train)
 from resp_jax.models.heads import Classifier
 from resp_jax.data import run_data
 from resp_jax.models import build_model
@@ -578,8 +579,10 @@ def test_linear_stage_matches_a_pytorch_classifier_on_the_frozen_features(baseli
 def test_linear_features_per_epoch_or_cached(features, tiny_icbhi, tmp_path):
     """linear_eval.features='per_epoch' (the reference) encodes the shuffled training batches
     anew every epoch; 'cached' encodes the file-order batches once."""
-    calls = {"linear": [], "eval": []}
+    calls, lines = {"linear": [], "eval": []}, []
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(linear_eval, "logging",  # linear_eval's log lines, nobody else's
+                      types.SimpleNamespace(info=lambda msg, *a: lines.append(msg % a)))
         for name, key in (("linear_batches", "linear"), ("eval_batches", "eval")):
             original = getattr(run_data.RunData, name)
 
@@ -595,6 +598,14 @@ def test_linear_features_per_epoch_or_cached(features, tiny_icbhi, tmp_path):
         assert calls["linear"] == [] and calls["eval"].count("train") == 1
     assert calls["eval"].count("test") == 1  # test features: once, the encoder is frozen
     assert results["stage"] == "linear" and 0 <= results["test"]["score"] <= 100
+    # progress: a line per linear epoch here (3 epochs), each with its loss and test score
+    progress = [line for line in lines if line.startswith("linear epoch")]
+    assert [line.split(":")[0] for line in progress] == [f"linear epoch {e}/3" for e in (1, 2, 3)]
+    assert all("loss" in line and "test score" in line for line in progress)
+
+
+def test_linear_stage_logs_about_ten_progress_lines():
+    assert [linear_eval.progress_every(n) for n in (1, 3, 10, 25, 100)] == [1, 1, 1, 3, 10]
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from resp_jax.data import audio, features, htsat_frontends, metadata
 
@@ -122,7 +123,8 @@ class Features:
         _warn_short(name, split, self.samples, self.pad, self.sample_rate)
         x = np.empty((n,) + self.input_shape, np.float32)
         fade = audio.fade_length(self.sample_rate)
-        for a in range(0, n, chunk):
+        for a in tqdm(range(0, n, chunk), desc=f"{self.frontend} of {name}", unit="chunk",
+                      leave=False, disable=None):  # a bar on terminals
             waves = np.stack([audio.fit(w, self.samples, self.pad, fade)
                               for w in split.audio[a:a + chunk]])
             if self.frontend in features.FBANK_FRONTENDS:

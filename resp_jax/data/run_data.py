@@ -112,6 +112,9 @@ def load(config) -> RunData:
     if config.loss.class_weighted:
         class_weights = np.asarray(
             pipeline.class_weights(pipeline.class_counts(prepared, "train")), np.float32)
+    logging.info("%s: computing the %s features of its %d cycles (once per run)", name,
+                 config.data.get("frontend", "logmel"),
+                 sum(len(s) for s in prepared.splits.values()))
     features = feature_store.Features(prepared, config)  # features of every cycle, once per run
     frames = int(features.frames)
     logging.info("%s: %s cycles; %s %d x %d per example", name, sizes, features.frontend,

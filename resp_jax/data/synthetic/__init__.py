@@ -76,6 +76,8 @@ def default_dataset(dataset: str, cache_dir=None) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
         tmp.chmod(0o755)   # mkdtemp makes it private; the cache is an ordinary folder
+        logging.info("Writing the synthetic %s dataset (%d recordings; once, reused by later "
+                     "runs) to %s", dataset, source.synthetic_default, target)
         try:
             write(dataset, tmp, recordings=source.synthetic_default, seed=0)
             source.read(tmp)   # never cache something the reader rejects

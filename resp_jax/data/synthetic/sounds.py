@@ -256,13 +256,20 @@ def _render_one(rec: _Recording, seed: int, folder: str) -> None:
 
 
 def _render_all(recs: list, seed: int, folder: Path, workers: int) -> None:
-    if workers <= 1 or len(recs) < 2:
-        for r in recs:
-            _render_one(r, seed, str(folder))
-        return
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_render_one, recs, [seed] * len(recs), [str(folder)] * len(recs),
-                      chunksize=max(1, len(recs) // (8 * workers))))
+    """Writes every recording of ``recs`` into ``folder``, with a progress bar (terminals)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(recs), desc=f"writing {folder.name}", unit="recording", leave=False,
+              disable=None) as bar:
+        if workers <= 1 or len(recs) < 2:
+            for r in recs:
+                _render_one(r, seed, str(folder))
+                bar.update()
+            return
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_render_one, recs, [seed] * len(recs), [str(folder)] * len(recs),
+                              chunksize=max(1, len(recs) // (8 * workers))):
+                bar.update()
 
 
 def _breath_cycles(duration: float, child: bool, rng) -> np.ndarray:
