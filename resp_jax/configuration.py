@@ -73,6 +73,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice("train.schedule", config.train.schedule, optim.SCHEDULES)
     _choice("loss.denominator", config.loss.denominator, losses.DENOMINATORS)
     _choice("data.pad", config.data.pad, audio.PAD_MODES)
+    _choice("data.resampler", config.data.resampler, audio.RESAMPLERS)
+    _choice("data.fade", config.data.fade, audio.FADE_MODES)
     _choice("data.norm", config.data.norm, pipeline.NORMS)
     _choice("model.dtype", config.model.dtype, models.DTYPES)
     _choice("model.name", config.model.name, tuple(models.BACKBONES))
@@ -191,6 +193,9 @@ def _check_pafa(config, names) -> None:
         for key in ("pafa_pcsl", "pafa_gpal"):
             if not config.loss[key] >= 0:
                 raise ValueError(f"config.loss.{key} must be >= 0, got {config.loss[key]!r}")
+    warm = config.loss.get("pafa_warmup_epochs", 0)
+    if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
+        raise ValueError(f"config.loss.pafa_warmup_epochs must be an int >= 0, got {warm!r}")
     if config.model.get("proj_pool", "mean") != "attention":
         return
     if config.method != "pafa":
@@ -213,7 +218,10 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "train.weight_average", "model.pos_embed", "model.attention",
                "model.remat", "data.wave_scale", "model.proj_ln", "model.proj_pool",
                "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs",
-               "model.fstride", "model.tstride", "model.pool")
+               "model.fstride", "model.tstride", "model.pool", "loss.pafa_warmup_epochs")
+# Fields added since whose default changed what a run computes: a run recorded without one
+# resumes only with the value it ran with.
+ADDED_WITH = {"data.resampler": "soxr", "data.fade": "cycle"}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -234,10 +242,14 @@ def check_resume(workdir: Path, config, resuming: bool) -> None:
         old, new = _flat(json.loads(path.read_text())), _flat(current)
         diff = sorted(k for k in old.keys() | new.keys()
                       if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE
-                      and not (k in ADDED_SINCE and k not in old))
+                      and not (k in ADDED_SINCE and k not in old)
+                      and not (k not in old and new.get(k) == ADDED_WITH.get(k, ())))
         if diff:
+            before = [f"--config.{k}={ADDED_WITH[k]}" for k in diff
+                      if k in ADDED_WITH and k not in old]
             raise ValueError(f"{workdir} holds a run with a different config (differs in "
-                             f"{', '.join(diff)}); resume with the same config or use a new "
-                             "--workdir")
+                             f"{', '.join(diff)}); resume with the same config"
+                             + (f" (it ran before these fields existed: {' '.join(before)})"
+                                if before else "") + " or use a new --workdir")
     if jax.process_index() == 0:
         logging_utils.write_json(path, current)

@@ -145,8 +145,14 @@ def load(workdir) -> TrainedRun:
     from resp_jax.models import build_model
     from resp_jax.data import features
 
+    from resp_jax import configuration
+
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(read_json(workdir / CONFIG_FILE, "its config"))
+    for key, value in configuration.ADDED_WITH.items():  # what an older run ran with
+        section, name = key.split(".")
+        if name not in config[section]:
+            config[section][name] = value
     results = read_json(workdir / RESULTS_FILE, "the results of the finished run")
     model = build_model(config, len(metadata.schema(config.data).classes))
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),

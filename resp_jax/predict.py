@@ -44,13 +44,13 @@ def windows(duration: float, window: float, hop: float) -> list:
 
 
 def segments(wav: str, annotations: str | None, window: float, hop: float,
-             dataset: str) -> tuple:
-    """``(wave at 16 kHz, rows)`` of one recording: a row per cycle or window, with its
-    start, end and (annotations) annotated class name; cycles starting past the end of the
-    audio are left out with a warning that names them."""
+             dataset: str, resampler: str | None = None) -> tuple:
+    """``(wave at 16 kHz, rows)`` of one recording (resampled with ``resampler``): a row per
+    cycle or window, with its start, end and (annotations) annotated class name; cycles
+    starting past the end of the audio are left out with a warning that names them."""
     from resp_jax.data import audio, readers, records, wav_checks
 
-    wave = audio.load_any(wav)
+    wave = audio.load_any(wav, resampler=resampler or audio.RESAMPLER)
     duration = len(wave) / audio.SAMPLE_RATE
     if annotations is None:
         return wave, [{"start": a, "end": b} for a, b in windows(duration, window, hop)]
@@ -99,8 +99,9 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
     out = []
     for i, wav in enumerate(wavs):
         wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
-                              run.dataset)
-        cuts = [audio.cut(wave, r["start"], r["end"]) for r in rows]
+                              run.dataset, run.config.data.resampler)
+        cuts = audio.cycles(wave, [(r["start"], r["end"]) for r in rows],
+                            run.config.data.fade)  # the run's preparation
         result = run.classify_waves(cuts, [r.get("label", -1) for r in rows], source=str(wav))
         for k, (row, p) in enumerate(zip(rows, result["probabilities"])):
             record = {"wav": wav, "index": k, "start": round(row["start"], 4),

@@ -7,9 +7,12 @@ A second run reads the cache: no decoding, no resampling, no reader.
 
 The cache key is a fingerprint of the root's contents (relative path, size and mtime of every
 file; a manifest: its CSV's content, its audio files' sizes and mtimes, and the classes and
-field values its codes follow) used as the builder config name, so changing, adding or
-removing a file makes a new prepared copy, and the root's older copies are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the builder's metadata, so
-a cached load reports them too.
+field values its codes follow) and of how the audio was prepared (`data.resampler`,
+`data.fade`), used as the builder config name, so changing, adding or removing a file makes
+a new prepared copy, and the root's older copies with the same preparation are then removed
+(`prepared_copies`); another preparation of the same root is another copy, kept beside it.
+Items skipped on request (`skip_bad`) are stored in the builder's metadata, so a cached load
+reports them too.
 """
 
 from __future__ import annotations
@@ -80,11 +83,11 @@ class Prepared:
                            f"expected one of {sorted(self.splits)}") from None
 
 
-def _decode_recording(path: str, cycles: list) -> list:
+def _decode_recording(path: str, cycles: list, resampler: str, fade: str) -> list:
     """All cycles of one recording from a single decode (a manifest's: any format)."""
     manifest = cycles and cycles[0].dataset == records.MANIFEST
-    wave = audio.load_any(path) if manifest else audio.load(path)
-    return [audio.cut(wave, c.start, c.end) for c in cycles]
+    wave = (audio.load_any if manifest else audio.load)(path, resampler=resampler)
+    return audio.cycles(wave, [(c.start, c.end) for c in cycles], fade)
 
 
 def _by_recording(cycles: list) -> list:
@@ -94,7 +97,8 @@ def _by_recording(cycles: list) -> list:
     return list(groups.items())
 
 
-def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int) -> Iterator:
+def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int,
+             preparation: tuple) -> Iterator:
     """(position, cycle, wave) for every cycle, recordings decoded in parallel, in order.
 
     At most ``2 * workers`` recordings are decoded ahead of the consumer, bounding memory.
@@ -107,7 +111,7 @@ def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int) -> Itera
         def submit(count):
             for path, items in itertools.islice(groups, count):
                 pending.append((items, pool.submit(_decode_recording, path,
-                                                   [c for _, c in items])))
+                                                   [c for _, c in items], *preparation)))
 
         submit(2 * workers)
         while pending:
@@ -147,8 +151,10 @@ def _builder_class(dataset: str):
             f"Pass the root of the distributed {dataset} files (docs/method.md §1) as the manual dir.")
         DATASET = dataset
 
-        def __init__(self, *, root, schema, skip_bad: bool = False, workers: int = 0, **kw):
+        def __init__(self, *, root, schema, preparation, skip_bad: bool = False,
+                     workers: int = 0, **kw):
             self._root, self._schema = Path(root), schema
+            self._preparation = preparation
             self._skip_bad = skip_bad
             self._workers = workers or max(1, min(4, os.cpu_count() or 1))
             super().__init__(**kw)
@@ -181,13 +187,15 @@ def _builder_class(dataset: str):
             skipped = [s.to_json() for s in result.skipped]
             self.info.metadata["root"] = str(root)
             self.info.metadata["skipped"] = skipped
+            self.info.metadata["audio"] = prepared_copies.preparation_key(*self._preparation)
             if dataset == records.MANIFEST:
                 self.info.metadata["schema"] = prepared_copies.schema_json(self._schema)
             return {split: self._generate_examples(result.split(split), skipped)
                     for split in result.splits}
 
         def _generate_examples(self, cycles, skipped):
-            for pos, c, wave in _decoded(cycles, self._skip_bad, skipped, self._workers):
+            for pos, c, wave in _decoded(cycles, self._skip_bad, skipped, self._workers,
+                                         self._preparation):
                 if len(wave) == 0:
                     msg = (f"cycle {c.index} ({c.start}-{c.end} s) holds no audio; expected "
                            "start < end inside the recording")
@@ -210,6 +218,14 @@ def _builder_class(dataset: str):
 _builder_classes: dict = {}
 
 
+def _preparation(resampler: str, fade: str) -> tuple:
+    if resampler not in audio.RESAMPLERS:
+        raise ValueError(f"resampler {resampler!r}; expected one of {audio.RESAMPLERS}")
+    if fade not in audio.FADE_MODES:
+        raise ValueError(f"fade {fade!r}; expected one of {audio.FADE_MODES}")
+    return resampler, fade
+
+
 def _schema(dataset: str, root, schema):
     """``schema`` or the dataset's own: fixed (ICBHI, SPRSound) or its CSV's (a manifest)."""
     if schema is not None or dataset not in _BUILDERS:
@@ -221,8 +237,9 @@ def _schema(dataset: str, root, schema):
 
 
 def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, workers: int = 0,
-            schema=None):
-    """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root``."""
+            schema=None, resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE):
+    """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root`` and
+    of the preparation (``resampler``, ``fade``)."""
     import tensorflow_datasets as tfds
 
     if dataset not in _BUILDERS:
@@ -230,8 +247,10 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
     schema = _schema(dataset, root, schema)
     data_dir = prepared_copies.data_dir_path(data_dir)
     key = schema if dataset == records.MANIFEST else None
-    config = tfds.core.BuilderConfig(name=prepared_copies.config_name(dataset, root, data_dir,
-                                                                      schema=key),
+    preparation = _preparation(resampler, fade)
+    config = tfds.core.BuilderConfig(name=prepared_copies.config_name(
+                                         dataset, root, data_dir, schema=key,
+                                         audio=prepared_copies.preparation_key(*preparation)),
                                      version=FORMAT_VERSION,
                                      description=f"prepared from {root}")
     cls = _builder_class(dataset)
@@ -243,17 +262,20 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
     absl_logger.setLevel(logging.converter.absl_to_standard(logging.ERROR))
     try:
         return cls(data_dir=data_dir, config=config, root=root, schema=schema,
-                   skip_bad=skip_bad, workers=workers)
+                   preparation=preparation, skip_bad=skip_bad, workers=workers)
     finally:
         absl_logger.setLevel(level)
 
 
 def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
-         workers: int = 0, schema=None) -> Prepared:
+         workers: int = 0, schema=None, resampler: str = audio.RESAMPLER,
+         fade: str = audio.FADE_MODE) -> Prepared:
     """The prepared ``dataset`` of ``root``: built on first use, read from the cache after.
 
     ``root``: a manifest's CSV. ``schema``: the classes and field values the codes follow
-    (the run's config, `metadata.schema`); default: the dataset's own.
+    (the run's config, `metadata.schema`); default: the dataset's own. ``resampler`` and
+    ``fade``: how the audio is prepared (`audio.resample`, `audio.cycles`; the run's
+    `data.resampler` and `data.fade`).
 
     Bad items raise `DataError` naming the file unless ``skip_bad``; then they are listed in
     ``Prepared.skipped`` (also on cached loads). A cache built with skipping is not used
@@ -271,8 +293,9 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
                                       f"distributed {dataset} files")
     schema = _schema(dataset, root, schema)
     manual = root.parent if dataset == records.MANIFEST else root
+    how = {"resampler": resampler, "fade": fade}
     b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
-                schema=schema)
+                schema=schema, **how)
     if not b.is_prepared():
         logging.info("preparing %s from %s into %s (decoding and resampling once)", dataset,
                      root, b.data_dir)
@@ -283,13 +306,14 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
         except OSError:
             # Another process (a second host on a shared data_dir) may have finished the
             # same copy first; TFDS then cannot move ours into place.
-            if not builder(dataset, root, data_dir=data_dir, schema=schema).is_prepared():
+            if not builder(dataset, root, data_dir=data_dir, schema=schema,
+                           **how).is_prepared():
                 raise
         logging.info("prepared %s in %.1f s", dataset, time.perf_counter() - t)
         b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
-                    schema=schema)
+                    schema=schema, **how)
         prepared_copies.remove_older(dataset, root, b.data_dir, data_dir,
-                                     b.info.metadata.get("schema"))
+                                     b.info.metadata.get("schema"), b.info.metadata["audio"])
     else:
         logging.info("reading prepared %s from %s", dataset, b.data_dir)
     skipped = [records.Skipped(**s) for s in b.info.metadata.get("skipped", [])]

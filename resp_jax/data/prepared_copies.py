@@ -2,8 +2,10 @@
 and removal of the copies a newer key replaced.
 
 Every change under a data root makes a new copy (the key is a fingerprint of its files), so
-without housekeeping old copies pile up. A copy records its root in the TFDS metadata; only
-copies of the same dataset and root are ever removed, never another root's.
+without housekeeping old copies pile up. A copy records its root and its preparation (the
+resampler and fades, `preparation_key`) in the TFDS metadata; only copies of the same
+dataset, root and preparation are ever removed, never another root's, nor the same root's
+other preparation (two recipes on one root keep one copy each).
 """
 
 from __future__ import annotations
@@ -37,14 +39,22 @@ def schema_from_json(text: str):
                            tuple((f, tuple(v)) for f, v in d["fields"]))
 
 
-def fingerprint(dataset: str, root, exclude=None, schema=None) -> str:
-    """A short hash of the dataset, the prepared format and every file under ``root``
-    (relative path, size, mtime), leaving out the directory ``exclude`` (a cache inside it).
-    A manifest's: its CSV's content, the size and mtime of every audio file it names, and
-    the ``schema`` (classes and field values) its codes follow."""
+def preparation_key(resampler: str, fade: str) -> str:
+    """How a copy's audio was prepared (`audio.resample`'s resampler, `audio.cycles`' fades),
+    as its metadata records it and its key includes it."""
+    return f"{resampler}/{fade}"
+
+
+def fingerprint(dataset: str, root, exclude=None, schema=None, audio_key: str = "") -> str:
+    """A short hash of the dataset, the prepared format, the preparation ``audio_key``
+    (`preparation_key`) and every file under ``root`` (relative path, size, mtime), leaving
+    out the directory ``exclude`` (a cache inside it). A manifest's: its CSV's content, the
+    size and mtime of every audio file it names, and the ``schema`` (classes and field
+    values) its codes follow."""
     root = Path(root)
     skip = os.path.realpath(exclude) if exclude else None
-    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{audio.SAMPLE_RATE}|{audio.FADE}".encode())
+    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{audio.SAMPLE_RATE}|{audio.FADE}|"
+                       f"{audio_key}".encode())
     if dataset == records.MANIFEST:
         h.update(root.read_bytes())
         for path in manifest.audio_paths(root):
@@ -72,9 +82,11 @@ def data_dir_path(data_dir=None) -> str:
     return os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
 
 
-def config_name(dataset: str, root, data_dir=None, schema=None) -> str:
-    """The builder config name (folder) of ``root``'s current copy."""
-    return "r" + fingerprint(dataset, root, exclude=data_dir_path(data_dir), schema=schema)
+def config_name(dataset: str, root, data_dir=None, schema=None, audio: str = "") -> str:
+    """The builder config name (folder) of ``root``'s current copy prepared as ``audio``
+    (`preparation_key`)."""
+    return "r" + fingerprint(dataset, root, exclude=data_dir_path(data_dir), schema=schema,
+                             audio_key=audio)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +97,7 @@ class Copy:
     root: str | None   # None: no root recorded (not made by resp_jax's builder)
     size: int          # bytes
     schema: str | None = None  # a manifest copy's `schema_json`
+    audio: str | None = None   # its `preparation_key` (None: made before it was recorded)
 
     @property
     def config(self) -> str:
@@ -109,7 +122,8 @@ def copies(data_dir=None) -> list:
             except (OSError, ValueError):
                 meta = {}
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            found.append(Copy(dataset, path, meta.get("root"), size, meta.get("schema")))
+            found.append(Copy(dataset, path, meta.get("root"), size, meta.get("schema"),
+                              meta.get("audio")))
     return found
 
 
@@ -130,13 +144,14 @@ def remove(copy: Copy) -> None:
         pass
 
 
-def remove_older(dataset: str, root, keep, data_dir=None, schema=None) -> list:
+def remove_older(dataset: str, root, keep, data_dir=None, schema=None, audio=None) -> list:
     """Removes the copies of ``dataset`` made from ``root`` (with the same ``schema``, a
-    manifest's `schema_json`) other than ``keep`` (the copy just prepared), logging each with
-    its size; returns them."""
+    manifest's `schema_json`, and the same preparation ``audio`` or none recorded) other than
+    ``keep`` (the copy just prepared), logging each with its size; returns them."""
     keep = os.path.realpath(keep)
     older = [c for c in copies(data_dir) if c.dataset == dataset and c.root == str(root)
-             and c.schema == schema and os.path.realpath(c.path) != keep]
+             and c.schema == schema and c.audio in (audio, None)
+             and os.path.realpath(c.path) != keep]
     for c in older:
         remove(c)
         logging.info("removed an older prepared copy of %s (%s): %s, %s", root, dataset,
@@ -145,8 +160,9 @@ def remove_older(dataset: str, root, keep, data_dir=None, schema=None) -> list:
 
 
 def stale(data_dir=None) -> tuple:
-    """(stale, kept): copies replaced by their root's current key (or an older format), and
-    the ones kept, each kept one with why: current, or its root cannot be checked."""
+    """(stale, kept): copies replaced by their root's current key (or an older format, or
+    made before copies recorded their preparation), and the ones kept, each kept one with
+    why: current, or its root cannot be checked."""
     old, kept = [], []
     current = {}
     for c in copies(data_dir):
@@ -156,11 +172,14 @@ def stale(data_dir=None) -> tuple:
         if not os.path.exists(c.root):
             kept.append((c, "root not found"))
             continue
-        key = (c.dataset, c.root, c.schema)
+        if c.audio is None:
+            old.append(c)
+            continue
+        key = (c.dataset, c.root, c.schema, c.audio)
         if key not in current:
             try:
                 current[key] = config_name(c.dataset, c.root, data_dir, schema=c.schema and
-                                           schema_from_json(c.schema))
+                                           schema_from_json(c.schema), audio=c.audio)
             except records.DataError:
                 current[key] = None
         if current[key] is None:

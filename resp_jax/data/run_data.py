@@ -86,7 +86,8 @@ def load(config) -> RunData:
         root = str(synthetic.default_dataset(name))
     schema = metadata.schema(config.data)   # classes and field values (configuration.resolve)
     prepared = prepare.load(name, root, data_dir=config.data.tfds_dir or None,
-                            skip_bad=config.data.skip_bad, schema=schema)
+                            skip_bad=config.data.skip_bad, schema=schema,
+                            resampler=config.data.resampler, fade=config.data.fade)
     skipped = len(prepared.skipped)
     if skipped:
         logging.warning("%d item(s) skipped (data.skip_bad), e.g. %s", skipped,
