@@ -237,6 +237,15 @@ def ast_recipe(config, arg=None):
     normalisation. Evaluated every epoch. Whether CE is class-weighted differs between the
     scripts: each config sets it. Pass the converted AudioSet weights with
     --config.model.init_from (tools/convert_ast.py).
+
+    One default is not the code's: the AudioSet position embedding is fitted to the patch grid
+    as AST defines it (`model.pos_embed='ast'`: each patch gets its own (frequency, time)
+    place's embedding). The Patch-Mix code fits it to the transposed grid and so hands
+    scrambled positions to every patch; `--config.model.pos_embed=patchmix_code` reproduces
+    that, and with it the authors' runs (docs/fidelity.md). The authors ran one seed (1): a
+    sweep runs 5 (`sweep_seeds`, as for the BEATs configs); one run as theirs is
+    `python -m resp_jax.main` with `--config.train.seed=1` (no bit-exact match across
+    frameworks).
     """
     config.model.name = "ast"
     config.model.width, config.model.depth, config.model.heads = 768, 12, 12
@@ -251,6 +260,7 @@ def ast_recipe(config, arg=None):
                         schedule="cosine_from_1", eta_min=5e-8, log_every=50,
                         weight_average=0.5)
     config.eval.batch_size = 64  # AST's output does not depend on the batch (no min-max, no BN)
+    config.sweep_seeds = 5  # resp_jax.sweep's default --seeds (the authors ran seed 1 only)
     if "quick" in [t.strip() for t in (arg or "").split(",")]:
         ast_quick(config)
     return config

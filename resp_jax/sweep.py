@@ -2,7 +2,7 @@
 
     python -m resp_jax.sweep --config=configs/mscl.py --seeds=10 --workdir=DIR [--config.x=...]
 
-Without --seeds a sweep runs the config's ``sweep_seeds`` seeds (the BEATs configs: 5, as PAFA
+Without --seeds a sweep runs the config's ``sweep_seeds`` seeds (the BEATs and AST configs: 5, as PAFA
 reports), else 10 (the paper's). Seed k (0-based) trains with train.seed = config.train.seed + k in DIR/seed_<k>. Seeds run one
 after another; rerunning the same command skips finished seeds (their results.json exists)
 and resumes an interrupted one from its checkpoint. DIR/summary.md and DIR/summary.json hold the
