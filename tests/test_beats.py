@@ -7,6 +7,7 @@ model.init_from, the patient codes of the pipeline, and a tiny PAFA run end to e
 """
 
 import json
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -163,7 +164,14 @@ def test_configs_resolve_and_sweep_seeds():
             assert resolved.model.name == "beats" and resolved.data.frontend == "beats"
             assert features.input_shape(resolved) == (128, 498)  # 5 s
             assert resolved.data.wave_scale == (32768.0 if arg == "quick" else 1.0)
-            assert resolved.augment.prob == 0.0
+            if name == "beats_mscl":  # SupCon's views: the M-SCL code's SpecAugment
+                assert (resolved.augment.policy, resolved.augment.apply_per,
+                        resolved.augment.freq_width, resolved.augment.time_width,
+                        resolved.augment.fill) == ("reference", "batch", 20, 128,
+                                                   "mean" if arg == "quick" else "min")
+                assert resolved.augment.prob == statistics.NormalDist().cdf(1.0)
+            else:
+                assert resolved.augment.prob == 0.0  # PAFA's --nospec
             assert resolved.train.lr == (1e-3 if arg == "quick" else 5e-5)
             assert None not in resolved.model.beats.values()
             json.loads(resolved.to_json())
