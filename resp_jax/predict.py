@@ -13,8 +13,9 @@ Several recordings: repeat ``--wav`` (and ``--annotations``, in the same order).
 Prints one JSON object per cycle or window (wav, index, start, end, predicted, probabilities,
 annotated) on stdout, and with ``--csv`` writes the same as CSV. Any format, sample rate, bit
 depth or channel count that soundfile reads is accepted (channels are averaged, audio is
-resampled to 16 kHz); cycles are preprocessed as the run's evaluation preprocessed them
-(`resp_jax.finished_run`), including the batch min-max over up to ``eval.batch_size`` cycles.
+resampled to 16 kHz with the run's ``data.resampler`` and cut with its ``data.fade``); cycles
+are preprocessed as the run's evaluation preprocessed them (`resp_jax.finished_run`),
+including the batch min-max over up to ``eval.batch_size`` cycles.
 """
 
 from __future__ import annotations
