@@ -235,10 +235,10 @@ def heads(config) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
-def batch_loss(model, config, heads, class_weights=None, steps_per_epoch: int | None = None):
-    """``f(params, batch_stats, batch, rng, step=0) -> (loss, (new batch_stats, terms))``: the
-    loss of one training batch under ``config.method`` with the contrastive ``heads`` ((field,
-    weight) pairs, `heads`); ``step`` (0-based, over all epochs) only matters to a warm-up.
+def batch_loss(model, config, heads, class_weights=None):
+    """``f(params, batch_stats, batch, rng) -> (loss, (new batch_stats, terms))``: the loss of
+    one training batch under ``config.method`` with the contrastive ``heads`` ((field, weight)
+    pairs, `heads`).
 
     'ce' classifies ``view1``; the others encode both views (in two calls when
     ``model.bn_per_view``, so BatchNorm statistics are per view, as in the reference), project
@@ -254,16 +254,10 @@ def batch_loss(model, config, heads, class_weights=None, steps_per_epoch: int | 
 
     'pafa' (one head (`metadata.PATIENT`, w)): CE on the classifier of ``view1``'s features
     plus w x `pafa.pafa_loss` of the head's projections (of the encoder's tokens with
-    ``model.proj_pool='attention'``) and the batch's patient codes, as PAFA's main.py; with
-    ``loss.pafa_warmup_epochs`` = W > 0, w x `pafa.warmup` (0 -> 1 over the first W epochs of
-    ``steps_per_epoch`` steps).
+    ``model.proj_pool='attention'``) and the batch's patient codes, as PAFA's main.py.
     """
     method = config.method
     weights = dict(heads)
-    warm_steps = int(config.loss.get("pafa_warmup_epochs", 0)) * (steps_per_epoch or 0)
-    if method == "pafa" and config.loss.get("pafa_warmup_epochs", 0) and not warm_steps:
-        raise ValueError("config.loss.pafa_warmup_epochs needs the steps per epoch "
-                         "(batch_loss(..., steps_per_epoch=N))")
     cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
     proj_bn = bool(config.model.get("proj_bn", False))
 
@@ -299,7 +293,7 @@ def batch_loss(model, config, heads, class_weights=None, steps_per_epoch: int | 
                                                  valid=mask)
         return ce + weight * cl, (batch_stats, {"loss/ce": ce, f"loss/{head}": cl})
 
-    def pafa_step(params, batch_stats, batch, rng, step):
+    def pafa_step(params, batch_stats, batch, rng):
         mask, label = batch["mask"], batch["label"]
         (head, weight), = weights.items()
         tokens = config.model.get("proj_pool", "mean") == "attention"
@@ -311,15 +305,13 @@ def batch_loss(model, config, heads, class_weights=None, steps_per_epoch: int | 
         z, batch_stats = project(params, batch_stats, proj_in, head, mask)
         loss, parts = pafa.pafa_loss(z, batch[head], mask, config.loss.pafa_pcsl,
                                      config.loss.pafa_gpal)
-        if warm_steps:
-            weight = weight * pafa.warmup(step, warm_steps)
         return ce + weight * loss, (batch_stats, {"loss/ce": ce, f"loss/{head}": loss,
                                                   **{f"loss/{k}": v for k, v in parts.items()}})
 
-    def fn(params, batch_stats, batch, rng, step=0):
+    def fn(params, batch_stats, batch, rng):
         mask, label = batch["mask"], batch["label"]
         if method == "pafa":
-            return pafa_step(params, batch_stats, batch, rng, step)
+            return pafa_step(params, batch_stats, batch, rng)
         rng1, rng2 = jax.random.split(rng)
         if method == "ce":
             feats, batch_stats = encode(params, batch_stats, batch["view1"], mask, rng1)

@@ -14,9 +14,7 @@ each patient's centroid towards the batch's mean centroid (GPAL). Its code (meth
     loss    = lambda_pcsl * PCSL + lambda_gpal * GPAL        (0 when the batch holds < 2 patients)
 
 The projections are used as they are (not normalised). The recipe (scripts/beats_pafa.sh):
-lambda_pcsl 50, lambda_gpal 0.0005, total CE + 1.0 x loss, both weights constant (`warmup`
-ramps the 1.0 in over the first epochs when ``loss.pafa_warmup_epochs`` > 0: off in the
-recipe).
+lambda_pcsl 50, lambda_gpal 0.0005, total CE + 1.0 x loss, both weights constant.
 
 Plain array code on the whole (global) batch with static shapes (patients found by comparing
 ids, not by ``unique``), so it is jit-able and gives the same value sharded over devices. Rows
@@ -70,11 +68,3 @@ def pafa_loss(z, patients, mask=None, lambda_pcsl: float = 50.0, lambda_gpal: fl
     enough = num > 1
     pcsl, gpal = jnp.where(enough, pcsl, 0), jnp.where(enough, gpal, 0)
     return lambda_pcsl * pcsl + lambda_gpal * gpal, {"pcsl": pcsl, "gpal": gpal}
-
-
-def warmup(step, warm_steps: int) -> jax.Array:
-    """The factor of the PAFA term at (0-based) ``step``: step / warm_steps, 1 from then on
-    (`loss.pafa_warmup_epochs`; not in PAFA's code, which fine-tunes a pretrained encoder:
-    from scratch on few patients the patient term otherwise holds CE at chance,
-    docs/benchmarks.md)."""
-    return jnp.minimum(jnp.asarray(step, jnp.float32) / float(warm_steps), 1.0)

@@ -17,8 +17,7 @@ import optax
 from resp_jax import losses, metrics, parallel, patchmix
 
 
-def train_step_fn(model, tx, config, class_weights, learning_rate: Callable,
-                  steps_per_epoch: int | None = None) -> Callable:
+def train_step_fn(model, tx, config, class_weights, learning_rate: Callable) -> Callable:
     """Pure ``step(state, batch) -> (state, metrics)``.
 
     ``metrics`` hold the batch's ``loss``, every term of `losses.batch_loss` (``loss/<head>``,
@@ -29,15 +28,14 @@ def train_step_fn(model, tx, config, class_weights, learning_rate: Callable,
     b x (before the step) + (1 - b) x (after) once the optimiser has stepped; the optimiser
     state is not averaged (Patch-Mix's ``--ma_update``, `patchmix.moving_average`).
     """
-    compute = losses.batch_loss(model, config, losses.heads(config), class_weights,
-                                steps_per_epoch)
+    compute = losses.batch_loss(model, config, losses.heads(config), class_weights)
     beta = float(config.train.get("weight_average", 0.0))
 
     def train_step(state, batch):
         rng = jax.random.fold_in(state.key, state.step)
         grad_fn = jax.value_and_grad(compute, has_aux=True)
         (loss, (batch_stats, terms)), grads = grad_fn(state.params, state.batch_stats, batch,
-                                                      rng, state.step)
+                                                      rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if beta > 0:
@@ -52,12 +50,10 @@ def train_step_fn(model, tx, config, class_weights, learning_rate: Callable,
     return train_step
 
 
-def make_train_step(model, tx, config, class_weights, mesh, learning_rate: Callable,
-                    steps_per_epoch: int | None = None) -> Callable:
+def make_train_step(model, tx, config, class_weights, mesh, learning_rate: Callable) -> Callable:
     """`train_step_fn` jitted over ``mesh``; the state is donated."""
     repl, shard = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(train_step_fn(model, tx, config, class_weights, learning_rate,
-                                 steps_per_epoch),
+    return jax.jit(train_step_fn(model, tx, config, class_weights, learning_rate),
                    in_shardings=(repl, shard), out_shardings=(repl, repl), donate_argnums=0)
 
 

@@ -130,7 +130,7 @@ def train_and_evaluate(config, workdir) -> dict:
     learning_rate = optim.schedule(config, steps_per_epoch)
     tx = optim.make_optimizer(config, steps_per_epoch)
     train_step = steps.make_train_step(model, tx, config, data.class_weights, mesh,
-                                       learning_rate, steps_per_epoch)
+                                       learning_rate)
     eval_step = steps.make_eval_step(model, data.class_weights, mesh)
 
     # --- state, restore

@@ -144,29 +144,19 @@ def test_pafa_batch_loss_is_ce_plus_the_patient_loss():
              "patient": np.array([0, 0, 1, 1, 2, 2, 3, -1], np.int32),
              "mask": np.array([1, 1, 1, 1, 1, 1, 1, 0], np.float32)}
     fn = losses.batch_loss(model, config, losses.heads(config))
-    # loss.pafa_warmup_epochs = 2 of 10 steps: the PAFA term's weight rises over 20 steps.
-    warm = configuration.resolve(config.copy_and_resolve_references())
-    warm.loss.pafa_warmup_epochs = 2
-    fn_warm = losses.batch_loss(model, warm, losses.heads(warm), steps_per_epoch=10)
-    with pytest.raises(ValueError, match="needs the steps per epoch"):
-        losses.batch_loss(model, warm, losses.heads(warm))
 
     @jax.jit
-    def both(params, batch, step):
+    def both(params, batch):
         v = {"params": params}
         feats, tokens = model.apply(v, batch["view1"], False, method="encode", tokens=True)
         logits = model.apply(v, feats, method="classify")
         ce = losses.cross_entropy(logits, batch["label"], batch["mask"])
         z = model.apply(v, tokens, "patient", method="project")
         want = ce + pafa.pafa_loss(z, batch["patient"], batch["mask"], 50.0, 5e-4)[0]
-        key = jax.random.key(0)  # no dropout: train == eval
-        return fn(params, {}, batch, key), want, fn_warm(params, {}, batch, key, step)[0]
-    for step, factor in ((0, 0.0), (5, 0.25), (20, 1.0), (35, 1.0)):
-        (loss, (_, terms)), want, warmed = both(state.params, batch, step)
-        assert float(loss) == pytest.approx(float(want), rel=1e-5)
-        assert set(terms) == {"loss/ce", "loss/patient", "loss/pcsl", "loss/gpal"}
-        assert float(warmed) == pytest.approx(
-            float(terms["loss/ce"]) + factor * float(terms["loss/patient"]), rel=1e-5)
+        return fn(params, {}, batch, jax.random.key(0)), want  # no dropout: train == eval
+    (loss, (_, terms)), want = both(state.params, batch)
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    assert set(terms) == {"loss/ce", "loss/patient", "loss/pcsl", "loss/gpal"}
 
 
 def test_config_checks():
@@ -175,7 +165,6 @@ def test_config_checks():
             ("loss.heads", (("label", 1.0),), "single head \\('patient'"),
             ("model.proj_pool", "max", "model.proj_pool must be one of"),
             ("loss.pafa_pcsl", -1.0, "pafa_pcsl must be >= 0"),
-            ("loss.pafa_warmup_epochs", -2, "pafa_warmup_epochs must be an int >= 0"),
             ("model.proj_bn", True, "one norm, not both"),
             ("method", "hybrid", "PAFA's projector")):
         config = load_config("beats_pafa", "quick")
