@@ -159,9 +159,6 @@ def get_config(arg=None):
                                    # (PAFA's --lambda_pcsl)
     loss.pafa_gpal = 0.0005        # pafa: weight of the global patient alignment term
                                    # (PAFA's --lambda_gpal)
-    loss.pafa_warmup_epochs = 0    # pafa: > 0 ramps the PAFA term's weight linearly per step
-                                   # from 0 to its value over this many epochs (not PAFA's:
-                                   # its weight is constant; 0 = off)
     loss.class_weighted = placeholder(bool)  # CE weighted by 1/class frequency (training split);
                                              # None = dataset default (ICBHI yes, SPRSound no)
 

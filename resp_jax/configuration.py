@@ -193,9 +193,6 @@ def _check_pafa(config, names) -> None:
         for key in ("pafa_pcsl", "pafa_gpal"):
             if not config.loss[key] >= 0:
                 raise ValueError(f"config.loss.{key} must be >= 0, got {config.loss[key]!r}")
-    warm = config.loss.get("pafa_warmup_epochs", 0)
-    if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
-        raise ValueError(f"config.loss.pafa_warmup_epochs must be an int >= 0, got {warm!r}")
     if config.model.get("proj_pool", "mean") != "attention":
         return
     if config.method != "pafa":
@@ -218,7 +215,7 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "train.weight_average", "model.pos_embed", "model.attention",
                "model.remat", "data.wave_scale", "model.proj_ln", "model.proj_pool",
                "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs",
-               "model.fstride", "model.tstride", "model.pool", "loss.pafa_warmup_epochs")
+               "model.fstride", "model.tstride", "model.pool")
 # Fields added since whose default changed what a run computes: a run recorded without one
 # resumes only with the value it ran with.
 ADDED_WITH = {"data.resampler": "soxr", "data.fade": "cycle"}
