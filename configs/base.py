@@ -5,7 +5,9 @@ Fields left as placeholders (None) are dataset- or init-dependent and are filled
 `resp_jax.configuration.resolve`, when a run starts; the resolved values are what `config.json` records.
 
 Config arguments, comma separated after the file name (`configs/mscl.py:quick,sprsound`):
-  icbhi | sprsound   the dataset (data.name; 'manifest' also needs data.root=PATH/manifest.csv);
+  icbhi | sprsound | sprsound_releases | hf_lung | manifest
+                     the dataset (data.name, `resp_jax.data.sources.NAMES`; 'manifest' also
+                     needs data.root=PATH/manifest.csv);
   quick              the README demo preset: short clips, small widths, few epochs, small batch
                      (AST configs: `ast_quick`, a tiny AST; BEATs configs: `beats_quick`).
 The AST configs (configs/ast_*.py) start from `ast_recipe`: Patch-Mix's fine-tuning recipe;
@@ -15,7 +17,7 @@ Command-line overrides come after: `--config.train.epochs=10`.
 
 from ml_collections import config_dict
 
-from resp_jax.data.records import DATASETS
+from resp_jax.data.sources import NAMES as DATASETS
 
 placeholder = config_dict.placeholder
 # P(Z < 1) for a standard normal Z: how often the SCL and Patch-Mix codes apply SpecAugment
@@ -32,17 +34,21 @@ def get_config(arg=None):
     # the weight of its single head ('patient', w); docs/method.md §10).
     # Two-stage (pretrain, then a linear classifier on frozen features): 'scl' (SupCon on the
     # heads of loss.heads; with a metadata head it is the paper's "SCL w/ metadata"), 'simclr'
-    # (NT-Xent: head 'instance'), 'mscl' (one projector per head, weighted sum).
+    # (NT-Xent: head 'instance'), 'mscl' (one projector per head, weighted sum),
+    # 'linear_probe' (no first stage: the linear classifier on the frozen model.init_from
+    # encoder, OPERA's benchmark protocol; docs/method.md §12).
     config.method = "ce"
 
     config.data = data = config_dict.ConfigDict()
-    data.name = "icbhi"            # 'icbhi', 'sprsound' or 'manifest' (your own recordings)
+    data.name = "icbhi"            # 'icbhi', 'sprsound', 'sprsound_releases', 'hf_lung' or
+                                   # 'manifest' (your own recordings): resp_jax.data.sources
     data.root = ""                 # dataset root ('manifest': PATH/manifest.csv); '' = the
-                                   # small synthetic default dataset (ICBHI, SPRSound)
+                                   # small synthetic default dataset (not for 'manifest')
     data.tfds_dir = ""             # where prepared (TFDS) data is cached;
                                    # '' = ~/.cache/resp_jax/tfds
     data.skip_bad = False          # skip (and report) unreadable files instead of failing
-    data.sample_rate = 16000       # every recording is resampled to this rate (Hz)
+    data.sample_rate = 16000       # every recording is resampled to this rate (Hz); each rate
+                                   # is a prepared copy of its own (48000: 'clap')
     data.resampler = "torchaudio"  # how: 'torchaudio' (torchaudio's default windowed sinc,
                                    # what every reference code ran, on the whole recording
                                    # before the cycles are cut) | 'soxr' (libsoxr HQ)
@@ -56,7 +62,9 @@ def get_config(arg=None):
                                    # 'fbank' (128 Kaldi fbank bins, AST's AudioSet
                                    # normalisation, no batch min-max: AST, docs/method.md §9) |
                                    # 'beats' (BEATs' 128-bin Kaldi fbank and normalisation,
-                                   # no batch min-max: BEATs, docs/method.md §10)
+                                   # no batch min-max: BEATs, docs/method.md §10) | 'clap'
+                                   # (CLAP's 64-bin log-mel of 10 s at 48 kHz) | 'opera'
+                                   # (OPERA-CT's min-maxed 64-bin log-mel): HTS-AT, §12
     data.wave_scale = 1.0          # Kaldi fbank front ends: each clip is multiplied by this
                                    # first (1.0: AST, Patch-Mix and PAFA; 32768.0 = 2**15:
                                    # upstream BEATs' preprocess)
@@ -66,8 +74,9 @@ def get_config(arg=None):
                                    # only: 'fbank' uses AST's AudioSet mean and 2 x std)
     data.norm_mean = 0.3690        # standardisation after the batch min-max (ICBHI values,
     data.norm_std = 0.0255         # reused for SPRSound as the reference code does)
-    data.test_split = placeholder(str)  # split reported as 'test'; None = 'test' (ICBHI,
-                                        # manifest), 'inter_test' (SPRSound)
+    data.test_split = placeholder(str)  # split reported as 'test'; None = the dataset's:
+                                        # 'test' (ICBHI, HF_Lung, manifest), 'inter_test'
+                                        # (SPRSound), the newest release (sprsound_releases)
     data.classes = placeholder(tuple)   # class names in label order; None = the dataset's
                                         # (manifest: the labels of its CSV); the normal class
                                         # comes first (label 0: Sp is its recall)
@@ -100,7 +109,8 @@ def get_config(arg=None):
 
     config.model = model = config_dict.ConfigDict()
     model.name = "cnn6"            # architecture (resp_jax.models registry): 'cnn6' | 'ast'
-                                   # | 'beats'
+                                   # | 'beats' | 'htsat' (its fields: model.htsat,
+                                   # configs/htsat_recipes.py)
     model.channels = (64, 128, 256, 512)  # conv block widths; features = channels[-1]
     model.layout = "reference"     # spectrogram orientation: 'reference' (freq, time) | 'panns'
     model.init_from = ""           # converted encoder dir (tools/convert_panns.py for CNN6,
@@ -110,8 +120,9 @@ def get_config(arg=None):
     model.width = 768              # token width = feature width
     model.depth = 12               # Transformer blocks
     model.heads = 12               # attention heads
-    # AST only (BEATs reads its own from model.beats, beats_recipe; docs/method.md §9).
+    # AST and HTS-AT (BEATs reads its own from model.beats, beats_recipe; docs/method.md §9).
     model.dropout = 0.0            # dropout after the embeddings, attention output and MLP
+                                   # (HTS-AT: after the MLP only, transformers' CLAP)
     model.attention_dropout = 0.0  # dropout on the attention weights
     model.drop_path = 0.0          # stochastic depth of the last block (0 .. this, linearly)
     model.layer_norm_eps = placeholder(float)  # None = the converted encoder's (1e-6 in the
@@ -160,10 +171,12 @@ def get_config(arg=None):
     loss.pafa_gpal = 0.0005        # pafa: weight of the global patient alignment term
                                    # (PAFA's --lambda_gpal)
     loss.class_weighted = placeholder(bool)  # CE weighted by 1/class frequency (training split);
-                                             # None = dataset default (ICBHI yes, SPRSound no)
+                                             # None = the dataset's Source (ICBHI and
+                                             # HF_Lung yes, SPRSound no)
 
     config.train = train = config_dict.ConfigDict()
-    train.epochs = placeholder(int)   # None = dataset default (ICBHI 400, SPRSound 200)
+    train.epochs = placeholder(int)   # None = the dataset's Source (ICBHI 400, SPRSound and
+                                      # HF_Lung 200)
     train.batch_size = 128            # global batch, split over all devices (and hosts)
     train.lr = placeholder(float)     # None = 1e-4 with model.init_from, 1e-3 from scratch
     train.weight_decay = 1e-4         # L2 added to the gradient before Adam (PyTorch Adam)
@@ -175,9 +188,15 @@ def get_config(arg=None):
                                         # decay over all epochs (the paper's text) |
                                         # 'cosine_from_1': the same decay, epoch e at the rate
                                         # of e + 1 (Patch-Mix's code: the last epoch at
-                                        # eta_min) | 'constant'
+                                        # eta_min) | 'constant' | 'exponential' (lr x
+                                        # lr_decay^epoch: OPERA)
     train.cosine_t_max = 40           # T_max of the periodic cosine, in epochs
     train.eta_min = 1e-6              # lowest learning rate of the cosines
+    train.lr_decay = 0.99             # 'exponential' schedule: lr x this^epoch (OPERA)
+    train.clip_norm = 0.0             # > 0: clip the gradient's global norm (L2 included) to
+                                      # this before Adam (OPERA: 1.0); 0 = off
+    train.head_weight_decay = placeholder(float)  # L2 of the classifier and projectors;
+                                                  # None = train.weight_decay
     train.warmup_epochs = 0           # > 0: the first this many epochs rise linearly per step
                                       # from 0.1 x lr to the schedule's rate at that epoch
                                       # (Patch-Mix's --warm, warmup_learning_rate); 0 = off
@@ -188,7 +207,7 @@ def get_config(arg=None):
     train.log_every = 50              # steps between host reads of the loss (progress, NaN check)
 
     # Second stage of two-stage methods: a linear classifier on frozen encoder features
-    # (inference mode, no SpecAugment).
+    # (inference mode, no SpecAugment); the only stage of 'linear_probe'.
     config.linear_eval = linear = config_dict.ConfigDict()
     linear.features = "per_epoch"     # 'per_epoch': recomputed every epoch from shuffled training
                                       # batches, each min-maxed on its own (the reference) |
@@ -196,6 +215,8 @@ def get_config(arg=None):
     linear.epochs = 100               # the M-SCL code's --epochs2; the original SCL code used 50
     linear.lr = 0.1                   # Adam, no schedule
     linear.weight_decay = 1e-4        # L2 added to the gradient, as in training
+    linear.lr_decay = 1.0             # the rate x this after every epoch (OPERA's probe: 0.97)
+    linear.clip_norm = 0.0            # > 0: clip the gradient's global norm (OPERA: 1.0)
     linear.batch_size = 128
 
     config.eval = ev = config_dict.ConfigDict()
@@ -204,6 +225,8 @@ def get_config(arg=None):
                                       # validation split carved from train), 'last'
     ev.val_fraction = 0.2             # share of training cycles (whole patients) used for 'val'
     ev.batch_size = 128               # global evaluation batch (padded and masked)
+    ev.bootstrap_resamples = 2000     # resamples of the test patients behind every 95 % interval
+                                      # (results.json, report, sweep; docs/method.md §11)
 
     return apply_args(config, arg)
 

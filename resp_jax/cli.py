@@ -41,12 +41,29 @@ def method_label(config) -> str:
     return f"{name}, {'AudioSet' if config.model.init_from else 'scratch'}"
 
 
+def md_table(header: list, rows: list) -> list:
+    """The lines of a Markdown table."""
+    return (["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def interval_text(interval, signed: bool = False) -> str:
+    """'[57.10, 63.42]' (``signed``: '[-1.20, +3.05]'); '–' when there is none."""
+    if not interval:
+        return "–"
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    return "[" + ", ".join("0.00" if v == 0 else fmt.format(v) for v in interval) + "]"
+
+
 def summary_line(results: dict) -> str:
     test = results["test"]
     line = (f"test ({results['test_split']}): Sp {test['sp']:.2f}  Se {test['se']:.2f}  "
             f"Score {test['score']:.2f}  HS {test['hs']:.2f}")
     if "sprsound_score" in test:
         line += f"  SPRSound score {test['sprsound_score']:.2f}"
+    ci = results.get("test_interval", {}).get("score")
+    if ci:
+        line += f"  (Score 95 % interval {interval_text(ci)}, patient bootstrap)"
     return (f"{line}  [{results['method']} on {results['dataset']}, selection "
             f"{results['selection']}, epoch {results['epoch']}]")
 

@@ -1,9 +1,10 @@
 """The experiment config, resolved and checked in one place when a run starts.
 
 configs/base.py leaves dataset- and init-dependent fields as None; `resolve` fills them from
-`data.name` and `model.init_from` (docs/method.md §4-5) and checks every field against the
-allowed values, which each live with the code that uses them and are imported here, so
-`config.json` records what actually ran and a bad value fails before any data is read.
+the dataset's `Source` (`data.name`) and `model.init_from` (docs/method.md §4-5) and checks
+every field against the allowed values, which each live with the code that uses them and are
+imported here, so `config.json` records what actually ran and a bad value fails before any
+data is read.
 `check_resume` guards a run directory against resuming with another config.
 """
 
@@ -16,21 +17,20 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from resp_jax import linear_eval, logging_utils, losses, models, optim, selection
-from resp_jax.data import audio, features, metadata, pipeline, readers, records
+from resp_jax import evaluation, linear_eval, logging_utils, losses, models, optim, selection
+from resp_jax.data import audio, feature_store, features, metadata, pipeline, sources
 
-# What differs between datasets (docs/method.md §4, §5). Normalisation constants are the same for both
-# (the reference reuses ICBHI's) and live in configs/base.py. A manifest gets ICBHI's.
-DATASET_DEFAULTS = {
-    records.ICBHI: {"epochs": 400, "class_weighted": True},
-    records.SPRSOUND: {"epochs": 200, "class_weighted": False},
-    records.MANIFEST: {"epochs": 400, "class_weighted": True},
-}
+# What differs between datasets (docs/method.md §4, §5: epochs, class weighting) is each
+# Source's; the normalisation constants are the same for all (the reference reuses ICBHI's)
+# and live in configs/base.py.
 LR_PRETRAINED = 1e-4   # fine-tuning AudioSet weights
 LR_SCRATCH = 1e-3
 
 ONE_STAGE = ("ce", "hybrid", "patchmix_cl", "pafa")
-TWO_STAGE = ("scl", "simclr", "mscl")
+TWO_STAGE = ("scl", "simclr", "mscl", "linear_probe")
+NO_HEADS = ("ce", "linear_probe")  # methods without contrastive heads
+# 'linear_probe': no first stage; the second stage's linear classifier sits on the frozen
+# encoder of model.init_from (OPERA's benchmark protocol, docs/method.md §12).
 METHODS = ONE_STAGE + TWO_STAGE
 INSTANCE = losses.INSTANCE
 PATIENT = metadata.PATIENT  # pseudo-field: the patient ids of a split (PAFA's head)
@@ -67,7 +67,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A checked copy of ``config`` with every placeholder filled in."""
     config = copy.deepcopy(config)  # field types (and placeholders' types) kept
     name = config.data.name
-    _choice("data.name", name, records.DATASETS)
+    _choice("data.name", name, sources.NAMES)
     _choice("method", config.method, METHODS)
     _choice("eval.selection", config.eval.selection, selection.PROTOCOLS)
     _choice("train.schedule", config.train.schedule, optim.SCHEDULES)
@@ -87,9 +87,11 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                          "(the Patch-Mix code fills its masks with the example's mean)")
     _choice("data.frontend", config.data.frontend, features.FRONTENDS)
     _choice("model.proj_pool", config.model.get("proj_pool", "mean"), models.heads.POOLS)
-    if config.data.frontend in features.FBANK_FRONTENDS and config.data.norm != "reference":
-        raise ValueError("config.data.norm='dataset' is for log-mel features; the fbank front "
-                         "ends are normalised with their models' constants (keep 'reference')")
+    if features.fixed_norm(config.data.frontend) is not None and config.data.norm != "reference":
+        raise ValueError("config.data.norm='dataset' is for CNN6's log-mel features; the other "
+                         "front ends are normalised with their models' constants (keep "
+                         "'reference')")
+    feature_store.check_sample_rate(config.data.frontend, config.data.sample_rate)
     warm = config.train.get("warmup_epochs", 0)
     if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
         raise ValueError(f"config.train.warmup_epochs must be an int >= 0, got {warm!r}")
@@ -105,34 +107,39 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise ValueError(f"config.model.{field} must be set for model "
                              f"{config.model.name!r}")
 
-    defaults = DATASET_DEFAULTS[name]
+    source = sources.get(name)
+    if config.method == "linear_probe":
+        config.train.epochs = 0  # the encoder is never trained
     if config.train.epochs is None:
-        config.train.epochs = defaults["epochs"]
+        config.train.epochs = source.epochs
     if config.loss.class_weighted is None:
-        config.loss.class_weighted = defaults["class_weighted"]
+        config.loss.class_weighted = source.class_weighted
     if config.train.lr is None:
         config.train.lr = LR_PRETRAINED if config.model.init_from else LR_SCRATCH
-    # Classes, metadata fields and splits: fixed for ICBHI and SPRSound, a manifest's from
-    # its CSV; recorded here so config.json says what every code meant.
-    schema, splits, normal = readers.describe(name, config.data.root, config.data.classes,
-                                              config.data.normal_class)
+    # Classes, metadata fields and splits: fixed, or read from the data (a manifest's CSV);
+    # recorded here so config.json says what every code meant.
+    schema, splits, normal = source.describe(config.data.root, config.data.classes,
+                                             config.data.normal_class)
     config.data.classes = schema.classes
     config.data.normal_class = normal
     config.data.fields = schema.to_config()
+    evaluation.columns(schema)  # a manifest column may not take a predictions-file column
     if "train" not in splits:
         raise ValueError(f"{config.data.root}: no 'train' split (splits found: "
                          f"{', '.join(splits) or 'none'}); training needs one")
     if config.data.test_split is None:
-        config.data.test_split = records.TEST_SPLIT.get(name, "test")
+        config.data.test_split = source.test_split_of(splits)
     _choice("data.test_split", config.data.test_split, [s for s in splits if s != "train"])
     if config.eval.selection == "val" and selection.VAL_SPLIT in splits:
         raise ValueError(f"{config.data.root} has a split named {selection.VAL_SPLIT!r}, and "
                          "eval.selection='val' carves its own from 'train': rename that split")
 
     for key in ("train.epochs", "train.batch_size", "train.lr", "linear_eval.batch_size",
-                "eval.batch_size", "data.duration", "loss.temperature", "train.log_every"):
+                "eval.batch_size", "data.duration", "loss.temperature", "train.log_every",
+                "eval.bootstrap_resamples"):
         section, field = key.split(".")
-        _positive(key, config[section][field])
+        if key != "train.epochs" or config.method != "linear_probe":
+            _positive(key, config[section][field])
     if is_two_stage(config):
         _positive("linear_eval.epochs", config.linear_eval.epochs)
     if not 0 < config.eval.val_fraction < 1:
@@ -147,7 +154,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"config.loss.mix_beta must be >= 0, got {config.loss.mix_beta!r}")
 
     hs = heads(config)
-    if config.method != "ce" and not hs:
+    if config.method in NO_HEADS and hs and config.method != "ce":
+        raise ValueError(f"method {config.method!r} has no contrastive heads; set "
+                         "config.loss.heads=()")
+    if config.method not in NO_HEADS and not hs:
         raise ValueError(f"method {config.method!r} needs at least one contrastive head in "
                          "config.loss.heads, e.g. (('label', 1.0),)")
     names = [f for f, _ in hs]
@@ -204,8 +214,8 @@ def _check_pafa(config, names) -> None:
                          "returns its tokens)")
 
 
-# Fields a resumed run may change: they do not affect the results.
-RESUME_MAY_CHANGE = ("train.log_every", "sweep_seeds")
+# Fields a resumed run may change: they do not affect training (the bootstrap runs at the end).
+RESUME_MAY_CHANGE = ("train.log_every", "sweep_seeds", "eval.bootstrap_resamples")
 # Fields added since runs began recording config.json: a run recorded without them resumes.
 ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.frontend", "augment.policy",
                "augment.fill",
@@ -215,7 +225,9 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "train.weight_average", "model.pos_embed", "model.attention",
                "model.remat", "data.wave_scale", "model.proj_ln", "model.proj_pool",
                "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs",
-               "model.fstride", "model.tstride", "model.pool")
+               "model.fstride", "model.tstride", "model.pool", "train.lr_decay",
+               "train.clip_norm", "train.head_weight_decay", "linear_eval.lr_decay",
+               "linear_eval.clip_norm")
 # Fields added since whose default changed what a run computes: a run recorded without one
 # resumes only with the value it ran with.
 ADDED_WITH = {"data.resampler": "soxr", "data.fade": "cycle"}

@@ -1,5 +1,6 @@
 """The figures of a run's report (matplotlib, Agg backend): confusion matrices, per-class
-recall, per-epoch and per-step training curves, and a 2-D map of encoder features."""
+recall, per-epoch and per-step training curves, a 2-D map of encoder features, and the test
+figures per metadata subgroup."""
 
 from __future__ import annotations
 
@@ -213,4 +214,55 @@ def plot_embedding(xy: np.ndarray, codes: dict, dataset, path: Path, title: str)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+SUBGROUP_METRICS = (("sp", "Sp", "tab:blue"), ("se", "Se", "tab:orange"),
+                    ("score", "Score", "black"))
+
+
+def _columns(groups: list, columns: int) -> list:
+    """Fields dealt to ``columns`` columns, largest first, each to the shortest column."""
+    out = [[] for _ in range(columns)]
+    for field, rows in sorted(groups, key=lambda g: -len(g[1])):
+        min(out, key=lambda c: sum(len(r) + 2 for _, r in c)).append((field, rows))
+    return [c for c in out if c]
+
+
+def plot_subgroups(rows: list, overall: float, path: Path) -> None:
+    """Sp, Se and Score with their 95 % intervals per value of each metadata field
+    (`evaluation.subgroups` rows), one panel per field, values labelled with their cycle and
+    patient counts; the dashed line is the overall Score."""
+    plt = _pyplot()
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["field"], []).append(r)
+    groups = list(groups.items())
+    cols = _columns(groups, 2 if len(groups) > 3 else 1)
+    height = max(sum(len(r) + 2 for _, r in c) for c in cols)
+    fig = plt.figure(figsize=(8 * len(cols), 1.5 + 0.34 * height), layout="constrained")
+    subfigs = np.atleast_1d(fig.subfigures(1, len(cols), wspace=0.04))
+    for sub, col in zip(subfigs, cols):
+        axes = np.atleast_1d(sub.subplots(len(col), 1, sharex=True, gridspec_kw={
+            "height_ratios": [len(r) + 1 for _, r in col]}))
+        for ax, (field, group) in zip(axes, col):
+            y = np.arange(len(group))[::-1]
+            for offset, (key, name, colour) in zip((0.25, 0.0, -0.25), SUBGROUP_METRICS):
+                value = np.array([r[key]["value"] for r in group], np.float64)
+                ci = np.array([r[key]["interval"] or [np.nan, np.nan] for r in group])
+                err = np.nan_to_num(np.abs(ci.T - value))  # n/a or no interval: no bar
+                ax.errorbar(value, y + offset, xerr=err, fmt="o", color=colour, markersize=4,
+                            capsize=2, linewidth=1, label=name)
+            ax.axvline(overall, color="grey", linestyle="--", linewidth=1)
+            ax.set_yticks(y, [f"{r['value'] or 'unknown'}  ({r['cycles']} cycles, "
+                              f"{r['patients']} pat.)" for r in group], fontsize=8)
+            ax.set_ylim(-0.6, len(group) - 0.4)
+            ax.set_xlim(-1, 101)  # a marker at 0 or 100 shows whole
+            ax.set_title(field, fontsize=10, loc="left")
+            ax.grid(axis="x", alpha=0.3)
+        axes[-1].set_xlabel("percent, with 95 % patient-bootstrap interval")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside upper right", ncol=3, fontsize=9)
+    fig.suptitle(f"Test figures per subgroup (dashed: overall Score {overall:.2f})", fontsize=11)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

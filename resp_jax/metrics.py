@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from resp_jax.data.records import CLASSES, DATASETS, SPRSOUND
+from resp_jax.data import sources
 
 # The metrics a run reports, in table order, with their display names (results.json, report,
 # sweep).
@@ -79,18 +79,17 @@ def scores(cm, dataset: Optional[str] = None) -> dict:
     """Scores of a confusion matrix, in percent.
 
     Returns 'sp', 'se', 'score' = (Se + Sp) / 2, 'hs' = 2 Se Sp / (Se + Sp), 'recall' (per
-    class, list) and 'support' (cycles per true class, list); with dataset 'sprsound' also
-    'sprsound_score' = (Score + HS) / 2. ``dataset`` (if given, ICBHI or SPRSound) fixes
-    the number of classes; a manifest's come from its config.
+    class, list) and 'support' (cycles per true class, list); with a SPRSound dataset also
+    'sprsound_score' = (Score + HS) / 2. ``dataset`` (a ``data.name``, if given) fixes the
+    number of classes when its classes are fixed; a manifest's come from its config.
     """
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] < 2:
         raise ValueError(f"confusion matrix must be square [C, C] with C >= 2, got {cm.shape}")
-    if dataset is not None and dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if dataset in CLASSES:  # fixed classes (a manifest's: num_classes from its config)
-        if cm.shape[0] != len(CLASSES[dataset]):
-            raise ValueError(f"{dataset} has {len(CLASSES[dataset])} classes, the confusion "
+    source = None if dataset is None else sources.get(dataset)
+    if source is not None and source.classes:  # fixed (a manifest's: from its config)
+        if cm.shape[0] != len(source.classes):
+            raise ValueError(f"{dataset} has {len(source.classes)} classes, the confusion "
                              f"matrix has {cm.shape[0]}")
     if np.any(cm < 0):
         raise ValueError("confusion matrix has negative counts")
@@ -106,7 +105,7 @@ def scores(cm, dataset: Optional[str] = None) -> dict:
         "recall": [_rate(d, s) for d, s in zip(diag, support)],
         "support": [int(s) for s in support],
     }
-    if dataset == SPRSOUND:
+    if source is not None and source.sprsound_score:
         out["sprsound_score"] = (out["score"] + out["hs"]) / 2
     return out
 
@@ -115,16 +114,15 @@ def summarize(y_true, y_pred, mask=None, dataset: Optional[str] = None,
               num_classes: Optional[int] = None) -> dict:
     """`scores` of the predictions plus the confusion matrix (nested lists, for logging).
 
-    ``num_classes`` defaults to the class count of a fixed dataset (ICBHI, SPRSound); one of
-    the two is required.
+    ``num_classes`` defaults to the class count of a dataset with fixed classes; one of the
+    two is required.
     """
     if num_classes is None:
-        if dataset is not None and dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-        if dataset not in CLASSES:
-            raise ValueError(f"summarize needs num_classes or dataset (one of {tuple(CLASSES)}"
-                             f", whose classes are fixed), got dataset {dataset!r}")
-        num_classes = len(CLASSES[dataset])
+        classes = () if dataset is None else sources.get(dataset).classes
+        if not classes:
+            raise ValueError(f"summarize needs num_classes or dataset (one whose classes are "
+                             f"fixed), got dataset {dataset!r}")
+        num_classes = len(classes)
     cm = confusion_matrix(y_true, y_pred, num_classes, mask)
     out = scores(cm, dataset)
     out["confusion_matrix"] = cm.tolist()

@@ -3,17 +3,25 @@
     python -m resp_jax.predict --workdir=DIR --wav=FILE [--annotations=FILE] [--csv=OUT]
     python -m resp_jax.predict --workdir=DIR --wav=FILE [--window=8] [--hop=4] [--csv=OUT]
 
-With ``--annotations`` (an ICBHI ``.txt`` cycle file or a SPRSound ``.json`` event file) each
-annotated cycle is classified, and its annotated class is printed beside the prediction;
+With ``--annotations`` (an ICBHI ``.txt`` cycle file, a SPRSound ``.json`` event file, an
+HF_Lung ``_label.txt`` file: `sources.by_annotation`) each annotated cycle is classified,
+and its annotated class is printed beside the prediction;
 without, the recording is cut into windows of ``--window`` seconds (default and most: the
 run's ``data.duration``, the clip length the model sees) every ``--hop`` seconds (default:
 half a window), the last one ending at the end of the recording.
 Several recordings: repeat ``--wav`` (and ``--annotations``, in the same order).
 
+The annotated cycles of one of the run's own test recordings (same stem, cycle starts, ends
+and classes) are not classified again: their predictions are read from the run's
+``predictions.csv``, the evaluation that ``results.json`` and ``report`` show (classified
+alone, a recording's cycles are min-maxed in other batches than in the run's evaluation, which
+can move a probability). ``--recompute`` classifies them anyway.
+
 Prints one JSON object per cycle or window (wav, index, start, end, predicted, probabilities,
 annotated) on stdout, and with ``--csv`` writes the same as CSV. Any format, sample rate, bit
 depth or channel count that soundfile reads is accepted (channels are averaged, audio is
-resampled to 16 kHz with the run's ``data.resampler`` and cut with its ``data.fade``); cycles
+resampled to the run's ``data.sample_rate`` with its ``data.resampler`` and cut with its
+``data.fade``); cycles
 are preprocessed as the run's evaluation preprocessed them (`resp_jax.finished_run`),
 including the batch min-max over up to ``eval.batch_size`` cycles.
 """
@@ -45,17 +53,19 @@ def windows(duration: float, window: float, hop: float) -> list:
 
 
 def segments(wav: str, annotations: str | None, window: float, hop: float,
-             dataset: str, resampler: str | None = None) -> tuple:
-    """``(wave at 16 kHz, rows)`` of one recording (resampled with ``resampler``): a row per
-    cycle or window, with its start, end and (annotations) annotated class name; cycles
-    starting past the end of the audio are left out with a warning that names them."""
-    from resp_jax.data import audio, readers, records, wav_checks
+             classes=(), sample_rate: int = 16000, resampler: str | None = None) -> tuple:
+    """``(wave at sample_rate, rows)`` of one recording (resampled with ``resampler``,
+    default `audio.RESAMPLER`): a row per cycle or window, with its start, end and
+    (annotations) annotated class name and its index in ``classes`` (the run's; -1 when not
+    among them); cycles starting past the end of the audio are left out with a warning that
+    names them."""
+    from resp_jax.data import audio, readers, wav_checks
 
-    wave = audio.load_any(wav, resampler=resampler or audio.RESAMPLER)
-    duration = len(wave) / audio.SAMPLE_RATE
+    wave = audio.load_any(wav, sample_rate, resampler=resampler or audio.RESAMPLER)
+    duration = len(wave) / sample_rate
     if annotations is None:
         return wave, [{"start": a, "end": b} for a, b in windows(duration, window, hop)]
-    kind, cycles, dropped = readers.read_annotation(annotations)
+    source, cycles, dropped = readers.read_annotation(annotations)
     for d in dropped:
         logging.warning("%s: %s (left out)", d.path, d.reason)
     rows, past = [], []
@@ -64,11 +74,9 @@ def segments(wav: str, annotations: str | None, window: float, hop: float,
         if clamped is None:
             past.append(k)
             continue
-        row = {"start": clamped[0], "end": clamped[1],
-               "annotated": records.CLASSES[kind][label]}  # the annotation format's
-        if kind == dataset:
-            row["label"] = label
-        rows.append(row)
+        name = source.classes[label]   # the annotation format's class
+        rows.append({"start": clamped[0], "end": clamped[1], "annotated": name,
+                     "label": classes.index(name) if name in classes else -1})
     if past:
         logging.warning("%s: %d annotated cycle(s) start after the end of %s (%.2f s) and are "
                         "left out: cycles %s (0-based, in file order)", annotations, len(past),
@@ -78,9 +86,28 @@ def segments(wav: str, annotations: str | None, window: float, hop: float,
     return wave, rows
 
 
+def from_run(predictions, wav: str, rows: list):
+    """``[n, C]`` probabilities and ``[n]`` predicted classes of ``rows`` (the annotated
+    cycles of ``wav``) as the run's own evaluation gave them (its predictions.csv), when
+    ``wav`` is one of its test recordings and every row one of its cycles (same recording
+    stem, start and class, an end within 10 ms: ends are clamped to the audio); else None."""
+    if predictions is None or not rows or "annotated" not in rows[0]:
+        return None
+    stem = os.path.splitext(os.path.basename(wav))[0]
+    where = {float(a): i for i, (s, a) in enumerate(zip(predictions.stem, predictions.start))
+             if s == stem}
+    found = [where.get(float(r["start"])) for r in rows]
+    if None in found or any(predictions.label[i] != r.get("label", -1)
+                            or abs(predictions.end[i] - r["end"]) > 0.01
+                            for i, r in zip(found, rows)):
+        return None
+    return predictions.probabilities[found], predictions.predicted[found]
+
+
 def predict(run, wavs: list, annotations: list | None = None, window: float | None = None,
-            hop: float | None = None) -> list:
+            hop: float | None = None, recompute: bool = False) -> list:
     """One dict per cycle or window of every recording (see the module docstring)."""
+    from resp_jax import evaluation
     from resp_jax.data import audio
 
     if annotations and len(annotations) != len(wavs):
@@ -97,17 +124,29 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
                          f"run was trained on (data.duration); the model would see only the "
                          f"first {clip:g} s of each window: use --window <= {clip:g}")
     hop = float(hop or window / 2)
+    path = run.workdir / evaluation.PREDICTIONS_FILE
+    own = None if recompute or not path.is_file() else evaluation.read(path, run.dataset)
     out = []
     for i, wav in enumerate(wavs):
+        sr = int(run.config.data.sample_rate)  # the run's (48 kHz for CLAP's front end)
         wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
-                              run.dataset, run.config.data.resampler)
-        cuts = audio.cycles(wave, [(r["start"], r["end"]) for r in rows],
-                            run.config.data.fade)  # the run's preparation
-        result = run.classify_waves(cuts, [r.get("label", -1) for r in rows], source=str(wav))
-        for k, (row, p) in enumerate(zip(rows, result["probabilities"])):
+                              run.classes, sr, run.config.data.resampler)
+        found = from_run(own, wav, rows)
+        if found is not None:
+            logging.info("%s: one of the run's test recordings; its %d cycles' predictions "
+                         "are the run's own (%s; --recompute classifies them anew)", wav,
+                         len(rows), path)
+            probabilities, predicted = found
+        else:  # cut as the run's data were prepared (data.fade)
+            cuts = audio.cycles(wave, [(r["start"], r["end"]) for r in rows],
+                                run.config.data.fade, sr, audio.fade_length(sr))
+            probabilities = run.classify_waves(cuts, [r.get("label", -1) for r in rows],
+                                               source=str(wav))["probabilities"]
+            predicted = probabilities.argmax(axis=-1)
+        for k, (row, p, choice) in enumerate(zip(rows, probabilities, predicted)):
             record = {"wav": wav, "index": k, "start": round(row["start"], 4),
                       "end": round(row["end"], 4),
-                      "predicted": run.classes[int(p.argmax())],
+                      "predicted": run.classes[int(choice)],
                       "probabilities": {c: round(float(v), 6) for c, v in zip(run.classes, p)}}
             if "annotated" in row:
                 record["annotated"] = row["annotated"]
@@ -173,7 +212,8 @@ def main(argv):
         if FLAGS.csv:
             check_writable(FLAGS.csv)
         run = finished_run.load(FLAGS.workdir)
-        records = predict(run, FLAGS.wav, FLAGS.annotations, FLAGS.window, FLAGS.hop)
+        records = predict(run, FLAGS.wav, FLAGS.annotations, FLAGS.window, FLAGS.hop,
+                          FLAGS.recompute)
         if FLAGS.csv:
             write_csv(FLAGS.csv, records, run.classes)
     except (DataError, FileNotFoundError, ValueError) as e:
@@ -194,13 +234,15 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "A finished run (resp_jax.main --workdir).")
     flags.DEFINE_multi_string("wav", None, "Recording(s) to classify (repeat the flag).")
     flags.DEFINE_multi_string(
-        "annotations", None, "Cycle annotations per --wav, in the same order: ICBHI .txt or "
-        "SPRSound .json. Without them, sliding windows are classified.")
+        "annotations", None, "Cycle annotations per --wav, in the same order: ICBHI .txt, "
+        "SPRSound .json or HF_Lung _label.txt. Without them, sliding windows are classified.")
     flags.DEFINE_float("window", None, "Window length in seconds (no annotations); "
                        "default: the run's data.duration.", lower_bound=0.1)
     flags.DEFINE_float("hop", None, "Seconds between window starts (no annotations); "
                        "default: half the window.", lower_bound=0.01)
     flags.DEFINE_string("csv", None, "Also write the predictions to this CSV file.")
+    flags.DEFINE_bool("recompute", False, "Classify the annotated cycles of the run's own test "
+                      "recordings anew instead of reading them from its predictions.csv.")
     flags.mark_flags_as_required(["workdir", "wav"])
 
 

@@ -1,21 +1,26 @@
-"""Command line: a Markdown report with figures for a run, or a table comparing runs.
+"""Command line: a Markdown report with figures for a run, or a comparison of runs.
 
     python -m resp_jax.report --workdir=DIR [--embedding=tsne|umap] [--max_points=3000]
-    python -m resp_jax.report --compare DIR1 DIR2 ... [--out=FILE.md]
+    python -m resp_jax.report --compare DIR1 DIR2 ... [--out=FILE.md] [--resamples=N]
 
-The first writes ``DIR/report.md`` and its figures in ``DIR/report/``: the confusion matrix of
-the selected model on the test split (counts and row-normalised), per-class recall, the
-training / validation curves of ``metrics.jsonl``, and a 2-D map (t-SNE, or UMAP when
-umap-learn is installed) of the frozen encoder features of the test split coloured by class,
-sex, age group and device (SPRSound has no device: chest location instead). The metrics are
-recomputed from ``ckpt/best`` and shown beside those of ``results.json``.
+The first writes ``DIR/report.md`` and its figures in ``DIR/report/``: the test metrics with
+their 95 % patient-bootstrap intervals, the confusion matrix of the selected model on the test
+split (counts and row-normalised), per-class recall, Sp / Se / Score per value of every
+metadata field (table and figure), the training / validation curves of ``metrics.jsonl``, and
+a 2-D map (t-SNE, or UMAP when umap-learn is installed) of the frozen encoder features of the
+test split coloured by class, sex, age group and device (SPRSound has no device: chest
+location instead). Everything but the map and the curves is computed from the run's
+``predictions.csv`` (`resp_jax.evaluation`); the metrics are also recomputed from ``ckpt/best``
+(the map needs its features anyway) and shown beside those of ``results.json``.
 
 ``--compare`` puts runs (a directory with results.json) and sweeps (summary.json, from
-resp_jax.sweep) side by side in one table, printed and optionally written to ``--out``.
+resp_jax.sweep) side by side in one table, printed and optionally written to ``--out``; for
+two runs it adds their paired difference, for two sweeps Welch's test (`resp_jax.comparison`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -26,9 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from resp_jax import metrics  # noqa: E402
+from resp_jax import evaluation, metrics  # noqa: E402
+from resp_jax.cli import interval_text, md_table  # noqa: E402
 from resp_jax.figures import (MAP_NAMES, embed_2d, map_panels, plot_confusion,  # noqa: E402
-                              plot_curves, plot_embedding, plot_recall, umap_module)
+                              plot_curves, plot_embedding, plot_recall, plot_subgroups,
+                              umap_module)
 
 FLAGS = flags.FLAGS
 
@@ -58,13 +65,72 @@ def _cell(value) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def _md_table(header: list, rows: list) -> list:
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+def _rate(value) -> str:
+    """A subgroup's figure: 'n/a' when it has no cycle to count (NaN)."""
+    return "n/a" if value is None or np.isnan(value) else f"{value:.2f}"
 
 
-def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
-    """Writes ``workdir/report.md`` and ``workdir/report/*.png``; returns the .md path."""
+def metrics_section(res: dict, keys: list, predictions, recomputed: dict, resamples: int) -> list:
+    """The test metrics from every source, and their patient-bootstrap intervals."""
+    rows = [["results.json"] + [_cell(res["test"][k]) for k, _ in keys]]
+    lines = []
+    if predictions is not None:
+        from_file = predictions.scores()
+        rows.append([evaluation.PREDICTIONS_FILE] + [_cell(from_file[k]) for k, _ in keys])
+    rows.append(["recomputed from ckpt/best"] + [_cell(recomputed[k]) for k, _ in keys])
+    if predictions is not None:
+        ci = evaluation.bootstrap(predictions, resamples)
+        rows.append(["95 % interval"] + [interval_text(ci.get(k)) for k, _ in keys])
+        patients = len(np.unique(predictions.patient))
+        lines = ["", f"95 % interval: the 2.5th and 97.5th percentiles over {resamples} "
+                 f"resamples of the {patients} test patients (with replacement, every cycle of "
+                 "a drawn patient in; docs/method.md §11). It covers the sampling of test "
+                 "patients for this trained model, not seed-to-seed variation (a sweep's)."]
+    else:
+        lines = ["", f"No `{evaluation.PREDICTIONS_FILE}` in this run (written by runs since "
+                 "per-cycle predictions exist): no intervals, no subgroups."]
+    return md_table(["source"] + [h for _, h in keys], rows) + lines
+
+
+SUBGROUP_VALUES = 12  # a field with more values in the test split (a manifest's age) is left out
+
+
+def subgroup_section(predictions, schema, resamples: int, figure: Path) -> list:
+    """Sp / Se / Score per value of each metadata field: a table and ``figure``."""
+    if predictions is None or not predictions.fields:
+        return []
+    counts = {f: len(set(v.tolist())) for f, v in predictions.fields.items()}
+    many = [f"{f} ({n} values)" for f, n in counts.items() if n > SUBGROUP_VALUES]
+    shown = dataclasses.replace(predictions, fields={
+        f: v for f, v in predictions.fields.items() if counts[f] <= SUBGROUP_VALUES})
+    if not shown.fields:
+        return ["## Subgroups", "", f"Every metadata field has more than {SUBGROUP_VALUES} "
+                f"values in the test split: {', '.join(many)}.", ""]
+    rows = evaluation.subgroups(shown, resamples, order=dict(schema.vocabs))
+    overall = predictions.scores()["score"]
+    plot_subgroups(rows, overall, figure)
+    lines = ["## Subgroups", "", f"![subgroups]({FIGURE_DIR}/{figure.name})", "",
+             "Test figures per value of each metadata field (unknown: no value recorded), with "
+             "their 95 % intervals from resampling the subgroup's patients "
+             f"({resamples} resamples); n/a: the subgroup has no normal (Sp) or no abnormal "
+             f"(Se) cycle. Dashed line in the figure: the overall Score ({overall:.2f}). A "
+             "subgroup of few patients has a wide interval: read differences between subgroups "
+             "against them."
+             + (f" Left out, with more than {SUBGROUP_VALUES} values: {', '.join(many)}."
+                if many else ""), ""]
+    lines += md_table(
+        ["field", "value", "cycles", "patients", "Sp", "Se", "Score"],
+        [[r["field"], r["value"] or "unknown", r["cycles"], r["patients"]]
+         + [f"{_rate(r[k]['value'])} {interval_text(r[k]['interval'])}"
+            if r[k]["interval"] else _rate(r[k]["value"]) for k in ("sp", "se", "score")]
+         for r in rows])
+    return lines + [""]
+
+
+def report(workdir, *, embedding: str = "tsne", max_points: int = 3000,
+           resamples: int | None = None) -> Path:
+    """Writes ``workdir/report.md`` and ``workdir/report/*.png``; returns the .md path.
+    ``resamples``: of every bootstrap (default: the run's ``eval.bootstrap_resamples``)."""
     from resp_jax import cli, finished_run
     from resp_jax.data import run_data
 
@@ -76,9 +142,15 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     data = run_data.load(run.config)
     out = run.split_outputs(data, "test")
     classes = run.classes
-    cm = metrics.confusion_matrix(out["label"], out["prediction"], len(classes))
-    recomputed = metrics.scores(cm, dataset=run.dataset)  # SPRSound: + its challenge score
-    recall, support = np.asarray(recomputed["recall"]), np.asarray(recomputed["support"])
+    if resamples is None:
+        resamples = int(run.config.eval.get("bootstrap_resamples", evaluation.RESAMPLES))
+    recomputed = metrics.summarize(out["label"], out["prediction"], dataset=run.dataset,
+                                   num_classes=len(classes))  # SPRSound: + its challenge score
+    path = workdir / evaluation.PREDICTIONS_FILE
+    predictions = evaluation.read(path, run.dataset) if path.is_file() else None
+    shown = predictions.scores() if predictions is not None else recomputed
+    cm = np.asarray(shown["confusion_matrix"])
+    recall, support = np.asarray(shown["recall"]), np.asarray(shown["support"])
 
     figures = workdir / FIGURE_DIR
     figures.mkdir(parents=True, exist_ok=True)
@@ -104,25 +176,26 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     res = run.results
     label = cli.method_label(run.config)
     keys = [(k, h) for k, h in metrics.NAMES.items() if k in res["test"]]
+    source = f"`{evaluation.PREDICTIONS_FILE}`" if predictions is not None else "`ckpt/best`"
     lines = [f"# {label} on {res['dataset']} ({res['test_split']})", "",
              f"Run `{workdir}`: seed {res['seed']}, model selection `{res['selection']}`, "
              f"selected epoch {res['epoch']} of stage `{res['stage']}`; "
              "cycles: " + ", ".join(f"{k} {v}" for k, v in res["cycles"].items())
              + f"; {res['skipped']} item(s) skipped while reading the data.", "",
              "## Test metrics (%)", ""]
-    lines += _md_table(["source"] + [h for _, h in keys],
-                       [["results.json"] + [_cell(res["test"][k]) for k, _ in keys],
-                        ["recomputed from ckpt/best"] + [_cell(recomputed[k]) for k, _ in keys]])
+    lines += metrics_section(res, keys, predictions, recomputed, resamples)
     lines += ["", f"## Confusion matrix ({out['split']} split, selected model)", "",
               f"![confusion matrix]({FIGURE_DIR}/confusion.png)", "",
-              "Rows: annotated class; columns: predicted class.", ""]
-    lines += _md_table(["annotated \\ predicted"] + list(classes),
-                       [[c] + [int(v) for v in cm[i]] for i, c in enumerate(classes)])
+              f"Rows: annotated class; columns: predicted class (from {source}).", ""]
+    lines += md_table(["annotated \\ predicted"] + list(classes),
+                      [[c] + [int(v) for v in cm[i]] for i, c in enumerate(classes)])
     lines += ["", "## Per-class recall", "", f"![per-class recall]({FIGURE_DIR}/recall.png)", ""]
-    lines += _md_table(["class", "cycles", "recall (%)"],
-                       [[c, int(support[i]), _cell(recall[i])]
-                        for i, c in enumerate(classes)])
-    lines += ["", "## Training and validation curves", "",
+    lines += md_table(["class", "cycles", "recall (%)"],
+                      [[c, int(support[i]), _cell(recall[i])]
+                       for i, c in enumerate(classes)])
+    lines += [""] + subgroup_section(predictions, run.schema, resamples,
+                                     figures / "subgroups.png")
+    lines += ["## Training and validation curves", "",
               f"![curves]({FIGURE_DIR}/curves.png)", "",
               f"From `metrics.jsonl` ({sum('split' in r for r in records)} evaluations, "
               f"{sum('step' in r for r in records)} logging windows); per stage, the loss "
@@ -150,60 +223,6 @@ def report(workdir, *, embedding: str = "tsne", max_points: int = 3000) -> Path:
     return path
 
 
-def heads_cell(config: dict) -> str:
-    """The contrastive heads with their weights ('label 0.5, device 0.25'); '–' for CE. The
-    method label names the fields only, so runs that differ in weights need this column."""
-    if config.get("method") == "ce":
-        return "–"
-    return ", ".join(f"{field} {float(weight):g}" for field, weight in config["loss"]["heads"])
-
-
-def compare_row(directory) -> dict:
-    """One row of the comparison: a sweep (summary.json) or a single run (results.json)."""
-    from ml_collections import ConfigDict
-
-    from resp_jax import cli, finished_run
-
-    directory = Path(directory)
-    if (directory / "summary.json").is_file():
-        s = finished_run.read_json(directory / "summary.json", "the sweep summary")
-        first = directory / "seed_0" / finished_run.CONFIG_FILE  # every seed shares the heads
-        heads = heads_cell(finished_run.read_json(first, "its config")) if first.is_file() else ""
-        return {"dir": str(directory), "method": s["method"], "heads": heads,
-                "dataset": s["dataset"], "test_split": s["test_split"],
-                "selection": s["selection"], "runs": s["runs"],
-                "metrics": {k: (v["mean"], v["std"]) for k, v in s["metrics"].items()}}
-    res = finished_run.read_json(directory / "results.json", "results.json or a sweep's summary.json")
-    config = finished_run.read_json(directory / "config.json", "its config")
-    return {"dir": str(directory), "method": cli.method_label(ConfigDict(config)),
-            "heads": heads_cell(config), "dataset": res["dataset"],
-            "test_split": res["test_split"], "selection": res["selection"], "runs": 1,
-            "metrics": {**{k: (v, None) for k, v in res["test"].items() if k != "loss"},
-                        **({metrics.RECENT: (res["test_score_recent"]["mean"], None)}
-                           if res.get("test_score_recent") else {})}}
-
-
-def compare(directories) -> str:
-    """A Markdown table of several runs or sweeps (mean ± population std for sweeps)."""
-    rows = [compare_row(d) for d in directories]
-    keys = [(k, h) for k, h in metrics.TABLE_NAMES.items()
-            if any(k in r["metrics"] for r in rows)]
-
-    def cell(r, k):
-        if k not in r["metrics"]:
-            return "–"
-        mean, std = r["metrics"][k]
-        return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
-
-    table = _md_table(["run", "method", "heads (weight)", "dataset (test split)", "selection",
-                       "runs"] + [h for _, h in keys],
-                      [[f"`{r['dir']}`", r["method"], r["heads"],
-                        f"{r['dataset']} ({r['test_split']})", r["selection"], r["runs"]]
-                       + [cell(r, k) for k, _ in keys]
-                       for r in rows])
-    return "\n".join(table) + "\n"
-
-
 def main(argv):
     compare_dirs = list(FLAGS.compare or []) + list(argv[1:])
     if FLAGS.compare is None and len(argv) > 1:
@@ -213,14 +232,19 @@ def main(argv):
                              "--compare DIR1 DIR2 ... (a table of runs or sweeps)")
     try:
         if compare_dirs:
-            table = compare(compare_dirs)
-            print(table, end="", flush=True)
+            from resp_jax import comparison
+            text = comparison.table(compare_dirs)
+            print(text, end="", flush=True)  # first: the table stands when pairing is refused
+            if len(compare_dirs) == 2:
+                test = comparison.difference(*compare_dirs, resamples=FLAGS.resamples)
+                print("\n" + test, end="", flush=True)
+                text += "\n" + test
             if FLAGS.out:
-                Path(FLAGS.out).write_text(table)
+                Path(FLAGS.out).write_text(text)
                 logging.info("wrote %s", FLAGS.out)
         else:
             path = report(FLAGS.workdir, embedding=FLAGS.embedding,
-                          max_points=FLAGS.max_points)
+                          max_points=FLAGS.max_points, resamples=FLAGS.resamples)
             print(f"wrote {path} and its figures in {path.parent / FIGURE_DIR}/", flush=True)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -237,6 +261,8 @@ def _define_flags() -> None:
     flags.DEFINE_enum("embedding", "tsne", ["tsne", "umap"], "2-D map method.")
     flags.DEFINE_integer("max_points", 3000, "Most test cycles drawn in the map "
                          "(a seeded random subset beyond that).", lower_bound=10)
+    flags.DEFINE_integer("resamples", None, "Patient-bootstrap resamples of every interval "
+                         "(default: the run's eval.bootstrap_resamples, 2000).", lower_bound=1)
 
 
 if __name__ == "__main__":

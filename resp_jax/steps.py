@@ -58,12 +58,14 @@ def make_train_step(model, tx, config, class_weights, mesh, learning_rate: Calla
 
 
 def predictions(logits, label, mask, class_weights) -> dict:
-    """Predicted classes and the class-weighted CE sums of a batch of logits."""
+    """Predicted classes, class probabilities and the class-weighted CE sums of a batch of
+    logits."""
     cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
     ce = losses.cross_entropy(logits, label, mask, cw)
     w = jnp.where((mask > 0) & (label >= 0),
                   1.0 if cw is None else cw[jnp.maximum(label, 0)], 0)
     return {"pred": jnp.argmax(logits, -1), "label": label, "mask": mask,
+            "prob": jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
             "loss_sum": ce * jnp.sum(w), "weight": jnp.sum(w)}
 
 
@@ -83,13 +85,21 @@ def make_eval_step(model, class_weights, mesh) -> Callable:
                    in_shardings=(repl, parallel.batch_sharding(mesh)), out_shardings=repl)
 
 
-def scores(outputs: list, dataset: str, num_classes: int | None = None) -> dict:
-    """Metrics of a split from the per-batch outputs of an eval step (one host read)."""
+def gather(outputs: list) -> dict:
+    """The per-batch outputs of an eval step on the host (one read), padding rows removed:
+    ``label``, ``pred`` [n], ``prob`` [n, C] in evaluation order, and the split's ``loss``."""
     out = jax.tree.map(lambda *xs: np.concatenate([np.atleast_1d(parallel.to_host(x))
                                                    for x in xs]), *outputs)
     keep = out["mask"] > 0
-    s = metrics.summarize(out["label"][keep], out["pred"][keep], dataset=dataset,
+    return {"label": out["label"][keep], "pred": out["pred"][keep], "prob": out["prob"][keep],
+            "loss": float(out["loss_sum"].sum() / max(out["weight"].sum(), 1e-12))}
+
+
+def scores(gathered: dict, dataset: str, num_classes: int | None = None) -> dict:
+    """Metrics of a split from its `gather`ed outputs (the figures its predictions file
+    gives again, `evaluation.Predictions.scores`)."""
+    s = metrics.summarize(gathered["label"], gathered["pred"], dataset=dataset,
                           num_classes=num_classes)
-    result = {"loss": float(out["loss_sum"].sum() / max(out["weight"].sum(), 1e-12))}
+    result = {"loss": gathered["loss"]}
     result.update({k: s[k] for k in metrics.REPORTED if k in s})
     return result

@@ -7,6 +7,8 @@ reports), else 10 (the paper's). Seed k (0-based) trains with train.seed = confi
 after another; rerunning the same command skips finished seeds (their results.json exists)
 and resumes an interrupted one from its checkpoint. DIR/summary.md and DIR/summary.json hold the
 table in the layout of docs/method.md §8; std is the population standard deviation (numpy's default).
+Beside it: the 95 % t interval of each mean over seeds, and every seed's patient-bootstrap
+interval (docs/method.md §11; `resp_jax.evaluation`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from resp_jax import metrics  # noqa: E402
-from resp_jax.cli import method_label  # noqa: E402
+from resp_jax import evaluation, metrics  # noqa: E402
+from resp_jax.cli import interval_text, method_label  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, as for resp_jax.main.", lock_config=True)
@@ -42,17 +44,20 @@ RECENT, HEADERS = metrics.RECENT, metrics.TABLE_NAMES
 
 
 def summarize(runs: list[dict], label: str) -> dict:
-    """Mean and population std of each metric over ``runs`` (results.json contents)."""
+    """Each metric over ``runs`` (results.json contents): mean, population std, the 95 % t
+    interval of the mean over seeds (`evaluation.across_seeds`), every seed's value and, for
+    runs that recorded it, every seed's patient-bootstrap interval."""
     keys = [m for m in metrics.REPORTED if all(m in r["test"] for r in runs)]
     table = {}
     for m in keys:
         values = np.array([r["test"][m] for r in runs], np.float64)
-        table[m] = {"mean": float(values.mean()), "std": float(values.std()),
-                    "values": values.tolist()}
+        table[m] = {**evaluation.across_seeds(values), "values": values.tolist()}
+        intervals = [r.get("test_interval", {}).get(m) for r in runs]
+        if all(intervals):
+            table[m]["seed_intervals"] = intervals
     if all(r.get("test_score_recent") for r in runs):  # runs since the selection-noise figure
         means = np.array([r["test_score_recent"]["mean"] for r in runs], np.float64)
-        table[RECENT] = {"mean": float(means.mean()), "std": float(means.std()),
-                         "values": means.tolist(),
+        table[RECENT] = {**evaluation.across_seeds(means), "values": means.tolist(),
                          "within_std": [r["test_score_recent"]["std"] for r in runs]}
     first = runs[0]
     return {"method": label, "dataset": first["dataset"], "test_split": first["test_split"],
@@ -65,6 +70,8 @@ def _seed_cell(metric: dict, i: int) -> str:
     cell = f"{metric['values'][i]:.2f}"
     if "within_std" in metric:  # the run's own swing over its last epochs
         cell += f" ± {metric['within_std'][i]:.2f}"
+    if "seed_intervals" in metric:  # the run's patient-bootstrap interval
+        cell += f" {interval_text(metric['seed_intervals'][i])}"
     return cell
 
 
@@ -76,11 +83,18 @@ def markdown(summary: dict) -> str:
         f"# {summary['method']} on {summary['dataset']} ({summary['test_split']})",
         "",
         f"{summary['runs']} runs (seeds {summary['seeds']}), model selection "
-        f"`{summary['selection']}`; mean ± population std, in percent.",
+        f"`{summary['selection']}`; mean ± population std over seeds, in percent, and the 95 % "
+        "t interval of the mean over seeds (seed noise on this test set; docs/method.md §11).",
         "",
         "| method | " + " | ".join(HEADERS[k] for k in keys) + " |",
         "|---|" + "---|" * len(keys),
         f"| {summary['method']} | " + " | ".join(cells) + " |",
+        "| 95 % interval of the mean | "
+        + " | ".join(interval_text(summary["metrics"][k].get("interval")) for k in keys) + " |",
+        "",
+        "Per seed: the selected epoch's figure with its 95 % patient-bootstrap interval (test-"
+        "patient sampling, for that trained model); Score, last epochs: mean ± std over the "
+        "run's last epochs.",
         "",
         "| seed | epoch | " + " | ".join(HEADERS[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),

@@ -4,7 +4,8 @@ CE, SupCon, SimCLR, hybrid and M-SCL are one train step with different loss term
 (`losses.batch_loss`). One-stage methods (ce, hybrid) train the classifier with the encoder and
 are evaluated every epoch; two-stage methods (scl, simclr, mscl) pretrain, then fit a linear
 classifier on frozen features (`linear_eval`). `train_and_evaluate` reads top to bottom: mesh,
-data, model, state, restore, loop, evaluate, select, save.
+data, model, state, restore, loop, evaluate, select, save (results.json, and the selected
+epoch's per-cycle test predictions with their patient-bootstrap intervals: `evaluation`).
 
 The loop dispatches steps without waiting for the device: it reads the step metrics back only
 every ``train.log_every`` steps, at an epoch's end and before an interrupted epoch's checkpoint
@@ -23,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from resp_jax import checkpoint, configuration, logging_utils, optim, parallel, selection, steps
+from resp_jax import (checkpoint, configuration, evaluation, logging_utils, optim, parallel,
+                      selection, steps)
 from resp_jax.data import run_data
 from resp_jax.linear_eval import linear_evaluation
 from resp_jax.models import build_model
@@ -98,11 +100,51 @@ def train_epoch(state, epoch: int, skip: int, acc, *, train_step, data, mesh, co
 
 
 def evaluate(eval_step, variables, data, mesh) -> dict:
-    """Metrics of every evaluated split ('test', and 'val' under validation selection)."""
-    return {split: steps.scores([eval_step(variables, b)
-                                 for b in data.eval_batches(split, mesh)], data.name,
-                                data.num_classes)
+    """The gathered outputs (`steps.gather`: labels, predictions, probabilities, loss) of
+    every evaluated split ('test', and 'val' under validation selection)."""
+    return {split: steps.gather([eval_step(variables, b) for b in data.eval_batches(split, mesh)])
             for split in data.eval_splits}
+
+
+# The selected epoch's test outputs, saved beside ckpt/best when it is selected, so a resumed
+# run writes the predictions of the epoch it reports.
+SELECTED_OUTPUTS = "selected_test_outputs.npz"
+
+
+def keep_selected(ckpts, epoch: int, outputs: dict) -> None:
+    if jax.process_index() == 0:
+        path = ckpts.directory / SELECTED_OUTPUTS
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, epoch=epoch, label=outputs["label"], pred=outputs["pred"],
+                 prob=outputs["prob"])
+        tmp.replace(path)
+
+
+def selected_outputs(ckpts, epoch: int) -> dict | None:
+    """The outputs `keep_selected` saved; None for a run that selected its epoch before
+    they were kept (it ends without predictions.csv; `report` falls back to ckpt/best)."""
+    path = ckpts.directory / SELECTED_OUTPUTS
+    if not path.is_file():
+        logging.warning("%s not found: this run selected epoch %d before its test outputs were "
+                        "kept; it writes no %s and no intervals", path, epoch,
+                        evaluation.PREDICTIONS_FILE)
+        return None
+    with np.load(path) as saved:
+        if int(saved["epoch"]) != epoch:
+            raise RuntimeError(f"{path} holds epoch {int(saved['epoch'])}'s test outputs, but "
+                               f"the run selected epoch {epoch}: the workdir was altered")
+        return {k: saved[k] for k in ("label", "pred", "prob")}
+
+
+def write_predictions(workdir: Path, data, outputs: dict, results: dict, config) -> None:
+    """predictions.csv of the selected epoch, and the patient-bootstrap intervals of its test
+    figures in ``results`` (docs/method.md §11); process 0 only."""
+    predictions = evaluation.from_outputs(data.features[data.test_split], outputs,
+                                          data.features.schema)
+    evaluation.write(workdir / evaluation.PREDICTIONS_FILE, predictions)
+    resamples = int(config.eval.bootstrap_resamples)
+    results["test_interval"] = evaluation.bootstrap(predictions, resamples)
+    results["bootstrap"] = evaluation.bootstrap_record(predictions, resamples)
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -156,6 +198,7 @@ def train_and_evaluate(config, workdir) -> dict:
         ckpts.save(checkpoint.LAST, epoch * steps_per_epoch + k, state, position)
 
     # --- loop
+    selected = None  # the selected epoch's test outputs, once selected in this process
     with StopFlag() as stop, contextlib.closing(ckpts), contextlib.closing(log):
         for epoch in range(meta["epoch"], epochs):
             skip = meta["batch"] if epoch == meta["epoch"] else 0
@@ -168,12 +211,16 @@ def train_and_evaluate(config, workdir) -> dict:
             line = f"{stage} epoch {epoch + 1}/{epochs}: loss {train_loss:.4f}"
             if not two_stage:  # --- evaluate, select (one-stage: every epoch)
                 variables = {"params": state.params, "batch_stats": state.batch_stats}
-                results = evaluate(eval_step, variables, data, mesh)
+                outputs = evaluate(eval_step, variables, data, mesh)
+                results = {split: steps.scores(o, data.name, data.num_classes)
+                           for split, o in outputs.items()}
                 for split, result in results.items():
                     log.write({"epoch": epoch + 1, "stage": stage, "split": split, **result})
                     line += f", {split} score {result['score']:.2f}"
                 if selector.update(epoch + 1, results):
                     ckpts.save(checkpoint.BEST, epoch + 1, variables, selector.best)
+                    selected = outputs["test"]
+                    keep_selected(ckpts, epoch + 1, selected)
             logging.info("%s (%.1f samples/s, %.0f %% of the time waiting for input)", line,
                          rate, 100 * waiting)
             save_last(state, epoch + 1, 0, None)
@@ -182,8 +229,8 @@ def train_and_evaluate(config, workdir) -> dict:
                                   "checkpoint saved. Run the same command to resume.")
 
         if two_stage:  # --- evaluate, select (two-stage: over the linear-evaluation epochs)
-            selector, clf_params = linear_evaluation(config, model, state, data, mesh, log,
-                                                        stop)
+            selector, clf_params, selected = linear_evaluation(config, model, state, data,
+                                                                  mesh, log, stop)
             variables = {"params": {**state.params, "classifier": clf_params},
                          "batch_stats": state.batch_stats}
             ckpts.save(checkpoint.BEST, selector.best["epoch"], variables, selector.best)
@@ -203,5 +250,9 @@ def train_and_evaluate(config, workdir) -> dict:
     # test_best selection takes the top of (README, "Comparing with the paper")
     results["test_score_recent"] = selector.recent()
     if jax.process_index() == 0:
+        if selected is None:  # selected before this process resumed the run
+            selected = selected_outputs(ckpts, best["epoch"])
+        if selected is not None:
+            write_predictions(workdir, data, selected, results, config)
         logging_utils.write_json(workdir / "results.json", results)
     return results

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 from ml_collections import ConfigDict
 
-from resp_jax.data import feature_store, prepare, records
+from resp_jax.data import feature_store, prepare
 
 SR = 16000
 
@@ -21,7 +21,7 @@ def _prepared(lengths):
                           codes={"label": np.zeros(n, np.int32)},
                           stem=["101_1b1_Al_sc_Meditron"] * n, patient=["101"] * n,
                           index=np.arange(n, dtype=np.int32))
-    return prepare.Prepared(records.ICBHI, "/nowhere", {"train": split}, [])
+    return prepare.Prepared("icbhi", "/nowhere", {"train": split}, [])
 
 
 def _warnings(caplog):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resp_jax.data import inspect, readers, records, synthetic
+from resp_jax.data import inspect, readers, sprsound, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_sprsound_summary_format(tmp_path):
     assert list(summary["splits"]) == ["train", "inter_test", "intra_test"]
     for split, s in summary["splits"].items():
         cycles = result.split(split)
-        assert list(s["classes"]) == list(records.SPRSOUND_CLASSES)
+        assert list(s["classes"]) == list(sprsound.CLASSES)
         assert sum(s["classes"].values()) == s["cycles"] == len(cycles)
         assert s["recordings"] == len({c.stem for c in cycles})
         assert s["patients"] == len({c.patient for c in cycles})

@@ -13,8 +13,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from resp_jax import configuration
-from resp_jax.data import (inspect, manifest, metadata, prepare, prepared_copies, readers,
-                           records, synthetic)
+from resp_jax.data import (icbhi, inspect, manifest, metadata, prepare, prepared_copies,
+                           readers, synthetic)
 from resp_jax.data.records import DataError
 from train_helpers import CONFIGS, load_config, tiny_config
 
@@ -64,7 +64,7 @@ def test_same_cycles_labels_metadata_and_counts_as_the_icbhi_reader(icbhi_csv, c
     csv, root = icbhi_csv
     want = readers.read("icbhi", root)
     with caplog.at_level(logging.WARNING):
-        got = readers.read("manifest", csv, classes=records.ICBHI_CLASSES)
+        got = readers.read("manifest", csv, classes=icbhi.CLASSES)
     assert "clamped" in caplog.text   # the synthetic set's cycles past the end of the audio
     assert len(got.cycles) == len(want.cycles) > 0 and got.skipped == []
     for m, c in zip(got.cycles, want.cycles):
@@ -82,7 +82,7 @@ def test_same_cycles_labels_metadata_and_counts_as_the_icbhi_reader(icbhi_csv, c
 
 def test_prepared_copy_holds_the_icbhi_cycles_and_metadata(icbhi_csv, tiny_icbhi):
     csv, root = icbhi_csv
-    schema = manifest.describe(csv, records.ICBHI_CLASSES)[0]
+    schema = manifest.describe(csv, icbhi.CLASSES)[0]
     got = prepare.load("manifest", csv, data_dir=tiny_icbhi["tfds"], schema=schema)
     want = prepare.load("icbhi", root, data_dir=tiny_icbhi["tfds"])   # shared by the session
     assert set(got.splits) == {"train", "test"} and got.schema == schema
@@ -193,7 +193,7 @@ def test_resolve_records_classes_fields_and_test_split(small, tmp_path):
     assert dict(r.data.fields)["age_group"] == ("adult",)
     assert metadata.schema(json.loads(r.to_json())["data"]) == manifest.describe(csv)[0]
     fixed = configuration.resolve(load_config("mscl"))
-    assert fixed.data.classes == records.ICBHI_CLASSES and fixed.data.normal_class == "normal"
+    assert fixed.data.classes == icbhi.CLASSES and fixed.data.normal_class == "normal"
     assert metadata.schema(fixed.data) == metadata.fixed_schema("icbhi")
     for bad, message in (
             (dict(root=""), "needs the CSV"),
@@ -366,7 +366,7 @@ def test_a_manifest_from_icbhi_trains_exactly_as_the_icbhi_reader(real_stems_csv
         config = tiny_config("mscl", epochs=2, train__log_every=1)
         config.data.name, config.data.root = name, str(data_root)
         config.data.tfds_dir = str(tmp_path / "tfds")
-        config.data.classes = records.ICBHI_CLASSES
+        config.data.classes = icbhi.CLASSES
         data = run_data.load(configuration.resolve(config))
         results = train.train_and_evaluate(config, tmp_path / name)
         lines = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text()

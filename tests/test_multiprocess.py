@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from resp_jax import parallel
@@ -154,8 +155,8 @@ def test_processes_making_the_default_dataset_at_once_keep_the_one_that_finished
     reading)."""
     import shutil
 
-    from resp_jax.data import synthetic
-    monkeypatch.setitem(synthetic.DEFAULT_DATASET_RECORDINGS, "icbhi", 4)
+    from resp_jax.data import sources, synthetic
+    monkeypatch.setattr(sources.get("icbhi"), "synthetic_default", 4)
     target = tmp_path / f"icbhi-{synthetic.CACHE_VERSION}"
     write = synthetic.write
 
@@ -290,6 +291,12 @@ def _assert_same_run(got: Path, want: Path) -> None:
     assert r_got["epoch"] == r_want["epoch"]
     for key in ("sp", "se", "score", "hs"):
         assert r_got["test"][key] == r_want["test"][key], key
+    # Every process holds the gathered test outputs; process 0 wrote them, in the same order.
+    from resp_jax import evaluation
+    p_got, p_want = (evaluation.read(d / evaluation.PREDICTIONS_FILE, "icbhi")
+                     for d in (got, want))
+    assert p_got.keys() == p_want.keys() and (p_got.predicted == p_want.predicted).all()
+    np.testing.assert_allclose(p_got.probabilities, p_want.probabilities, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

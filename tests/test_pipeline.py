@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from resp_jax.data import (audio, feature_store, features, metadata, pipeline, prepare,
-                           records)
+from resp_jax.data import audio, feature_store, features, metadata, pipeline, prepare
 
 SR = 16000
 MEAN, STD = 0.3690, 0.0255
@@ -53,7 +52,7 @@ def make_split(n, seed):
 
 @pytest.fixture(scope="module")
 def prepared():
-    return prepare.Prepared(dataset=records.ICBHI, root="/nowhere",
+    return prepare.Prepared(dataset="icbhi", root="/nowhere",
                             splits={"train": make_split(13, 0), "test": make_split(6, 1)},
                             skipped=[])
 

@@ -68,7 +68,7 @@ def test_windows_cover_the_recording():
 
 def test_annotated_cycles_match_an_independent_computation(run, recording):
     wav, txt = recording
-    rows = predict.predict(run, [str(wav)], [str(txt)])
+    rows = predict.predict(run, [str(wav)], [str(txt)], recompute=True)
     cycles = readers.read_annotation(txt)[1]
     wave = audio.load(wav)
     duration = len(wave) / audio.SAMPLE_RATE
@@ -84,6 +84,28 @@ def test_annotated_cycles_match_an_independent_computation(run, recording):
     want = reference_probabilities(run, wave, [(r["start"], r["end"]) for r in rows])
     # TF float64 vs librosa log-mel differ by < 1e-3 dB; probabilities agree to ~1e-5.
     np.testing.assert_allclose(got, want, atol=2e-3)
+
+
+def test_the_runs_own_test_recordings_are_read_from_its_predictions_file(run, tiny_icbhi):
+    """The cycles of a test recording get the probabilities the run's evaluation gave them
+    (results.json's figures); classified alone they would be min-maxed in other batches."""
+    from resp_jax import evaluation
+    own = evaluation.read(run.workdir / evaluation.PREDICTIONS_FILE, run.dataset)
+    stem = max(set(own.stem), key=lambda s: ((own.stem == s).sum(), s))
+    folder = tiny_icbhi["root"] / "ICBHI_final_database"
+    wav, txt = folder / f"{stem}.wav", folder / f"{stem}.txt"
+    rows = predict.predict(run, [str(wav)], [str(txt)])
+    mine = np.flatnonzero(own.stem == stem)
+    assert len(rows) == len(mine) > 1
+    for r, i in zip(rows, mine):
+        assert r["start"] == round(own.start[i], 4) and r["annotated"] == run.classes[
+            own.label[i]] and r["predicted"] == run.classes[own.predicted[i]]
+        assert r["probabilities"] == {c: round(float(v), 6)
+                                      for c, v in zip(run.classes, own.probabilities[i])}
+    fresh = predict.predict(run, [str(wav)], [str(txt)], recompute=True)
+    assert [r["start"] for r in fresh] == [r["start"] for r in rows]
+    # Batched alone (min-max over this recording's cycles): not the evaluation's numbers.
+    assert any(r["probabilities"] != f["probabilities"] for r, f in zip(rows, fresh))
 
 
 def test_a_run_recorded_before_the_preparation_fields_predicts_as_it_was_prepared(
@@ -103,8 +125,9 @@ def test_a_run_recorded_before_the_preparation_fields_predicts_as_it_was_prepare
         real = getattr(audio, name)
         monkeypatch.setattr(audio, name, lambda *a, real=real, name=name, **kw: (
             seen.append((name, a[2:], kw)), real(*a, **kw))[1])
-    rows = predict.predict(run, [str(wav)], [str(txt)])
-    assert seen == [("load_any", (), {"resampler": "soxr"}), ("cycles", ("cycle",), {})]
+    rows = predict.predict(run, [str(wav)], [str(txt)], recompute=True)
+    assert seen == [("load_any", (), {"resampler": "soxr"}),
+                    ("cycles", ("cycle", audio.SAMPLE_RATE, audio.FADE), {})]
     got = np.array([[r["probabilities"][c] for c in run.classes] for r in rows])
     want = reference_probabilities(run, audio.load(wav, resampler="soxr"),
                                    [(r["start"], r["end"]) for r in rows])

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from resp_jax.data import audio, metadata, prepare, prepared_copies, readers, records, synthetic
+from resp_jax.data import (audio, icbhi, metadata, prepare, prepared_copies, readers, records,
+                           synthetic)
 from resp_jax.data.records import DataError
 
 
@@ -49,6 +50,8 @@ def _assert_same(a, b):
         x, y = a[s], b[s]
         assert x.stem == y.stem and x.patient == y.patient
         np.testing.assert_array_equal(x.index, y.index)
+        np.testing.assert_array_equal(x.start, y.start)
+        np.testing.assert_array_equal(x.end, y.end)
         for f in metadata.BASE_FIELDS:
             np.testing.assert_array_equal(x.codes[f], y.codes[f])
         assert len(x.audio) == len(y.audio)
@@ -59,14 +62,17 @@ def _assert_same(a, b):
 def test_prepared_cycles_are_cut_from_16k_recordings(icbhi_root, tmp_path):
     p = prepare.load("icbhi", icbhi_root, data_dir=tmp_path / "tfds")
     result = readers.read("icbhi", icbhi_root)
-    assert p.skipped == [] and set(p.splits) == set(records.SPLITS["icbhi"])
+    assert p.skipped == [] and set(p.splits) == set(icbhi.SPLITS)
     assert sum(len(s) for s in p.splits.values()) == len(result.cycles) > 0
     decoded = {}
-    for split in records.SPLITS["icbhi"]:
+    for split in icbhi.SPLITS:
         cycles, s = result.split(split), p[split]
         assert len(s) == len(cycles)
         assert s.stem == [c.stem for c in cycles] and s.patient == [c.patient for c in cycles]
         np.testing.assert_array_equal(s.index, [c.index for c in cycles])
+        # start and end as the reader gave them, every digit (a run's predictions.csv)
+        assert s.start.tolist() == [c.start for c in cycles]
+        assert s.end.tolist() == [c.end for c in cycles]
         for f in metadata.BASE_FIELDS:
             assert s.codes[f].dtype == np.int32
             np.testing.assert_array_equal(
@@ -236,7 +242,7 @@ def test_each_audio_preparation_is_a_copy_of_its_own(icbhi_root, tmp_path):
     other = prepare.load("icbhi", icbhi_root, data_dir=data_dir, resampler="soxr",
                          fade="recording")
     copies = _copies_of(data_dir, icbhi_root)
-    assert sorted(c.audio for c in copies) == ["soxr/recording", "torchaudio/cycle"]
+    assert sorted(c.preparation for c in copies) == ["soxr/recording", "torchaudio/cycle"]
     _assert_same(first, prepare.load("icbhi", icbhi_root, data_dir=data_dir))  # still cached
     assert prepared_copies.stale(data_dir)[0] == []
     cycles = readers.read("icbhi", icbhi_root).split("train")
@@ -246,9 +252,9 @@ def test_each_audio_preparation_is_a_copy_of_its_own(icbhi_root, tmp_path):
                         "recording")
     for got, w in zip(other["train"].audio, want):
         np.testing.assert_array_equal(got, w)
-    meta = next(c for c in copies if c.audio == "soxr/recording").path / "metadata.json"
+    meta = next(c for c in copies if c.preparation == "soxr/recording").path / "metadata.json"
     recorded = json.loads(meta.read_text())
     del recorded["audio"]
     meta.write_text(json.dumps(recorded))
     (old,) = prepared_copies.stale(data_dir)[0]
-    assert old.audio is None and old.path == meta.parent
+    assert old.preparation is None and old.path == meta.parent

@@ -35,6 +35,23 @@ def test_summary_is_mean_and_population_std():
     assert f"| M-SCL w/ sex+age & class, AudioSet | 75.00 ± 4.08 | 39.67 ± 3.68 | " \
            f"{score.mean():.2f} ± {score.std():.2f} |" in md
     assert "| 2 | 5 | 75.00 | 35.00 | 55.00 |" in md
+    # The 95 % t interval of each mean over seeds, on its own row.
+    from scipy import stats
+    half = stats.t.ppf(0.975, 2) * score.std(ddof=1) / np.sqrt(3)
+    assert summary["metrics"]["score"]["interval"] == pytest.approx(
+        [score.mean() - half, score.mean() + half])
+    assert (f"| 95 % interval of the mean | [{75 - stats.t.ppf(0.975, 2) * 5 / np.sqrt(3):.2f}, "
+            in md)
+
+
+def test_summary_carries_every_seeds_patient_bootstrap_interval():
+    runs = [_results(0, 80.0, 40.0), _results(1, 70.0, 44.0)]
+    for r, ci in zip(runs, ([55.0, 65.0], [52.5, 61.25])):
+        r["test_interval"] = {"sp": [1.0, 2.0], "se": [3.0, 4.0], "score": ci, "hs": [5.0, 6.0]}
+    summary = sweep.summarize(runs, "CE, scratch")
+    assert summary["metrics"]["score"]["seed_intervals"] == [[55.0, 65.0], [52.5, 61.25]]
+    md = sweep.markdown(summary)
+    assert "| 1 | 4 | 70.00 [1.00, 2.00] | 44.00 [3.00, 4.00] | 57.00 [52.50, 61.25] |" in md
 
 
 def test_sprsound_summary_has_the_challenge_score():

@@ -18,7 +18,7 @@ import scipy.signal
 import soundfile as sf
 from scipy.stats import chi2_contingency
 
-from resp_jax.data import icbhi, readers, records, sprsound, synthetic, wav_checks
+from resp_jax.data import icbhi, readers, sources, sprsound, synthetic, wav_checks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def small_icbhi(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def defaults(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
-    for dataset in records.CLASSES:   # the datasets with a synthetic default
+    for dataset in ("icbhi", "sprsound"):
         synthetic.default_dataset(dataset, cache_dir=cache)
     return cache
 
@@ -115,14 +115,14 @@ def test_labels_correlate_with_demographics(defaults):
         root = defaults / f"{dataset}-{synthetic.CACHE_VERSION}"
         result = readers.read(dataset, root, annotations_only=True)
         values = sorted({getattr(c, field) for c in result.cycles} - {None})
-        table = np.zeros((len(values), len(records.CLASSES[dataset])))
+        table = np.zeros((len(values), len(sources.get(dataset).classes)))
         for c in result.cycles:
             if getattr(c, field) is not None:
                 table[values.index(getattr(c, field)), c.label] += 1
         return chi2_contingency(table[:, table.sum(0) > 0])[1]
-    assert p_value(records.ICBHI, "age_group") < 1e-3
-    assert p_value(records.ICBHI, "diagnosis") < 1e-6
-    assert p_value(records.SPRSOUND, "age_group") < 1e-3
+    assert p_value("icbhi", "age_group") < 1e-3
+    assert p_value("icbhi", "diagnosis") < 1e-6
+    assert p_value("sprsound", "age_group") < 1e-3
 
 
 def test_deterministic_for_a_seed_and_any_worker_count(tmp_path):
@@ -196,7 +196,7 @@ def test_sprsound_layouts_splits_and_format(tmp_path, layout):
         assert folders["train_json"] == root / "BioCAS2022" / "train2022_json"
     result = sprsound.read(root)
     assert result.skipped == []
-    patients = {s: {c.patient for c in result.split(s)} for s in records.SPLITS["sprsound"]}
+    patients = {s: {c.patient for c in result.split(s)} for s in sprsound.SPLITS}
     assert all(patients.values())
     assert not patients["inter_test"] & (patients["train"] | patients["intra_test"])
     assert patients["intra_test"] <= patients["train"]
@@ -218,7 +218,7 @@ def test_default_dataset_is_made_once_and_cached(defaults, caplog):
     icbhi_root = defaults / f"icbhi-{synthetic.CACHE_VERSION}"
     assert (icbhi_root / ".complete").is_file()
     result = icbhi.read(icbhi_root)
-    assert len({c.stem for c in result.cycles}) == synthetic.DEFAULT_DATASET_RECORDINGS["icbhi"]
+    assert len({c.stem for c in result.cycles}) == icbhi.SOURCE.synthetic_default
     assert 1000 <= len(result.cycles) <= 1700
     counts = np.bincount([c.label for c in result.split("train")], minlength=4)
     assert counts.min() >= 0.08 * counts.sum()      # no class starved

@@ -615,6 +615,33 @@ def test_one_stage_run_with_validation_selection(tiny_icbhi, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_resumed_after_its_last_epoch_writes_the_selected_epochs_predictions(
+        trained_runs, tiny_icbhi, tmp_path, monkeypatch):
+    """A one-stage run stopped after its last evaluation resumes with nothing left to train:
+    the predictions of the epoch it selected earlier come from beside ckpt/best, and every
+    output equals the uninterrupted run's (the session's 'ce' run, of the same config)."""
+    whole = trained_runs["ce"]
+    config = _run_config("ce", tiny_icbhi, epochs=2, eval__selection="val")
+    want = json.loads((whole / "results.json").read_text())
+    evaluate, calls = train.evaluate, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the last epoch's evaluation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*args)
+
+    monkeypatch.setattr(train, "evaluate", interrupted)
+    with pytest.raises(Interrupted, match="after epoch 2"):
+        train.train_and_evaluate(config, tmp_path / "resumed")
+    monkeypatch.undo()
+    assert train.train_and_evaluate(config, tmp_path / "resumed") == want
+    assert len(calls) == 2  # resuming evaluated nothing
+    assert ((tmp_path / "resumed" / "predictions.csv").read_text()
+            == (whole / "predictions.csv").read_text())
+
+
+@pytest.mark.slow
 def test_last_epoch_selection(tiny_icbhi, tmp_path):
     results = train.train_and_evaluate(
         _run_config("hybrid", tiny_icbhi, epochs=2, eval__selection="last"), tmp_path)

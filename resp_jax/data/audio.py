@@ -36,6 +36,11 @@ SINC_ZEROS = 6    # torchaudio's lowpass_filter_width: sinc zero crossings on ea
 SINC_ROLLOFF = 0.99  # torchaudio's rolloff: the cut-off, a fraction of the lower Nyquist
 
 
+def fade_length(sr: int) -> int:
+    """The cycles' fade at ``sr`` Hz: 1/16 s (`FADE` samples at 16 kHz, 3000 at 48 kHz)."""
+    return FADE * int(sr) // SAMPLE_RATE
+
+
 def load(path, sr: int = SAMPLE_RATE, resampler: str = RESAMPLER) -> np.ndarray:
     """Reads a dataset recording as mono float32 at ``sr`` Hz (channels averaged, then
     `resample`d with ``resampler``).

@@ -23,8 +23,23 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from resp_jax.data import metadata, records
-from resp_jax.data.wav_checks import Problems, clamp_to_audio, wav_info
+from resp_jax.data import records, sources
+from resp_jax.data.wav_checks import Problems, fit_to_recording
+
+NAME = "icbhi"
+# Class names in label order (docs/method.md §1.1): crackles + 2 x wheezes.
+CLASSES = ("normal", "crackle", "wheeze", "both")
+SPLITS = ("train", "test")
+VOCABS = (
+    ("sex", ("M", "F")),
+    ("age_group", ("adult", "child")),
+    ("device", ("AKGC417L", "LittC2SE", "Litt3200", "Meditron")),
+    ("location", ("Tc", "Al", "Ar", "Pl", "Pr", "Ll", "Lr")),
+    ("mode", ("sc", "mc")),
+    ("diagnosis", ("Healthy", "URTI", "COPD", "Asthma", "LRTI", "Bronchiectasis", "Pneumonia",
+                   "Bronchiolitis")),
+)
+_VOCAB = dict(VOCABS)
 
 AUDIO_DIR = "ICBHI_final_database"
 SPLIT_FILE = "ICBHI_challenge_train_test.txt"
@@ -47,7 +62,7 @@ def parse_stem(stem: str) -> dict:
         raise ValueError(f"file name {stem!r} is not {_STEM_FORMAT}")
     patient, rec, location, mode, device = parts
     for field, value in (("location", location), ("mode", mode), ("device", device)):
-        allowed = metadata.vocab(records.ICBHI, field)
+        allowed = _VOCAB[field]
         if value not in allowed:
             raise ValueError(f"file name {stem!r}: {field} {value!r} is not one of {allowed} "
                              f"(expected {_STEM_FORMAT})")
@@ -153,7 +168,7 @@ def _read_demographics(path: Path, problems: Problems) -> dict:
 
 def _read_diagnosis(path: Path, problems: Problems) -> dict:
     """patient -> diagnosis (or None when NA)."""
-    allowed = metadata.vocab(records.ICBHI, "diagnosis")
+    allowed = _VOCAB["diagnosis"]
     out = {}
     for number, line in _lines(path):
         f = _fields(line)
@@ -304,31 +319,20 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False) -> rec
             problems.bad(path, "annotation file without cycles; expected one "
                                "'start<TAB>end<TAB>crackles<TAB>wheezes' line per cycle")
             continue
+        units = [(number, "cycle", start, end, (position, label))
+                 for number, position, start, end, label in lines]
         wav_path = ""
         if not annotations_only:
-            wav = audio_dir / f"{stem}.wav"
-            try:
-                duration = wav_info(wav).duration
-            except records.DataError as e:
-                problems.error(e, f"{len(lines)} cycle(s) of {stem} skipped")
+            fitted = fit_to_recording(audio_dir / f"{stem}.wav", units, problems, path, "cycle")
+            if fitted is None:
                 continue
-            wav_path = str(wav)
-            clamped = []
-            for number, position, start, end, label in lines:
-                span = clamp_to_audio(start, end, duration)
-                if span is None:
-                    problems.bad(path, f"cycle {start}-{end} s starts at or past the end of "
-                                       f"the audio ({duration:.3f} s in {wav.name}); expected "
-                                       "a cycle inside the recording", number)
-                    continue
-                clamped.append((number, position, span[0], span[1], label))
-            lines = clamped
+            wav_path, units = fitted
         sex, age = demographics[pid]
-        for _, position, start, end, label in lines:
+        for _, _, start, end, (position, label) in units:
             cycles.append(records.Cycle(
-                dataset=records.ICBHI, split=split, stem=stem, wav_path=wav_path,
+                dataset=NAME, split=split, stem=stem, wav_path=wav_path,
                 index=position, patient=pid, start=start, end=end, label=label,
-                label_name=records.ICBHI_CLASSES[label], sex=sex, age=age,
+                label_name=CLASSES[label], sex=sex, age=age,
                 age_group=age_group(age), device=info["device"], location=info["location"],
                 mode=info["mode"], diagnosis=diagnoses[pid]))
 
@@ -336,4 +340,24 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False) -> rec
         if key not in seen_keys:
             problems.bad(split_path, f"names recording {stem}, but there is no annotation "
                                      f"file {key}_<device>.txt in {audio_dir}", number)
-    return records.ReadResult(cycles=cycles, skipped=problems.skipped)
+    return records.ReadResult(cycles=cycles, skipped=problems.skipped, splits=SPLITS,
+                              classes=CLASSES)
+
+
+class IcbhiSource(sources.Source):
+    """ICBHI 2017: the official split, cycles from the ``<stem>.txt`` annotations."""
+    name, title = NAME, "ICBHI 2017"
+    classes, vocabs, splits, test_split = CLASSES, VOCABS, SPLITS, "test"
+    epochs, class_weighted = 400, True     # docs/method.md §4, §5
+    annotation_suffix = ".txt"
+    inspect_fields = ("sex", "age_group", "device")
+    synthetic, synthetic_default = "resp_jax.data.synthetic.icbhi:write_icbhi", 160
+
+    def read(self, root, *, annotations_only=False, skip_bad=False, schema=None, dropped=None):
+        return read(root, annotations_only=annotations_only, skip_bad=skip_bad)
+
+    def read_annotation(self, path) -> tuple:
+        return read_annotation_file(path), []
+
+
+SOURCE = IcbhiSource()

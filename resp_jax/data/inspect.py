@@ -16,10 +16,10 @@ import sys
 
 from absl import app, flags
 
-from resp_jax.data import metadata, readers, records
+from resp_jax.data import metadata, records, sources
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, list(records.DATASETS), "Which dataset's layout to read.")
+flags.DEFINE_enum("dataset", None, list(sources.NAMES), "Which dataset's layout to read.")
 flags.DEFINE_string("data_dir", None, "Root of the distributed dataset files (manifest: the "
                     "CSV).")
 flags.DEFINE_bool("annotations_only", False,
@@ -28,8 +28,6 @@ flags.DEFINE_bool("skip_bad", False,
                   "Skip bad items (listed in the output) instead of stopping at the first one.")
 
 UNKNOWN = "unknown"
-# The metadata fields summarised per dataset (besides sex and age group).
-_EXTRA_FIELD = {records.ICBHI: "device", records.SPRSOUND: "location"}
 
 
 def _count(values) -> dict:
@@ -46,14 +44,11 @@ def summarize(dataset: str, result: records.ReadResult) -> dict:
         splits[split] = {
             "cycles": len(cycles),
             "recordings": len({c.stem for c in cycles}),
-            "patients": len({c.patient for c in cycles}),
+            "patients": len({c.patient for c in cycles} - {""}),   # known ones
             "classes": {name: labels.get(i, 0)
                         for i, name in enumerate(result.classes)},
         }
-    if dataset in _EXTRA_FIELD:
-        fields = ("sex", "age_group", _EXTRA_FIELD[dataset])
-    else:   # a manifest: every metadata column
-        fields = tuple(f for f, _ in result.cycles[0].extra) if result.cycles else ()
+    fields = sources.get(dataset).inspect_view(result)   # the metadata the dataset counts
     meta = {f: _count(metadata.value(c, f) for c in result.cycles) for f in fields}
     return {"dataset": dataset, "splits": splits, "metadata": meta,
             "skipped": [s.to_json() for s in result.skipped]}
@@ -61,11 +56,12 @@ def summarize(dataset: str, result: records.ReadResult) -> dict:
 
 def _table(summary: dict, result: records.ReadResult, dropped: list) -> list:
     dataset = summary["dataset"]
+    note = sources.get(dataset).dropped_note
     names = result.classes
     width = max(10, *(len(n) for n in names))
     lines = [f"{dataset}: {len(result.cycles)} cycles, "
              f"{len({c.stem for c in result.cycles})} recordings, "
-             f"{len({c.patient for c in result.cycles})} patients"]
+             f"{len({c.patient for c in result.cycles} - {''})} patients"]
     header = f"{'split':<12}{'cycles':>8}{'recs':>7}{'patients':>10}  " + "".join(
         f"{n:>{width + 1}}" for n in names)
     lines.append(header)
@@ -75,7 +71,7 @@ def _table(summary: dict, result: records.ReadResult, dropped: list) -> list:
     for field, counts in summary["metadata"].items():
         lines.append(f"{field}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if dropped:
-        lines.append(f"{len(dropped)} event(s) with end <= start left out as docs/method.md §1.2 says")
+        lines.append(f"{len(dropped)} {note or 'annotation(s) left out by the reader'}")
     lines.append(f"skipped: {len(result.skipped)}")
     for s in result.skipped[:20]:
         where = s.path if s.line is None else f"{s.path}:{s.line}"
@@ -89,12 +85,11 @@ def main(argv) -> int:
     del argv
     if not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required")
-    kw = dict(annotations_only=FLAGS.annotations_only, skip_bad=FLAGS.skip_bad)
     dropped: list = []
-    if FLAGS.dataset == records.SPRSOUND:
-        kw["dropped"] = dropped
     try:
-        result = readers.read(FLAGS.dataset, FLAGS.data_dir, **kw)
+        result = sources.get(FLAGS.dataset).read(
+            FLAGS.data_dir, annotations_only=FLAGS.annotations_only, skip_bad=FLAGS.skip_bad,
+            dropped=dropped)
     except records.DataError as e:
         print(f"error: {e}\n(use --skip_bad to skip bad items and list them)", file=sys.stderr)
         return 1

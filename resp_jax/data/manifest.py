@@ -29,9 +29,10 @@ from typing import Optional
 
 from absl import logging
 
-from resp_jax.data import icbhi, metadata, records
+from resp_jax.data import icbhi, records, sources
 from resp_jax.data.wav_checks import Problems, clamp_to_audio, sound_info
 
+NAME = "manifest"
 REQUIRED = ("path", "start", "end", "label", "split", "patient")
 # Names a metadata column may not take: the prepared copy's own keys and the SimCLR head.
 RESERVED = REQUIRED + ("audio", "stem", "index", "order", "instance")
@@ -154,7 +155,7 @@ def describe(path, classes=None, normal_class: Optional[str] = None, t: Table = 
         vocabs.append((field, _sorted(values)))
     names = {c["split"] for c in found if c["split"]}
     splits = tuple(sorted(names, key=lambda s: (s != "train", s)))
-    return metadata.Schema(records.MANIFEST, classes, tuple(vocabs)), splits
+    return sources.Schema(NAME, classes, tuple(vocabs)), splits
 
 
 def audio_paths(path) -> list:
@@ -197,7 +198,7 @@ def _seconds(cells: dict) -> tuple:
     return out[0], out[1]
 
 
-def read(path, *, schema: Optional[metadata.Schema] = None, classes=None,
+def read(path, *, schema: Optional[sources.Schema] = None, classes=None,
          normal_class: Optional[str] = None, annotations_only: bool = False,
          skip_bad: bool = False) -> records.ReadResult:
     """Every row of a manifest as a `Cycle`, in CSV order.
@@ -208,6 +209,8 @@ def read(path, *, schema: Optional[metadata.Schema] = None, classes=None,
     """
     path = Path(path)
     t = table(path)
+    if schema is not None:   # its normal class need not be 'normal' (data.normal_class)
+        classes, normal_class = schema.classes, schema.classes[0]
     own, splits = describe(path, classes, normal_class, t)
     schema = schema or own
     problems = Problems(skip_bad)
@@ -303,7 +306,7 @@ def read(path, *, schema: Optional[metadata.Schema] = None, classes=None,
         counts[str(wav)] = position + 1
         extra.sort(key=lambda kv: t.fields.index(kv[0]))
         cycles.append(records.Cycle(
-            dataset=records.MANIFEST, split=split, stem=os.path.splitext(cells["path"])[0],
+            dataset=NAME, split=split, stem=os.path.splitext(cells["path"])[0],
             wav_path=wav_path, index=position, patient=patient, start=start, end=end,
             label=index[cells["label"]], label_name=cells["label"], extra=tuple(extra)))
     if clamped:
@@ -326,3 +329,51 @@ def write(path, rows, fields=()) -> Path:
         for r in rows:
             w.writerow(["" if r.get(c) is None else r[c] for c in columns])
     return path
+
+
+class ManifestSource(sources.Source):
+    """Your own recordings, listed in one CSV (README, "Your own recordings"): classes,
+    fields and splits come from the CSV; ICBHI's recipe values."""
+    name, title = NAME, "a manifest"
+    root_is_file = True
+    any_audio_format = True
+    synthetic = "resp_jax.data.synthetic.manifest:write_manifest"
+
+    def read(self, root, *, annotations_only=False, skip_bad=False, schema=None, dropped=None,
+             classes=None, normal_class=None):
+        return read(root, schema=schema, classes=classes, normal_class=normal_class,
+                    annotations_only=annotations_only, skip_bad=skip_bad)
+
+    def describe(self, root, classes=None, normal_class=None) -> tuple:
+        if not root:
+            raise ValueError("config.data.root: data.name='manifest' needs the CSV, e.g. "
+                             "--config.data.root=PATH/manifest.csv (README, \"Your own "
+                             "recordings\")")
+        schema, splits = describe(root, classes, normal_class)
+        return schema, splits, schema.classes[0]
+
+    def check_root(self, root) -> Path:
+        root = Path(root).expanduser().resolve()
+        if not root.is_file():
+            raise records.DataError(root, "manifest not found; expected a CSV file (README, "
+                                          "\"Your own recordings\")")
+        return root
+
+    def fingerprint(self, h, root, exclude=None, schema=None) -> None:
+        """The CSV's content, the size and mtime of every audio file it names, and the
+        ``schema`` (classes and field values) its codes follow."""
+        h.update(Path(root).read_bytes())
+        for path in audio_paths(root):
+            try:
+                st = os.stat(path)
+                h.update(f"\n{path}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"\n{path}\tmissing".encode())
+        h.update(("\n" + (schema.to_json() if schema else "")).encode())
+
+    def inspect_view(self, result) -> tuple:
+        """Every metadata column."""
+        return tuple(f for f, _ in result.cycles[0].extra) if result.cycles else ()
+
+
+SOURCE = ManifestSource()

@@ -5,37 +5,22 @@ dataset's `Schema`; a composite field joins base fields with '+' (e.g. 'sex+age_
 'sex+age_group+label') and is coded in mixed radix, first field most significant. Unknown
 values code as -1, and a composite is unknown when any part is.
 
-ICBHI and SPRSound have fixed class names and vocabularies (below). A manifest dataset's come
-from its CSV (`manifest.describe`): `configuration.resolve` writes them into ``data.classes``
-and ``data.fields``, so `config.json` records the codes a run used, and `schema(config.data)`
-gives every consumer the same `Schema` for any dataset.
+Each dataset's `Source` (`sources`) gives its classes and vocabularies: fixed (ICBHI,
+SPRSound, ...) or read from its data (a manifest's CSV, `manifest.describe`).
+`configuration.resolve` writes them into ``data.classes`` and ``data.fields``, so
+`config.json` records the codes a run used, and `schema(config.data)` gives every consumer
+the same `Schema` for any dataset.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import numpy as np
 
-from resp_jax.data import records
+from resp_jax.data import records, sources
+from resp_jax.data.sources import BASE_FIELDS, Schema, schema  # noqa: F401  (the API here)
 
-_VOCABS = {
-    "sex": {records.ICBHI: ("M", "F"), records.SPRSOUND: ("M", "F")},
-    "age_group": {records.ICBHI: ("adult", "child"), records.SPRSOUND: ("baby", "kid")},
-    "device": {records.ICBHI: ("AKGC417L", "LittC2SE", "Litt3200", "Meditron")},
-    "location": {
-        records.ICBHI: ("Tc", "Al", "Ar", "Pl", "Pr", "Ll", "Lr"),
-        records.SPRSOUND: ("p1", "p2", "p3", "p4"),
-    },
-    "mode": {records.ICBHI: ("sc", "mc")},
-    "diagnosis": {
-        records.ICBHI: ("Healthy", "URTI", "COPD", "Asthma", "LRTI", "Bronchiectasis",
-                        "Pneumonia", "Bronchiolitis"),
-    },
-}
-# The `Cycle` attributes ICBHI and SPRSound fill, and the codes their prepared copies hold.
-BASE_FIELDS = ("label",) + tuple(_VOCABS)
 # Pseudo-field: each patient of a split its own code (PAFA's patient ids, docs/method.md §10).
 PATIENT = "patient"
 
@@ -50,62 +35,9 @@ def patient_codes(patients: Sequence[str]) -> np.ndarray:
     return codes
 
 
-@dataclasses.dataclass(frozen=True)
-class Schema:
-    """What the codes of a dataset mean: class names in label order, and the values of every
-    metadata field in code order."""
-    dataset: str
-    classes: tuple
-    vocabs: tuple   # ((field, (value, ...)), ...): the metadata fields, in order
-
-    @property
-    def fields(self) -> tuple:
-        """The base fields defined for the dataset ('label' first)."""
-        return ("label",) + tuple(f for f, _ in self.vocabs)
-
-    @property
-    def stored_fields(self) -> tuple:
-        """The base fields a prepared copy holds codes of (ICBHI and SPRSound: all of
-        `BASE_FIELDS`, -1 where a dataset has none)."""
-        return BASE_FIELDS if self.dataset in records.CLASSES else self.fields
-
-    def vocab(self, field: str) -> tuple:
-        if field == "label":
-            return self.classes
-        for f, values in self.vocabs:
-            if f == field:
-                return values
-        raise KeyError(
-            f"metadata field {field!r} is not defined for dataset {self.dataset!r}; "
-            f"expected one of {list(self.fields)} or a '+'-joined composite of them")
-
-    def to_config(self) -> tuple:
-        """``data.fields`` as `configuration.resolve` records it."""
-        return tuple((f, tuple(v)) for f, v in self.vocabs)
-
-
 def fixed_schema(dataset: str) -> Schema:
-    """The schema of ICBHI or SPRSound (docs/method.md §1.1, §1.2)."""
-    if dataset not in records.CLASSES:
-        raise ValueError(f"dataset {dataset!r} has no fixed classes (a manifest's come from its "
-                         "CSV: resolve the config, or pass the schema)")
-    return Schema(dataset, records.CLASSES[dataset],
-                  tuple((f, v[dataset]) for f, v in _VOCABS.items() if dataset in v))
-
-
-def schema(spec) -> Schema:
-    """The `Schema` of a dataset name (ICBHI, SPRSound), a `Schema`, or a config's ``data``
-    section (``data.classes`` and ``data.fields`` as `configuration.resolve` fills them; runs
-    recorded before they existed fall back to the dataset's fixed schema)."""
-    if isinstance(spec, Schema):
-        return spec
-    if isinstance(spec, str):
-        return fixed_schema(spec)
-    classes, fields = spec.get("classes"), spec.get("fields")
-    if not classes:
-        return fixed_schema(spec["name"])
-    return Schema(spec["name"], tuple(classes),
-                  tuple((f, tuple(v)) for f, v in (fields or ())))
+    """The fixed schema of a dataset (docs/method.md §1)."""
+    return sources.get(dataset).schema()
 
 
 def dataset_fields(dataset) -> tuple:

@@ -2,17 +2,18 @@
 
 One TFDS builder per dataset reads the distributed files from a manual directory (the data
 root) through the readers and `audio`, and stores every cycle (cut, faded, float32, 16 kHz)
-with its label, stem, patient, cycle index and the integer code of every base metadata field.
+with its label, stem, patient, cycle index, start and end (s, as cut) and the integer code
+of every base metadata field.
 A second run reads the cache: no decoding, no resampling, no reader.
 
-The cache key is a fingerprint of the root's contents (relative path, size and mtime of every
-file; a manifest: its CSV's content, its audio files' sizes and mtimes, and the classes and
-field values its codes follow) and of how the audio was prepared (`data.resampler`,
-`data.fade`), used as the builder config name, so changing, adding or removing a file makes
-a new prepared copy, and the root's older copies with the same preparation are then removed
-(`prepared_copies`); another preparation of the same root is another copy, kept beside it.
-Items skipped on request (`skip_bad`) are stored in the builder's metadata, so a cached load
-reports them too.
+The cache key is a fingerprint of the root's contents (`Source.fingerprint`: relative path,
+size and mtime of every file; a manifest: its CSV's content, its audio files' sizes and
+mtimes, and the classes and field values its codes follow) and of how the audio was
+prepared (`data.sample_rate`, `data.resampler`, `data.fade`), used as the builder config name,
+so changing, adding or removing a file makes a new prepared copy, and the root's older copies
+with the same preparation are then removed (`prepared_copies`); another preparation of the
+same root is a copy of its own, kept beside it. Items skipped on request (`skip_bad`) are
+stored in the builder's metadata, so a cached load reports them too.
 """
 
 from __future__ import annotations
@@ -29,11 +30,8 @@ from typing import Iterator
 import numpy as np
 from absl import logging
 
-from resp_jax.data import audio, metadata, prepared_copies, records
+from resp_jax.data import audio, metadata, prepared_copies, records, sources
 from resp_jax.data.prepared_copies import DEFAULT_DATA_DIR, FORMAT_VERSION
-
-_BUILDERS = {records.ICBHI: "RespJaxIcbhi", records.SPRSOUND: "RespJaxSprsound",
-             records.MANIFEST: "RespJaxManifest"}
 
 
 @dataclasses.dataclass
@@ -44,6 +42,8 @@ class Split:
     stem: list                  # recording stem per cycle
     patient: list               # patient id per cycle
     index: np.ndarray           # int32 [n]: cycle position in its recording's annotations
+    start: np.ndarray = None    # float64 [n]: start and end (s) of each cycle as cut;
+    end: np.ndarray = None      # None for cycles that are no dataset's (resp_jax.predict)
 
     def __len__(self) -> int:
         return len(self.audio)
@@ -59,7 +59,9 @@ class Split:
                      codes={k: v[rows] for k, v in self.codes.items()},
                      stem=[self.stem[i] for i in rows],
                      patient=[self.patient[i] for i in rows],
-                     index=self.index[rows])
+                     index=self.index[rows],
+                     start=None if self.start is None else self.start[rows],
+                     end=None if self.end is None else self.end[rows])
 
 
 @dataclasses.dataclass
@@ -69,11 +71,11 @@ class Prepared:
     root: str
     splits: dict                # split name -> Split
     skipped: list               # records.Skipped
-    schema: metadata.Schema = None  # classes and field values (None: the dataset's fixed one)
+    schema: sources.Schema = None  # classes and field values (None: the dataset's fixed one)
 
     def __post_init__(self):
         if self.schema is None:
-            self.schema = metadata.fixed_schema(self.dataset)
+            self.schema = sources.get(self.dataset).schema()
 
     def __getitem__(self, split: str) -> Split:
         try:
@@ -83,11 +85,15 @@ class Prepared:
                            f"expected one of {sorted(self.splits)}") from None
 
 
-def _decode_recording(path: str, cycles: list, resampler: str, fade: str) -> list:
-    """All cycles of one recording from a single decode (a manifest's: any format)."""
-    manifest = cycles and cycles[0].dataset == records.MANIFEST
-    wave = (audio.load_any if manifest else audio.load)(path, resampler=resampler)
-    return audio.cycles(wave, [(c.start, c.end) for c in cycles], fade)
+def _decode_recording(path: str, cycles: list, sr: int = audio.SAMPLE_RATE,
+                      resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE) -> list:
+    """All cycles of one recording from a single decode at ``sr`` Hz (in any format
+    soundfile reads when the dataset's `Source` allows it, else PCM WAV), resampled with
+    ``resampler`` and faded as ``fade`` says (`audio.cycles`)."""
+    any_format = cycles and sources.get(cycles[0].dataset).any_audio_format
+    wave = (audio.load_any if any_format else audio.load)(path, sr, resampler=resampler)
+    return audio.cycles(wave, [(c.start, c.end) for c in cycles], fade, sr,
+                        audio.fade_length(sr))
 
 
 def _by_recording(cycles: list) -> list:
@@ -98,7 +104,8 @@ def _by_recording(cycles: list) -> list:
 
 
 def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int,
-             preparation: tuple) -> Iterator:
+             sr: int = audio.SAMPLE_RATE, resampler: str = audio.RESAMPLER,
+             fade: str = audio.FADE_MODE) -> Iterator:
     """(position, cycle, wave) for every cycle, recordings decoded in parallel, in order.
 
     At most ``2 * workers`` recordings are decoded ahead of the consumer, bounding memory.
@@ -111,7 +118,8 @@ def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int,
         def submit(count):
             for path, items in itertools.islice(groups, count):
                 pending.append((items, pool.submit(_decode_recording, path,
-                                                   [c for _, c in items], *preparation)))
+                                                   [c for _, c in items], sr, resampler,
+                                                   fade)))
 
         submit(2 * workers)
         while pending:
@@ -151,10 +159,12 @@ def _builder_class(dataset: str):
             f"Pass the root of the distributed {dataset} files (docs/method.md §1) as the manual dir.")
         DATASET = dataset
 
-        def __init__(self, *, root, schema, preparation, skip_bad: bool = False,
-                     workers: int = 0, **kw):
+        def __init__(self, *, root, schema, skip_bad: bool = False, workers: int = 0,
+                     sample_rate: int = audio.SAMPLE_RATE, resampler: str = audio.RESAMPLER,
+                     fade: str = audio.FADE_MODE, **kw):
             self._root, self._schema = Path(root), schema
-            self._preparation = preparation
+            self._sample_rate = int(sample_rate)
+            self._resampler, self._fade = _preparation(resampler, fade)
             self._skip_bad = skip_bad
             self._workers = workers or max(1, min(4, os.cpu_count() or 1))
             super().__init__(**kw)
@@ -162,13 +172,18 @@ def _builder_class(dataset: str):
         def _info(self):
             fields = {f: np.int32 for f in self._schema.stored_fields}
             return self.dataset_info_from_configs(
-                description=f"{dataset} respiratory cycles at {audio.SAMPLE_RATE} Hz",
+                description=f"{dataset} respiratory cycles at {self._sample_rate} Hz",
                 features=tfds.features.FeaturesDict({
                     "audio": tfds.features.Tensor(shape=(None,), dtype=np.float32,
                                                   encoding=tfds.features.Encoding.BYTES),
                     "stem": tfds.features.Text(),
                     "patient": tfds.features.Text(),
                     "index": np.int32,
+                    # bytes: tf.train.Example holds float32 only; these keep every digit
+                    "start": tfds.features.Tensor(shape=(), dtype=np.float64,
+                                                  encoding=tfds.features.Encoding.BYTES),
+                    "end": tfds.features.Tensor(shape=(), dtype=np.float64,
+                                                encoding=tfds.features.Encoding.BYTES),
                     "order": np.int32,
                     **fields,
                 }),
@@ -177,25 +192,26 @@ def _builder_class(dataset: str):
             )
 
         def _split_generators(self, dl_manager):
-            from resp_jax.data import readers
-
             root = self._root   # a manifest's CSV; its folder is the manual dir
-            kw = {"schema": self._schema} if dataset == records.MANIFEST else {}
-            result = readers.read(dataset, root, skip_bad=self._skip_bad, **kw)
+            source = sources.get(dataset)
+            result = source.read(root, skip_bad=self._skip_bad, schema=self._schema)
             # Stored with the examples as JSON; extended while the splits are generated (TFDS
             # writes the metadata after the last split).
             skipped = [s.to_json() for s in result.skipped]
             self.info.metadata["root"] = str(root)
             self.info.metadata["skipped"] = skipped
-            self.info.metadata["audio"] = prepared_copies.preparation_key(*self._preparation)
-            if dataset == records.MANIFEST:
+            if self._sample_rate != audio.SAMPLE_RATE:
+                self.info.metadata["sample_rate"] = self._sample_rate
+            self.info.metadata["audio"] = prepared_copies.preparation_key(self._resampler,
+                                                                          self._fade)
+            if source.schema_from_data:
                 self.info.metadata["schema"] = prepared_copies.schema_json(self._schema)
             return {split: self._generate_examples(result.split(split), skipped)
                     for split in result.splits}
 
         def _generate_examples(self, cycles, skipped):
             for pos, c, wave in _decoded(cycles, self._skip_bad, skipped, self._workers,
-                                         self._preparation):
+                                         self._sample_rate, self._resampler, self._fade):
                 if len(wave) == 0:
                     msg = (f"cycle {c.index} ({c.start}-{c.end} s) holds no audio; expected "
                            "start < end inside the recording")
@@ -204,12 +220,12 @@ def _builder_class(dataset: str):
                     skipped.append(records.Skipped(c.wav_path, msg).to_json())
                     continue
                 ex = {"audio": wave, "stem": c.stem, "patient": c.patient,
-                      "index": c.index, "order": pos}
+                      "index": c.index, "start": c.start, "end": c.end, "order": pos}
                 for f in self._schema.stored_fields:
                     ex[f] = metadata.encode_base(self._schema, f, metadata.value(c, f))
                 yield f"{pos:07d}", ex
 
-    _Builder.__name__ = _Builder.__qualname__ = _BUILDERS[dataset]
+    _Builder.__name__ = _Builder.__qualname__ = "RespJax" + dataset.title().replace("_", "")
     _Builder.__module__ = __name__
     _builder_classes[dataset] = _Builder
     return _Builder
@@ -227,30 +243,28 @@ def _preparation(resampler: str, fade: str) -> tuple:
 
 
 def _schema(dataset: str, root, schema):
-    """``schema`` or the dataset's own: fixed (ICBHI, SPRSound) or its CSV's (a manifest)."""
-    if schema is not None or dataset not in _BUILDERS:
+    """``schema`` or the dataset's own: fixed, or read from its data (a manifest's CSV)."""
+    if schema is not None:
         return schema
-    if dataset == records.MANIFEST:
-        from resp_jax.data import manifest
-        return manifest.describe(root)[0]
-    return metadata.fixed_schema(dataset)
+    return sources.get(dataset).describe(root)[0]
 
 
 def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, workers: int = 0,
-            schema=None, resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE):
-    """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root`` and
-    of the preparation (``resampler``, ``fade``)."""
+            schema=None, sample_rate: int = audio.SAMPLE_RATE,
+            resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE):
+    """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root`` (and
+    of the preparation: ``sample_rate``, the rate its cycles are resampled to with
+    ``resampler``, and ``fade``)."""
     import tensorflow_datasets as tfds
 
-    if dataset not in _BUILDERS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(_BUILDERS)}")
+    sources.get(dataset)   # an unknown name fails here, naming the known ones
     schema = _schema(dataset, root, schema)
     data_dir = prepared_copies.data_dir_path(data_dir)
-    key = schema if dataset == records.MANIFEST else None
-    preparation = _preparation(resampler, fade)
     config = tfds.core.BuilderConfig(name=prepared_copies.config_name(
-                                         dataset, root, data_dir, schema=key,
-                                         audio=prepared_copies.preparation_key(*preparation)),
+                                         dataset, root, data_dir, schema=schema,
+                                         sample_rate=sample_rate,
+                                         preparation=prepared_copies.preparation_key(
+                                             *_preparation(resampler, fade))),
                                      version=FORMAT_VERSION,
                                      description=f"prepared from {root}")
     cls = _builder_class(dataset)
@@ -262,20 +276,24 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
     absl_logger.setLevel(logging.converter.absl_to_standard(logging.ERROR))
     try:
         return cls(data_dir=data_dir, config=config, root=root, schema=schema,
-                   preparation=preparation, skip_bad=skip_bad, workers=workers)
+                   skip_bad=skip_bad, workers=workers, sample_rate=sample_rate,
+                   resampler=resampler, fade=fade)
     finally:
         absl_logger.setLevel(level)
 
 
 def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
-         workers: int = 0, schema=None, resampler: str = audio.RESAMPLER,
-         fade: str = audio.FADE_MODE) -> Prepared:
+         workers: int = 0, schema=None, sample_rate: int = audio.SAMPLE_RATE,
+         resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE) -> Prepared:
     """The prepared ``dataset`` of ``root``: built on first use, read from the cache after.
 
+    ``sample_rate``: the rate the cycles are resampled to (``data.sample_rate``: 16 kHz, or
+    48 kHz for CLAP's front end) with ``resampler`` (`audio.resample`), and ``fade``: where
+    their fades go (`audio.cycles`) (``data.resampler``, ``data.fade``); each preparation a
+    copy of its own.
+
     ``root``: a manifest's CSV. ``schema``: the classes and field values the codes follow
-    (the run's config, `metadata.schema`); default: the dataset's own. ``resampler`` and
-    ``fade``: how the audio is prepared (`audio.resample`, `audio.cycles`; the run's
-    `data.resampler` and `data.fade`).
+    (the run's config, `metadata.schema`); default: the dataset's own.
 
     Bad items raise `DataError` naming the file unless ``skip_bad``; then they are listed in
     ``Prepared.skipped`` (also on cached loads). A cache built with skipping is not used
@@ -283,17 +301,11 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
     """
     import tensorflow_datasets as tfds
 
-    root = Path(root).expanduser().resolve()
-    if dataset == records.MANIFEST:
-        if not root.is_file():
-            raise records.DataError(root, "manifest not found; expected a CSV file (README, "
-                                          "\"Your own recordings\")")
-    elif not root.is_dir():
-        raise records.DataError(root, f"dataset root not found; expected a directory with the "
-                                      f"distributed {dataset} files")
+    source = sources.get(dataset)
+    root = source.check_root(root)
     schema = _schema(dataset, root, schema)
-    manual = root.parent if dataset == records.MANIFEST else root
-    how = {"resampler": resampler, "fade": fade}
+    manual = source.manual_dir(root)
+    how = {"sample_rate": sample_rate, "resampler": resampler, "fade": fade}
     b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
                 schema=schema, **how)
     if not b.is_prepared():
@@ -313,7 +325,8 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
         b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
                     schema=schema, **how)
         prepared_copies.remove_older(dataset, root, b.data_dir, data_dir,
-                                     b.info.metadata.get("schema"), b.info.metadata["audio"])
+                                     b.info.metadata.get("schema"), sample_rate,
+                                     b.info.metadata["audio"])
     else:
         logging.info("reading prepared %s from %s", dataset, b.data_dir)
     skipped = [records.Skipped(**s) for s in b.info.metadata.get("skipped", [])]
@@ -322,7 +335,7 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
         raise records.DataError(
             first.path, f"{first.reason} ({len(skipped)} bad item(s) in {root}; set "
                         "data.skip_bad to skip them)", first.line)
-    names = records.SPLITS.get(dataset) or sorted(b.info.splits, key=lambda s: (s != "train", s))
+    names = source.splits or sorted(b.info.splits, key=lambda s: (s != "train", s))
     splits = {s: _read_split(b, s, schema.stored_fields) for s in names}
     return Prepared(dataset=dataset, root=str(root), splits=splits, skipped=skipped,
                     schema=schema)
@@ -341,7 +354,9 @@ def _read_split(b, split: str, fields: tuple) -> Split:
     return Split(audio=[r["audio"] for r in rows], codes=codes,
                  stem=[r["stem"].decode() for r in rows],
                  patient=[r["patient"].decode() for r in rows],
-                 index=np.array([r["index"] for r in rows], np.int32).reshape(-1))
+                 index=np.array([r["index"] for r in rows], np.int32).reshape(-1),
+                 start=np.array([r["start"] for r in rows], np.float64).reshape(-1),
+                 end=np.array([r["end"] for r in rows], np.float64).reshape(-1))
 
 
 def main(argv) -> None:

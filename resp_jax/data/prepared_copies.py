@@ -2,8 +2,8 @@
 and removal of the copies a newer key replaced.
 
 Every change under a data root makes a new copy (the key is a fingerprint of its files), so
-without housekeeping old copies pile up. A copy records its root and its preparation (the
-resampler and fades, `preparation_key`) in the TFDS metadata; only copies of the same
+without housekeeping old copies pile up. A copy records its root and its preparation (sample
+rate; resampler and fades, `preparation_key`) in the TFDS metadata; only copies of the same
 dataset, root and preparation are ever removed, never another root's, nor the same root's
 other preparation (two recipes on one root keep one copy each).
 """
@@ -19,24 +19,21 @@ from pathlib import Path
 
 from absl import logging
 
-from resp_jax.data import audio, manifest, metadata, records
+from resp_jax.data import audio, records, sources
 
 DEFAULT_DATA_DIR = "~/.cache/resp_jax/tfds"
-FORMAT_VERSION = "1.1.0"   # bump when what a prepared example holds (or its order) changes
+FORMAT_VERSION = "1.2.0"   # bump when what a prepared example holds (or its order) changes
 BUILDER_PREFIX = "resp_jax_"  # TFDS builder name (and folder under data_dir): prefix + dataset
 
 
 def schema_json(schema) -> str:
-    """A manifest copy's classes and field values as its metadata records them (they fix
-    its codes, so they are part of its key)."""
-    return json.dumps({"classes": list(schema.classes),
-                       "fields": [[f, list(v)] for f, v in schema.vocabs]})
+    """A copy's classes and field values as its metadata records them when they come from
+    its data (a manifest's: they fix its codes, so they are part of its key)."""
+    return schema.to_json()
 
 
-def schema_from_json(text: str):
-    d = json.loads(text)
-    return metadata.Schema(records.MANIFEST, tuple(d["classes"]),
-                           tuple((f, tuple(v)) for f, v in d["fields"]))
+def schema_from_json(text: str, dataset: str):
+    return sources.Schema.from_json(dataset, text)
 
 
 def preparation_key(resampler: str, fade: str) -> str:
@@ -45,36 +42,19 @@ def preparation_key(resampler: str, fade: str) -> str:
     return f"{resampler}/{fade}"
 
 
-def fingerprint(dataset: str, root, exclude=None, schema=None, audio_key: str = "") -> str:
-    """A short hash of the dataset, the prepared format, the preparation ``audio_key``
-    (`preparation_key`) and every file under ``root`` (relative path, size, mtime), leaving
-    out the directory ``exclude`` (a cache inside it). A manifest's: its CSV's content, the
-    size and mtime of every audio file it names, and the ``schema`` (classes and field
-    values) its codes follow."""
-    root = Path(root)
-    skip = os.path.realpath(exclude) if exclude else None
-    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{audio.SAMPLE_RATE}|{audio.FADE}|"
-                       f"{audio_key}".encode())
-    if dataset == records.MANIFEST:
-        h.update(root.read_bytes())
-        for path in manifest.audio_paths(root):
-            try:
-                st = os.stat(path)
-                h.update(f"\n{path}\t{st.st_size}\t{st.st_mtime_ns}".encode())
-            except OSError:
-                h.update(f"\n{path}\tmissing".encode())
-        h.update(("\n" + (schema_json(schema) if schema else "")).encode())
-        return h.hexdigest()[:20]
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames
-                             if os.path.realpath(os.path.join(dirpath, d)) != skip)
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            st = os.stat(full)
-            entries.append(f"{os.path.relpath(full, root)}\t{st.st_size}\t{st.st_mtime_ns}")
-    for e in sorted(entries):
-        h.update(e.encode() + b"\n")
+def fingerprint(dataset: str, root, exclude=None, schema=None,
+                sample_rate: int = audio.SAMPLE_RATE, preparation: str = "") -> str:
+    """A short hash of the dataset, the prepared format and what the dataset's `Source`
+    keys its copy on (`Source.fingerprint`): by default every file under ``root`` (relative
+    path, size, mtime), leaving out the directory ``exclude`` (a cache inside it); a
+    manifest's: its CSV's content, the size and mtime of every audio file it names, and the
+    ``schema`` (classes and field values) its codes follow. The cycles' ``sample_rate``
+    (and so their 1/16 s fade) and their ``preparation`` (`preparation_key`) are
+    part of it: each is a copy of its own."""
+    fade = audio.fade_length(sample_rate)
+    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{int(sample_rate)}|{fade}|"
+                       f"{preparation}".encode())
+    sources.get(dataset).fingerprint(h, Path(root), exclude=exclude, schema=schema)
     return h.hexdigest()[:20]
 
 
@@ -82,11 +62,12 @@ def data_dir_path(data_dir=None) -> str:
     return os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
 
 
-def config_name(dataset: str, root, data_dir=None, schema=None, audio: str = "") -> str:
-    """The builder config name (folder) of ``root``'s current copy prepared as ``audio``
-    (`preparation_key`)."""
+def config_name(dataset: str, root, data_dir=None, schema=None,
+                sample_rate: int = audio.SAMPLE_RATE, preparation: str = "") -> str:
+    """The builder config name (folder) of ``root``'s current copy at ``sample_rate``,
+    prepared as ``preparation`` (`preparation_key`)."""
     return "r" + fingerprint(dataset, root, exclude=data_dir_path(data_dir), schema=schema,
-                             audio_key=audio)
+                             sample_rate=sample_rate, preparation=preparation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +77,9 @@ class Copy:
     path: Path
     root: str | None   # None: no root recorded (not made by resp_jax's builder)
     size: int          # bytes
-    schema: str | None = None  # a manifest copy's `schema_json`
-    audio: str | None = None   # its `preparation_key` (None: made before it was recorded)
+    schema: str | None = None  # its `schema_json`, when its schema comes from its data
+    sample_rate: int = audio.SAMPLE_RATE  # of its cycles (recorded when not 16 kHz)
+    preparation: str | None = None  # its `preparation_key` (None: made before it was recorded)
 
     @property
     def config(self) -> str:
@@ -111,7 +93,7 @@ class Copy:
 def copies(data_dir=None) -> list:
     """Every finished copy under ``data_dir``; copies still being written are left out."""
     found = []
-    for dataset in records.DATASETS:
+    for dataset in sources.NAMES:
         for info in sorted(Path(data_dir_path(data_dir), BUILDER_PREFIX + dataset)
                            .glob("*/*/dataset_info.json")):
             path = info.parent
@@ -123,6 +105,7 @@ def copies(data_dir=None) -> list:
                 meta = {}
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             found.append(Copy(dataset, path, meta.get("root"), size, meta.get("schema"),
+                              int(meta.get("sample_rate", audio.SAMPLE_RATE)),
                               meta.get("audio")))
     return found
 
@@ -144,14 +127,16 @@ def remove(copy: Copy) -> None:
         pass
 
 
-def remove_older(dataset: str, root, keep, data_dir=None, schema=None, audio=None) -> list:
-    """Removes the copies of ``dataset`` made from ``root`` (with the same ``schema``, a
-    manifest's `schema_json`, and the same preparation ``audio`` or none recorded) other than
-    ``keep`` (the copy just prepared), logging each with its size; returns them."""
+def remove_older(dataset: str, root, keep, data_dir=None, schema=None,
+                 sample_rate: int = audio.SAMPLE_RATE, preparation: str | None = None) -> list:
+    """Removes the copies of ``dataset`` made from ``root`` (with the same ``schema``: the
+    `schema_json` of one read from the data, ``sample_rate``, and ``preparation`` or none
+    recorded) other than ``keep`` (the copy just prepared), logging each with its size;
+    returns them."""
     keep = os.path.realpath(keep)
     older = [c for c in copies(data_dir) if c.dataset == dataset and c.root == str(root)
-             and c.schema == schema and c.audio in (audio, None)
-             and os.path.realpath(c.path) != keep]
+             and c.schema == schema and c.sample_rate == int(sample_rate)
+             and c.preparation in (preparation, None) and os.path.realpath(c.path) != keep]
     for c in older:
         remove(c)
         logging.info("removed an older prepared copy of %s (%s): %s, %s", root, dataset,
@@ -172,14 +157,16 @@ def stale(data_dir=None) -> tuple:
         if not os.path.exists(c.root):
             kept.append((c, "root not found"))
             continue
-        if c.audio is None:
+        if c.preparation is None:
             old.append(c)
             continue
-        key = (c.dataset, c.root, c.schema, c.audio)
+        key = (c.dataset, c.root, c.schema, c.sample_rate, c.preparation)
         if key not in current:
             try:
                 current[key] = config_name(c.dataset, c.root, data_dir, schema=c.schema and
-                                           schema_from_json(c.schema), audio=c.audio)
+                                           schema_from_json(c.schema, c.dataset),
+                                           sample_rate=c.sample_rate,
+                                           preparation=c.preparation)
             except records.DataError:
                 current[key] = None
         if current[key] is None:

@@ -1,32 +1,15 @@
 """The cycle record: what every stage after the readers may need to know about one cycle.
 
-Readers (`icbhi.py`, `sprsound.py`, `manifest.py`) turn a dataset's distributed files into a
-list of `Cycle`s; everything later (TFDS builders, pipeline, reports) reads these fields only.
+Each dataset's `Source` (`sources`; ICBHI's in `icbhi.py`, SPRSound's in `sprsound.py`, ...)
+turns its distributed files into a list of `Cycle`s; everything later (TFDS builders,
+pipeline, reports) reads these fields only. Class names, splits and metadata values are the
+Source's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
-
-ICBHI = "icbhi"
-SPRSOUND = "sprsound"
-MANIFEST = "manifest"   # your own recordings, listed in a CSV (README, "Your own recordings")
-DATASETS = (ICBHI, SPRSOUND, MANIFEST)
-
-# Class names in label order (docs/method.md §1.1 and 1.2); a manifest's come from its CSV and
-# every consumer reads them from the resolved config (`metadata.schema`).
-ICBHI_CLASSES = ("normal", "crackle", "wheeze", "both")
-SPRSOUND_CLASSES = (
-    "Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle",
-    "Wheeze+Crackle",
-)
-CLASSES = {ICBHI: ICBHI_CLASSES, SPRSOUND: SPRSOUND_CLASSES}
-
-# Splits each reader produces (a manifest: the names its CSV uses).
-SPLITS = {ICBHI: ("train", "test"), SPRSOUND: ("train", "inter_test", "intra_test")}
-# The split the paper reports as "test".
-TEST_SPLIT = {ICBHI: "test", SPRSOUND: "inter_test"}
 
 
 class DataError(ValueError):
@@ -53,9 +36,10 @@ class Skipped:
 
 @dataclasses.dataclass(frozen=True)
 class Cycle:
-    """One annotated respiratory cycle (ICBHI, a manifest row) or event (SPRSound)."""
-    dataset: str            # ICBHI, SPRSOUND or MANIFEST
-    split: str              # one of SPLITS[dataset] (a manifest: its CSV's split names)
+    """One annotated respiratory cycle (ICBHI, a manifest row), event (SPRSound) or breathing
+    phase (HF_Lung): the unit a model classifies."""
+    dataset: str            # the Source's name (data.name)
+    split: str              # one of the Source's splits (a manifest: its CSV's split names)
     stem: str               # recording file name without extension
     wav_path: str           # path of the recording ('' when read with annotations only)
     index: int              # position of the cycle in its annotation file (after sorting)
@@ -67,7 +51,7 @@ class Cycle:
     sex: Optional[str] = None        # 'M' or 'F'
     age: Optional[float] = None      # years
     age_group: Optional[str] = None  # ICBHI 'adult'/'child'; SPRSound 'baby'/'kid'
-    device: Optional[str] = None     # ICBHI recording device
+    device: Optional[str] = None     # recording device (ICBHI, HF_Lung)
     location: Optional[str] = None   # chest location (ICBHI Tc..Lr, SPRSound p1..p4)
     mode: Optional[str] = None       # ICBHI acquisition mode 'sc' / 'mc'
     diagnosis: Optional[str] = None  # ICBHI patient diagnosis
@@ -85,8 +69,8 @@ class ReadResult:
     """What a reader returns: the cycles, and every item it skipped (never dropped silently)."""
     cycles: list
     skipped: list = dataclasses.field(default_factory=list)
-    splits: tuple = ()      # split names, 'train' first (`readers.read` fills them)
-    classes: tuple = ()     # class names in label order (`readers.read` fills them)
+    splits: tuple = ()      # split names, 'train' first
+    classes: tuple = ()     # class names in label order
 
     def split(self, name: str) -> list:
         return [c for c in self.cycles if c.split == name]

@@ -1,7 +1,8 @@
 """The data side of a run: prepared dataset, optional validation carve, batches on the mesh.
 
 `load(config)` is what `train.train_and_evaluate` calls; the returned `RunData` hides split
-names (logical 'train', 'val', 'test' -> the dataset's splits) and process slicing.
+names (logical 'train', 'val', 'test' -> the dataset's splits, as the dataset's `Source`
+chooses them for the protocol: `Source.protocol_splits`) and process slicing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from resp_jax import configuration, parallel, selection
-from resp_jax.data import metadata
+from resp_jax.data import metadata, sources
 
 
 @dataclasses.dataclass
@@ -87,7 +88,13 @@ def load(config) -> RunData:
     schema = metadata.schema(config.data)   # classes and field values (configuration.resolve)
     prepared = prepare.load(name, root, data_dir=config.data.tfds_dir or None,
                             skip_bad=config.data.skip_bad, schema=schema,
+                            sample_rate=int(config.data.sample_rate),
                             resampler=config.data.resampler, fade=config.data.fade)
+    test_split = config.data.test_split
+    # The protocol's logical splits (the official one: 'train' and data.test_split).
+    chosen = sources.get(name).protocol_splits(prepared.splits, sources.OFFICIAL, test_split)
+    prepared = dataclasses.replace(prepared, splits={**prepared.splits, "train": chosen["train"],
+                                                     test_split: chosen["test"]})
     skipped = len(prepared.skipped)
     if skipped:
         logging.warning("%d item(s) skipped (data.skip_bad), e.g. %s", skipped,
@@ -96,7 +103,6 @@ def load(config) -> RunData:
     if config.eval.selection == "val":
         prepared = carve_val(prepared, config.eval.val_fraction, config.train.seed)
         eval_splits = ("test", selection.VAL_SPLIT)
-    test_split = config.data.test_split
     sizes = {s: len(prepared[test_split if s == "test" else s]) for s in ("train",) + eval_splits}
     for split, n in sizes.items():
         if n == 0:

@@ -2,7 +2,8 @@
 
 Two layouts are accepted: ``ROOT/{train_wav, train_json, test_wav, test_json}`` and
 ``ROOT/BioCAS2022/{train2022_wav, train2022_json, test2022_wav, test2022_json}`` (or ROOT
-being the BioCAS2022 folder). A test recording is inter-patient when its JSON lies under
+being the BioCAS2022 folder, or the organisers' repository, which also keeps it under
+``releases/BioCAS2022``). A test recording is inter-patient when its JSON lies under
 ``inter_test_json`` and intra-patient under ``intra_test_json``. Stems are
 ``PATIENT_AGE_GENDER_LOCATION_REC`` with patient ids of varying length. Each JSON holds one
 object whose ``event_annotation`` lists unsorted events with start/end as millisecond strings;
@@ -20,17 +21,26 @@ from typing import Optional
 
 from absl import logging
 
-from resp_jax.data import metadata, records
-from resp_jax.data.wav_checks import Problems, clamp_to_audio, wav_info
+from resp_jax.data import records, sources
+from resp_jax.data.wav_checks import Problems, fit_to_recording
+
+NAME = "sprsound"
+# Event classes in label order (docs/method.md §1.2).
+CLASSES = ("Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle",
+           "Wheeze+Crackle")
+SPLITS = ("train", "inter_test", "intra_test")
+LOCATIONS = ("p1", "p2", "p3", "p4")
+VOCABS = (("sex", ("M", "F")), ("age_group", ("baby", "kid")), ("location", LOCATIONS))
 
 # (base folder relative to ROOT, train wav, train json, test wav, test json)
 LAYOUTS = (
     ("", "train_wav", "train_json", "test_wav", "test_json"),
     ("BioCAS2022", "train2022_wav", "train2022_json", "test2022_wav", "test2022_json"),
     ("", "train2022_wav", "train2022_json", "test2022_wav", "test2022_json"),
+    ("releases/BioCAS2022", "train2022_wav", "train2022_json", "test2022_wav", "test2022_json"),
 )
 TEST_FOLDERS = {"inter_test_json": "inter_test", "intra_test_json": "intra_test"}
-EVENT_CLASSES = {name: i for i, name in enumerate(records.SPRSOUND_CLASSES)}
+EVENT_CLASSES = {name: i for i, name in enumerate(CLASSES)}
 BABY_AGE = 5.0     # baby if age < 5, kid otherwise (docs/method.md §1.2)
 _GENDER = {"0": "M", "1": "F"}
 _STEM_FORMAT = "PATIENT_AGE_GENDER_LOCATION_REC (e.g. 65109516_0.2_0_p1_3659)"
@@ -38,8 +48,9 @@ _JSON_FORMAT = ('expected one JSON object {"record_annotation": ..., "event_anno
                 '[{"start": "<ms>", "end": "<ms>", "type": "<class>"}, ...]}')
 
 
-def parse_stem(stem: str) -> dict:
-    """Patient, age, sex, location and recording of a stem; ValueError saying what is wrong."""
+def parse_stem(stem: str, locations=LOCATIONS, anonymous: bool = False) -> dict:
+    """Patient, age, sex, location and recording of a stem; ValueError saying what is wrong.
+    ``anonymous`` accepts an empty patient id (the later releases' anonymised recordings)."""
     parts = stem.split("_")
     if len(parts) != 5:
         raise ValueError(f"file name {stem!r} is not {_STEM_FORMAT}")
@@ -53,10 +64,9 @@ def parse_stem(stem: str) -> dict:
                          f"(expected {_STEM_FORMAT})") from None
     if gender not in _GENDER:
         raise ValueError(f"file name {stem!r}: gender {gender!r} is not 0 (male) or 1 (female)")
-    allowed = metadata.vocab(records.SPRSOUND, "location")
-    if location not in allowed:
-        raise ValueError(f"file name {stem!r}: location {location!r} is not one of {allowed}")
-    if not patient:
+    if location not in locations:
+        raise ValueError(f"file name {stem!r}: location {location!r} is not one of {locations}")
+    if not patient and not anonymous:
         raise ValueError(f"file name {stem!r} has an empty patient id")
     return dict(patient=patient, age=age, sex=_GENDER[gender], location=location,
                 recording=rec)
@@ -99,7 +109,7 @@ def _json_files(folders: dict) -> list:
     return out
 
 
-def _wav_index(folder: Path) -> dict:
+def wav_index(folder: Path) -> dict:
     """stem -> path of every WAV under ``folder``."""
     if not folder.is_dir():
         raise records.DataError(folder, "folder not found; expected the recordings (.wav) "
@@ -150,7 +160,7 @@ def _read_events(path: Path, problems: Problems, dropped: list) -> Optional[list
         kind = ev["type"].strip() if isinstance(ev["type"], str) else ev["type"]
         if kind not in EVENT_CLASSES:
             problems.bad(path, f"event {k}: unknown event type {ev['type']!r}; expected one "
-                               f"of {records.SPRSOUND_CLASSES}")
+                               f"of {CLASSES}")
             continue
         if end <= start:
             dropped.append(records.Skipped(
@@ -171,14 +181,49 @@ def read_event_file(path) -> tuple:
     return [(start, end, label) for _, start, end, label in events], dropped
 
 
+def recording_cycles(path: Path, split: str, info: dict, problems: Problems, dropped: list, *,
+                     wavs: Optional[dict], wav_folder: Path, dataset: str = NAME) -> list:
+    """The `Cycle`s of one event JSON (``info``: its parsed stem): its events sorted by
+    start, clamped to its recording ``wavs[stem]`` (in ``wav_folder``; ``wavs`` None:
+    annotations only, no clamping, ``wav_path`` '')."""
+    events = _read_events(path, problems, dropped)
+    if events is None:
+        return []
+    units = [(None, f"event {k}", start, end, label) for k, start, end, label in events]
+    wav_path = ""
+    if wavs is not None and units:
+        wav = wavs.get(path.stem)
+        if wav is None:
+            problems.error(records.DataError(
+                wav_folder / f"{path.stem}.wav",
+                f"file not found; expected the recording of {path.name}"),
+                f"{len(units)} event(s) of {path.stem} skipped")
+            return []
+        fitted = fit_to_recording(wav, units, problems, path, "event")
+        if fitted is None:
+            return []
+        wav_path, units = fitted
+    return [records.Cycle(
+        dataset=dataset, split=split, stem=path.stem, wav_path=wav_path, index=index,
+        patient=info["patient"], start=start, end=end, label=label, label_name=CLASSES[label],
+        sex=info["sex"], age=info["age"], age_group=age_group(info["age"]),
+        location=info["location"]) for index, (_, _, start, end, label) in enumerate(units)]
+
+
+def warn_dropped(dropped: list) -> None:
+    if dropped:
+        logging.warning("SPRSound: %d event(s) with end <= start left out (docs/method.md "
+                        "§1.2), e.g. %s: %s", len(dropped), dropped[0].path, dropped[0].reason)
+
+
 def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
          dropped: Optional[list] = None) -> records.ReadResult:
     """All events of an SPRSound 2022 root: train, then inter_test, then intra_test files.
 
     ``annotations_only`` leaves the WAV files alone (no clamping, ``wav_path`` ''). Bad input
     raises `DataError` naming the file; with ``skip_bad`` the bad event or file is left out and
-    listed in ``ReadResult.skipped``. Events with end <= start are left out as docs/method.md §1.2 says:
-    logged, and appended to ``dropped`` when given.
+    listed in ``ReadResult.skipped``. Events with end <= start are left out as docs/method.md
+    §1.2 says: logged, and appended to ``dropped`` when given.
     """
     root = Path(root)
     if not root.is_dir():
@@ -187,12 +232,12 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
     folders = find_layout(root)
     problems = Problems(skip_bad)
     dropped_here: list = []
-    wavs = {}
+    wavs: dict = {}
     if not annotations_only:
-        wavs = {"train": _wav_index(folders["train_wav"])}
-        wavs["test"] = _wav_index(folders["test_wav"])
+        wavs = {"train": wav_index(folders["train_wav"])}
+        wavs["test"] = wav_index(folders["test_wav"])
 
-    by_split = {s: [] for s in records.SPLITS[records.SPRSOUND]}
+    by_split = {s: [] for s in SPLITS}
     for split, path in _json_files(folders):
         if split is None:
             problems.bad(path, f"JSON not under {' or '.join(TEST_FOLDERS)}; expected test "
@@ -203,44 +248,37 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
         except ValueError as e:
             problems.bad(path, str(e))
             continue
-        events = _read_events(path, problems, dropped_here)
-        if events is None:
-            continue
-        wav_path = ""
-        if not annotations_only and events:
-            group = "train" if split == "train" else "test"
-            wav = wavs[group].get(path.stem)
-            try:
-                if wav is None:
-                    raise records.DataError(
-                        folders[f"{group}_wav"] / f"{path.stem}.wav",
-                        f"file not found; expected the recording of {path.name}")
-                duration = wav_info(wav).duration
-            except records.DataError as e:
-                problems.error(e, f"{len(events)} event(s) of {path.stem} skipped")
-                continue
-            wav_path = str(wav)
-            kept = []
-            for k, start, end, label in events:
-                span = clamp_to_audio(start, end, duration)
-                if span is None:
-                    problems.bad(path, f"event {k} ({start:.3f}-{end:.3f} s) starts at or past "
-                                       f"the end of the audio ({duration:.3f} s in "
-                                       f"{Path(wav).name}); expected events inside the recording")
-                    continue
-                kept.append((k, span[0], span[1], label))
-            events = kept
-        for index, (_, start, end, label) in enumerate(events):
-            by_split[split].append(records.Cycle(
-                dataset=records.SPRSOUND, split=split, stem=path.stem, wav_path=wav_path,
-                index=index, patient=info["patient"], start=start, end=end, label=label,
-                label_name=records.SPRSOUND_CLASSES[label], sex=info["sex"], age=info["age"],
-                age_group=age_group(info["age"]), location=info["location"]))
+        group = "train" if split == "train" else "test"
+        by_split[split] += recording_cycles(
+            path, split, info, problems, dropped_here, wavs=wavs.get(group),
+            wav_folder=folders[f"{group}_wav"])
 
-    if dropped_here:
-        logging.warning("SPRSound: %d event(s) with end <= start left out (docs/method.md §1.2), e.g. %s: %s",
-                        len(dropped_here), dropped_here[0].path, dropped_here[0].reason)
-        if dropped is not None:
-            dropped.extend(dropped_here)
-    cycles = [c for s in records.SPLITS[records.SPRSOUND] for c in by_split[s]]
-    return records.ReadResult(cycles=cycles, skipped=problems.skipped)
+    warn_dropped(dropped_here)
+    if dropped is not None:
+        dropped.extend(dropped_here)
+    cycles = [c for s in SPLITS for c in by_split[s]]
+    return records.ReadResult(cycles=cycles, skipped=problems.skipped, splits=SPLITS,
+                              classes=CLASSES)
+
+
+class SprsoundSource(sources.Source):
+    """SPRSound's 2022 release (BioCAS 2022): its train split and the inter- and
+    intra-patient test splits, one cycle per annotated event."""
+    name, title = NAME, "SPRSound 2022"
+    classes, vocabs, splits, test_split = CLASSES, VOCABS, SPLITS, "inter_test"
+    epochs, class_weighted = 200, False    # docs/method.md §4, §5
+    annotation_suffix = ".json"
+    inspect_fields = ("sex", "age_group", "location")
+    dropped_note = "event(s) with end <= start left out as docs/method.md §1.2 says"
+    sprsound_score = True
+    synthetic, synthetic_default = "resp_jax.data.synthetic.sprsound:write_sprsound", 60
+
+    def read(self, root, *, annotations_only=False, skip_bad=False, schema=None, dropped=None):
+        return read(root, annotations_only=annotations_only, skip_bad=skip_bad,
+                    dropped=dropped)
+
+    def read_annotation(self, path) -> tuple:
+        return read_event_file(path)
+
+
+SOURCE = SprsoundSource()

@@ -2,7 +2,8 @@
 asked to skip) a listed `Skipped` item, so nothing is dropped silently; `wav_info` checks a
 recording from its header alone (no decoding) and returns its duration and sample rate;
 `sound_info` does the same for any format soundfile reads (a manifest's recordings);
-`clamp_to_audio` fits an annotated segment to the audio."""
+`clamp_to_audio` fits an annotated segment to the audio, `fit_to_recording` every unit of
+one recording."""
 
 from __future__ import annotations
 
@@ -122,3 +123,27 @@ def clamp_to_audio(start: float, end: float, duration: float):
     if start >= duration:
         return None
     return start, min(end, duration)
+
+
+def fit_to_recording(wav, units: list, problems: Problems, annotations, what: str):
+    """The recording ``wav`` checked from its header, and ``units`` ``[(line, name, start,
+    end, payload)]`` (``line`` of ``annotations``, or None) clamped to its duration:
+    ``(str(wav), kept units)``. A unit starting at or past the end is bad input, left out; a
+    bad recording is reported with every ``what`` it takes along, and gives None."""
+    try:
+        duration = wav_info(wav).duration
+    except records.DataError as e:
+        stem = os.path.splitext(os.path.basename(wav))[0]
+        problems.error(e, f"{len(units)} {what}(s) of {stem} skipped")
+        return None
+    kept = []
+    for line, name, start, end, payload in units:
+        span = clamp_to_audio(start, end, duration)
+        if span is None:
+            problems.bad(annotations, f"{name} {start:g}-{end:g} s starts at or past the end "
+                                      f"of the audio ({duration:.3f} s in "
+                                      f"{os.path.basename(wav)}); expected it inside the "
+                                      "recording", line)
+            continue
+        kept.append((line, name, *span, payload))
+    return str(wav), kept

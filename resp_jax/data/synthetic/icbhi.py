@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from resp_jax.data import icbhi, records
-from resp_jax.data.synthetic.sounds import (DEFAULT_RECORDINGS, SUBTYPES, _breath_cycles, _fresh,
-                                            _Recording, _render_all)
+from resp_jax.data import icbhi
+from resp_jax.data.synthetic.sounds import SUBTYPES, _breath_cycles, _fresh, _Recording, _render_all
+
+RECORDINGS = 48   # the writer's default size (the run's synthetic default: icbhi.SOURCE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def _demographics_line(p: dict, rng) -> str:
     return "\t".join(fields)
 
 
-def write_icbhi(out, *, recordings: int = DEFAULT_RECORDINGS[records.ICBHI], seed: int = 0,
+def write_icbhi(out, *, recordings: int = RECORDINGS, seed: int = 0,
                 from_annotations=None, workers: int = 1, patients: int | None = None) -> Path:
     """Writes a synthetic ICBHI 2017 root (docs/method.md §1.1 layout) into ``out``; returns ``out``.
 

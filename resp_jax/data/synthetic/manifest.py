@@ -8,9 +8,9 @@ from pathlib import Path
 
 import soundfile as sf
 
-from resp_jax.data import icbhi, manifest, records
-from resp_jax.data.synthetic.icbhi import write_icbhi
-from resp_jax.data.synthetic.sounds import DEFAULT_RECORDINGS, _fresh
+from resp_jax.data import icbhi, manifest
+from resp_jax.data.synthetic.icbhi import RECORDINGS, write_icbhi
+from resp_jax.data.synthetic.sounds import _fresh
 
 # ICBHI's metadata as manifest columns ('age_group' follows from 'age', as in ICBHI).
 ICBHI_FIELDS = ("sex", "age", "device", "location", "mode", "diagnosis")
@@ -48,7 +48,7 @@ def from_icbhi(root, csv_path) -> Path:
     return manifest.write(csv_path, icbhi_rows(root), ICBHI_FIELDS)
 
 
-def write_manifest(out, *, recordings: int = DEFAULT_RECORDINGS[records.ICBHI], seed: int = 0,
+def write_manifest(out, *, recordings: int = RECORDINGS, seed: int = 0,
                    workers: int = 1) -> Path:
     """A small example in ``out``: synthetic ICBHI-like recordings in ``out/audio`` (some as
     FLAC) and ``out/manifest.csv`` naming them relative to itself; returns the CSV."""

@@ -14,15 +14,9 @@ import numpy as np
 import scipy.fft
 import soundfile as sf
 
-from resp_jax.data import records
-
 CACHE_DIR = "~/.cache/resp_jax/synthetic"
 CACHE_VERSION = "v2"   # bump when the generator's output changes
 _COMPLETE = ".complete"
-DEFAULT_RECORDINGS = {records.ICBHI: 48, records.SPRSOUND: 60}
-# The main job's default dataset (default_dataset): large enough (~1300 ICBHI cycles) that the
-# demo's contrastive pretraining has something to learn from, small enough to make in seconds.
-DEFAULT_DATASET_RECORDINGS = {records.ICBHI: 160, records.SPRSOUND: 60}
 SUBTYPES = ("PCM_16", "PCM_24", "PCM_32")
 SPRSOUND_RATE = 8000
 
