@@ -76,15 +76,18 @@ def test_paper_defaults():
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS + ("ast_ce", "ast_patchmix_cl", "ast_mscl",
-                                                 "beats_ce", "beats_pafa", "beats_mscl"))
+                                                 "beats_ce", "beats_pafa", "beats_mscl",
+                                                 "clap_ce", "opera_ce", "opera_mscl"))
 def test_every_recipe_prepares_audio_as_its_authors_code(name):
-    """Every reference code resamples with torchaudio's default windowed sinc; the SCL code
-    fades each cycle (faded seams when padded), Patch-Mix and PAFA fade the recording and
-    repeat unfaded cycles (hard seams). docs/fidelity.md."""
+    """The SCL, Patch-Mix, PAFA and BTS codes resample with torchaudio's default windowed
+    sinc, OPERA with librosa's soxr_hq; the SCL code fades each cycle (faded seams when
+    padded), Patch-Mix, PAFA and BTS fade the recording and repeat unfaded cycles (hard
+    seams). docs/fidelity.md."""
     for arg in (None, "quick"):
         c = load_config(name, arg)
-        fade = "recording" if name.startswith(("ast_", "beats_")) else "cycle"
-        assert (c.data.resampler, c.data.fade, c.data.pad) == ("torchaudio", fade, "circular")
+        fade = "recording" if name.startswith(("ast_", "beats_", "clap_")) else "cycle"
+        resampler = "soxr" if name.startswith("opera_") else "torchaudio"
+        assert (c.data.resampler, c.data.fade, c.data.pad) == (resampler, fade, "circular")
 
 
 def test_pretrained_weights_lower_the_learning_rate():
