@@ -179,15 +179,17 @@ def cycles(wave: np.ndarray, spans, fade_mode: str = FADE_MODE, sr: int = SAMPLE
 def fit(wave: np.ndarray, n: int, mode: str = "circular", fade: int = FADE) -> np.ndarray:
     """Makes a cycle exactly ``n`` samples long (docs/method.md §2.3).
 
-    Longer: the first ``n`` samples. Shorter: 'circular' repeats it, crops to ``n`` and fades
-    out the last ``fade`` samples; 'zero' centres it in zeros (the extra zero on the right).
+    Longer: the first ``n`` samples. Shorter or exactly ``n``: 'circular' repeats it, crops to
+    ``n`` and fades out the last ``fade`` samples (a cycle of exactly ``n`` samples too, as the
+    reference codes' ``> n`` test leaves it to their repeat branch); 'zero' centres it in zeros
+    (the extra zero on the right).
     The repeats meet as the cycle was cut (`cycles`): at faded seams ('cycle' fades) or hard
     ones ('recording' fades, PAFA's and Patch-Mix's padding).
     """
     wave = np.asarray(wave, dtype=np.float32)
     if mode not in PAD_MODES:
         raise ValueError(f"pad mode {mode!r}; expected one of {PAD_MODES}")
-    if len(wave) >= n:
+    if len(wave) > n:
         return np.array(wave[:n])
     if len(wave) == 0:
         raise ValueError("cannot fit an empty cycle")
