@@ -75,19 +75,23 @@ def test_paper_defaults():
     assert c.eval.selection == "test_best" and c.loss.denominator == "all"
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS + ("ast_ce", "ast_patchmix_cl", "ast_mscl",
-                                                 "beats_ce", "beats_pafa", "beats_mscl",
-                                                 "clap_ce", "opera_ce", "opera_mscl"))
+RECIPES = EXPERIMENTS + ("ast_ce", "ast_patchmix_cl", "ast_mscl", "beats_ce", "beats_pafa",
+                        "beats_mscl", "clap_ce", "opera_ce", "opera_mscl")
+
+
+@pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_prepares_audio_as_its_authors_code(name):
     """The SCL, Patch-Mix, PAFA and BTS codes resample with torchaudio's default windowed
     sinc, OPERA with librosa's soxr_hq; the SCL code fades each cycle (faded seams when
     padded), Patch-Mix, PAFA and BTS fade the recording and repeat unfaded cycles (hard
-    seams). docs/fidelity.md."""
+    seams). Their SpecAugment applies with P(Z < 1). docs/fidelity.md."""
     for arg in (None, "quick"):
         c = load_config(name, arg)
         fade = "recording" if name.startswith(("ast_", "beats_", "clap_")) else "cycle"
         resampler = "soxr" if name.startswith("opera_") else "torchaudio"
         assert (c.data.resampler, c.data.fade, c.data.pad) == (resampler, fade, "circular")
+        # SpecAugment, where a recipe has it, as the references draw it: 1 > N(0, 1).
+        assert c.augment.prob in (0.0, statistics.NormalDist().cdf(1.0)), c.augment.prob
 
 
 def test_pretrained_weights_lower_the_learning_rate():
