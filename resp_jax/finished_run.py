@@ -142,11 +142,9 @@ def read_json(path: Path, what: str) -> dict:
 
 def load(workdir) -> TrainedRun:
     """The selected model of the finished run in ``workdir`` (see the module docstring)."""
-    from resp_jax import checkpoint
+    from resp_jax import checkpoint, configuration
     from resp_jax.models import build_model
     from resp_jax.data import features
-
-    from resp_jax import configuration
 
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(read_json(workdir / CONFIG_FILE, "its config"))

@@ -21,9 +21,8 @@ Prints one JSON object per cycle or window (wav, index, start, end, predicted, p
 annotated) on stdout, and with ``--csv`` writes the same as CSV. Any format, sample rate, bit
 depth or channel count that soundfile reads is accepted (channels are averaged, audio is
 resampled to the run's ``data.sample_rate`` with its ``data.resampler`` and cut with its
-``data.fade``); cycles
-are preprocessed as the run's evaluation preprocessed them (`resp_jax.finished_run`),
-including the batch min-max over up to ``eval.batch_size`` cycles.
+``data.fade``); cycles are preprocessed as the run's evaluation preprocessed them
+(`resp_jax.finished_run`), including the batch min-max over up to ``eval.batch_size`` cycles.
 """
 
 from __future__ import annotations
