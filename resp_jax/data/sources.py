@@ -13,11 +13,16 @@ dataset names (tests/test_sources.py fails if one does).
 The registry imports a dataset's module when it is first asked for, so this module imports
 none of them: a dataset module may import this one (for `Source`) without a cycle.
 
-A protocol is a choice of splits by the Source, never a second training loop:
-`Source.protocol_splits` returns the logical splits ('train', 'test') of a protocol name
-from the prepared splits. The official split (`OFFICIAL`) is the one every Source has; a
-later protocol (leave one device out, a challenge task, another dataset as the test set) is
-another name in ``protocols`` and another branch there.
+A protocol (``data.protocol``) is a choice of splits by the Source, never a second training
+loop: `Source.protocol` says what it changes (`Protocol`: its classes, the value it holds
+out, the prepared splits it reads) and `Source.protocol_splits` returns the splits a run of
+it sees, chosen (or subset, relabelled) from the prepared splits. The official split
+(`OFFICIAL`) is the one every Source has; ICBHI adds leaving one recording device out
+(`leave_one_out`, docs/method.md §12.1), SPRSound its challenge tasks (§12.3).
+
+Class maps between datasets (``class_maps``: one dataset's classes onto another's) are
+declared by the dataset whose classes are the finer ones (`declared_maps`); cross-dataset
+evaluation (`resp_jax.evaluate`, docs/method.md §12.2) finds them by the classes they map.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import json
 import os
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from resp_jax.data import records
 
@@ -41,6 +48,7 @@ REGISTRY = {
 }
 NAMES = tuple(REGISTRY)
 OFFICIAL = "official"   # the protocol of the dataset's own published splits
+LEAVE_DEVICE_OUT = "leave_device_out"  # leave-one-device-out (docs/method.md §12.1)
 # The `Cycle` attributes a fixed-schema dataset fills, and the codes its prepared copy holds
 # (-1 where the dataset has no such field).
 BASE_FIELDS = ("label", "sex", "age_group", "device", "location", "mode", "diagnosis")
@@ -92,6 +100,20 @@ class Schema:
         return cls(dataset, tuple(d["classes"]), tuple((f, tuple(v)) for f, v in d["fields"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """What a protocol changes beside the splits (`Source.protocol`)."""
+    name: str = OFFICIAL
+    classes: tuple = ()       # its class names, normal first; () = the dataset's
+    held_out_field: str = ""  # a leave-one-value-out protocol: the field data.held_out names
+    held_out_values: tuple = ()  # ... and the values it may name (a sweep's default)
+    reads: tuple = ()         # the prepared splits it chooses from; () = the dataset's splits
+
+    def test_split(self, held_out: str) -> str:
+        """The split it reports by default ('' = the dataset's): a held-out value's own."""
+        return f"{self.held_out_field}={held_out}" if self.held_out_field else ""
+
+
 class Source:
     """One dataset. Subclasses set the attributes and implement `read` (and, where the
     dataset has them, `read_annotation` and `describe` for a schema read from the data)."""
@@ -111,7 +133,8 @@ class Source:
     sprsound_score = False    # metrics report the SPRSound challenge score as well
     synthetic = ""            # 'module:function' writing a synthetic root in the real layout
     synthetic_default = 0     # recordings of the synthetic default dataset (0: none)
-    protocols = (OFFICIAL,)   # protocol names `protocol_splits` knows
+    protocols = (OFFICIAL,)   # protocol names `protocol` and `protocol_splits` know
+    class_maps: dict = {}     # {other dataset: {own class: its class}} (docs/method.md §12.2)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -125,6 +148,12 @@ class Source:
         reader leaves out by rule (not bad input), for `inspect`."""
         raise NotImplementedError
 
+    def read_prepared(self, root, *, skip_bad: bool = False,
+                      schema: Optional[Schema] = None) -> records.ReadResult:
+        """Everything the prepared copy holds: `read`, plus any units only a protocol uses
+        (in splits of their own that `Protocol.reads` names: SPRSound's whole recordings)."""
+        return self.read(root, skip_bad=skip_bad, schema=schema)
+
     def read_annotation(self, path) -> tuple:
         """``([(start s, end s, label)], [dropped records.Skipped])`` of one recording's
         annotation file (`predict --annotations`); labels index ``classes``."""
@@ -137,17 +166,21 @@ class Source:
         """Whether the classes and field values come from the data (a manifest's CSV)."""
         return not self.classes
 
-    def schema(self) -> Schema:
-        """The fixed schema (docs/method.md §1)."""
+    def schema(self, protocol: str = OFFICIAL) -> Schema:
+        """The fixed schema (docs/method.md §1), with ``protocol``'s classes if it has its
+        own (SPRSound's challenge tasks)."""
         if self.schema_from_data:
             raise ValueError(f"dataset {self.name!r} has no fixed classes (they come from its "
                              "data: resolve the config, or pass the schema)")
-        return Schema(self.name, self.classes, self.vocabs, stored=BASE_FIELDS)
+        classes = self.protocol(protocol).classes or self.classes
+        return Schema(self.name, classes, self.vocabs, stored=BASE_FIELDS)
 
-    def describe(self, root, classes=None, normal_class: Optional[str] = None) -> tuple:
+    def describe(self, root, classes=None, normal_class: Optional[str] = None,
+                 protocol: str = OFFICIAL) -> tuple:
         """``(Schema, splits, normal class)``: what `configuration.resolve` records in the
-        config. A fixed schema's ``classes`` and ``normal_class``, when given, must match."""
-        schema = self.schema()
+        config (the schema of ``protocol``). A fixed schema's ``classes`` and
+        ``normal_class``, when given, must match."""
+        schema = self.schema(protocol)
         if classes and tuple(classes) != schema.classes:
             raise ValueError(f"config.data.classes: {self.name}'s classes are fixed: "
                              f"{schema.classes}, got {tuple(classes)}")
@@ -164,23 +197,43 @@ class Source:
         """The split reported as 'test' when ``data.test_split`` is None."""
         return self.test_split
 
-    def protocol_splits(self, splits: dict, protocol: str = OFFICIAL,
-                        test_split: Optional[str] = None) -> dict:
-        """The logical splits of ``protocol`` chosen from ``splits`` (dataset split name ->
-        cycles: a prepared dataset's `prepare.Split`s, or lists of `Cycle`s):
-        ``{'train': ..., 'test': ...}``. The official protocol trains on 'train' and reports
-        ``test_split`` (default: `test_split_of` the splits). A new protocol is a name in ``protocols`` and
-        a branch here that selects (or, with `prepare.Split.take`, subsets) cycles: the loop,
-        the validation carve and the metrics stay as they are."""
-        if protocol not in self.protocols:
-            raise ValueError(f"{self.name} has no protocol {protocol!r}; expected one of "
+    def protocol(self, name: str = OFFICIAL) -> Protocol:
+        """What protocol ``name`` changes; ValueError naming the known ones. A dataset with
+        a 'device' field that lists `LEAVE_DEVICE_OUT` gets it from here."""
+        if name not in self.protocols:
+            raise ValueError(f"{self.name} has no protocol {name!r}; expected one of "
                              f"{self.protocols}")
+        if name == LEAVE_DEVICE_OUT:
+            return Protocol(name, held_out_field="device",
+                            held_out_values=tuple(dict(self.vocabs).get("device", ())))
+        return Protocol(name)
+
+    def protocol_split_names(self, splits: tuple, protocol: str = OFFICIAL,
+                             held_out: str = "") -> tuple:
+        """The split names a run of ``protocol`` sees ('train' first), of the dataset's
+        ``splits``: a leave-one-out protocol's 'train' and its held-out value's split."""
+        p = self.protocol(protocol)
+        return ("train", p.test_split(held_out)) if p.held_out_field else tuple(splits)
+
+    def protocol_splits(self, splits: dict, protocol: str = OFFICIAL,
+                        test_split: Optional[str] = None, held_out: str = "") -> dict:
+        """The splits a run of ``protocol`` sees, chosen from ``splits`` (dataset split name
+        -> cycles: a prepared dataset's `prepare.Split`s, or lists of `Cycle`s), 'train'
+        and the reported ``test_split`` among them. The official protocol keeps every split
+        and reports ``test_split`` (default: `test_split_of` the splits). A new protocol is
+        a name in ``protocols`` and a branch here (or in a subclass) that selects, subsets
+        (`prepare.Split.take`, `take`) or relabels (`relabel`) cycles: the loop, the
+        validation carve and the metrics stay as they are."""
+        p = self.protocol(protocol)
+        if p.held_out_field:
+            chosen = leave_one_out(splits, p.held_out_field, held_out, p.held_out_values)
+            return {"train": chosen["train"], p.test_split(held_out): chosen["test"]}
         test = test_split or self.test_split_of(tuple(splits))
         for name in ("train", test):
             if name not in splits:
                 raise KeyError(f"{self.name} has no split {name!r}; expected one of "
                                f"{sorted(splits)}")
-        return {"train": splits["train"], "test": splits[test]}
+        return dict(splits)
 
     # -- the data root and its prepared copy ----------------------------------------------
 
@@ -228,11 +281,91 @@ class Source:
         return getattr(importlib.import_module(module), function)
 
 
+# ------------------------------------------------------------------------------------------
+# Choosing and relabelling cycles (prepared splits or lists of `Cycle`s alike)
+
+
+def values(split, field: str, vocab: tuple) -> list:
+    """Each cycle's value of a base field (None unknown): a prepared split's codes named by
+    ``vocab``, or a `Cycle` list's attributes."""
+    if isinstance(split, list):
+        return [getattr(c, field) for c in split]
+    return [vocab[k] if k >= 0 else None for k in split.codes[field].tolist()]
+
+
+def take(split, rows):
+    """The cycles of ``split`` at ``rows``."""
+    if isinstance(split, list):
+        return [split[i] for i in rows]
+    return split.take(rows)
+
+
+def relabel(split, table: dict):
+    """``split`` with every label ``k`` replaced by ``table[k]`` (a protocol's classes)."""
+    if isinstance(split, list):
+        return [dataclasses.replace(c, label=table[c.label]) for c in split]
+    labels = [table[k] for k in split.codes["label"].tolist()]
+    return dataclasses.replace(split, codes={**split.codes, "label": _int32(labels)})
+
+
+def _int32(values):
+    return np.asarray(values, np.int32).reshape(-1)
+
+
+def leave_one_out(splits: dict, field: str, held_out: str, known: tuple) -> dict:
+    """``{'train', 'test'}``: every cycle (of every split) whose ``field`` is ``held_out``
+    is a test cycle; the cycles of every other value train, less those of patients who also
+    have a test cycle, so no patient is on both sides (docs/method.md §12.1). The cycles
+    keep the order of ``splits`` (split by split)."""
+    if held_out not in known:
+        raise ValueError(f"config.data.held_out must be one of {known} (the {field} to "
+                         f"hold out), got {held_out!r}")
+    names = list(splits)
+    pieces = {"train": [], "test": []}
+    seen = [(name, values(splits[name], field, known), splits[name]) for name in names]
+    patients = {p for _, vals, s in seen for p, v in zip(_patients(s), vals) if v == held_out}
+    for name, vals, split in seen:
+        who = _patients(split)
+        test = [i for i, v in enumerate(vals) if v == held_out]
+        train = [i for i, v in enumerate(vals) if v != held_out and who[i] not in patients]
+        pieces["test"].append(take(split, test))
+        pieces["train"].append(take(split, train))
+    return {k: concat(v) for k, v in pieces.items()}
+
+
+def _patients(split) -> list:
+    return [c.patient for c in split] if isinstance(split, list) else list(split.patient)
+
+
+def concat(parts: list):
+    """Splits (`prepare.Split`s, or `Cycle` lists) joined in order."""
+    if all(isinstance(p, list) for p in parts):
+        return [c for p in parts for c in p]
+
+    def joined(field):
+        values = [getattr(p, field) for p in parts]
+        if values[0] is None:
+            return None
+        return np.concatenate(values) if isinstance(values[0], np.ndarray) else \
+            [x for v in values for x in v]
+
+    return dataclasses.replace(
+        parts[0], codes={k: np.concatenate([p.codes[k] for p in parts]) for k in parts[0].codes},
+        **{f: joined(f) for f in ("audio", "stem", "patient", "index", "start", "end")})
+
+
 def get(name: str) -> Source:
     """The Source registered under ``name`` (the config's ``data.name``)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
     return importlib.import_module(REGISTRY[name]).SOURCE
+
+
+def declared_maps() -> list:
+    """``[(dataset, other dataset, {class: other's class})]``: every class map a Source
+    declares (``class_maps``), for cross-dataset evaluation (docs/method.md §12.2)."""
+    return [(name, other, dict(table)) for name in NAMES
+            for other, table in get(name).class_maps.items()]
 
 
 def by_annotation(path) -> Source:
