@@ -18,7 +18,7 @@ loop: `Source.protocol` says what it changes (`Protocol`: its classes, the value
 out, the prepared splits it reads) and `Source.protocol_splits` returns the splits a run of
 it sees, chosen (or subset, relabelled) from the prepared splits. The official split
 (`OFFICIAL`) is the one every Source has; ICBHI adds leaving one recording device out
-(`leave_one_out`, docs/method.md §12.1), SPRSound its challenge tasks (§12.3).
+(`protocols.leave_one_out`, docs/method.md §12.1), SPRSound its challenge tasks (§12.3).
 
 Class maps between datasets (``class_maps``: one dataset's classes onto another's) are
 declared by the dataset whose classes are the finer ones (`declared_maps`); cross-dataset
@@ -34,9 +34,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from resp_jax.data import records
+# Protocols: the names, what one changes, and the choosing (the API here too).
+from resp_jax.data.protocols import (LEAVE_DEVICE_OUT, OFFICIAL, Protocol,  # noqa: F401
+                                     leave_one_out)
 
 # data.name -> the module that defines its SOURCE, imported on first use.
 REGISTRY = {
@@ -47,8 +48,6 @@ REGISTRY = {
     "hf_lung": "resp_jax.data.hf_lung",
 }
 NAMES = tuple(REGISTRY)
-OFFICIAL = "official"   # the protocol of the dataset's own published splits
-LEAVE_DEVICE_OUT = "leave_device_out"  # leave-one-device-out (docs/method.md §12.1)
 # The `Cycle` attributes a fixed-schema dataset fills, and the codes its prepared copy holds
 # (-1 where the dataset has no such field).
 BASE_FIELDS = ("label", "sex", "age_group", "device", "location", "mode", "diagnosis")
@@ -98,20 +97,6 @@ class Schema:
     def from_json(cls, dataset: str, text: str) -> "Schema":
         d = json.loads(text)
         return cls(dataset, tuple(d["classes"]), tuple((f, tuple(v)) for f, v in d["fields"]))
-
-
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-    """What a protocol changes beside the splits (`Source.protocol`)."""
-    name: str = OFFICIAL
-    classes: tuple = ()       # its class names, normal first; () = the dataset's
-    held_out_field: str = ""  # a leave-one-value-out protocol: the field data.held_out names
-    held_out_values: tuple = ()  # ... and the values it may name (a sweep's default)
-    reads: tuple = ()         # the prepared splits it chooses from; () = the dataset's splits
-
-    def test_split(self, held_out: str) -> str:
-        """The split it reports by default ('' = the dataset's): a held-out value's own."""
-        return f"{self.held_out_field}={held_out}" if self.held_out_field else ""
 
 
 class Source:
@@ -222,7 +207,7 @@ class Source:
         and the reported ``test_split`` among them. The official protocol keeps every split
         and reports ``test_split`` (default: `test_split_of` the splits). A new protocol is
         a name in ``protocols`` and a branch here (or in a subclass) that selects, subsets
-        (`prepare.Split.take`, `take`) or relabels (`relabel`) cycles: the loop, the
+        (`protocols.take`) or relabels (`protocols.relabel`) cycles: the loop, the
         validation carve and the metrics stay as they are."""
         p = self.protocol(protocol)
         if p.held_out_field:
@@ -279,79 +264,6 @@ class Source:
             raise ValueError(f"dataset {self.name!r} has no synthetic writer")
         module, function = self.synthetic.split(":")
         return getattr(importlib.import_module(module), function)
-
-
-# ------------------------------------------------------------------------------------------
-# Choosing and relabelling cycles (prepared splits or lists of `Cycle`s alike)
-
-
-def values(split, field: str, vocab: tuple) -> list:
-    """Each cycle's value of a base field (None unknown): a prepared split's codes named by
-    ``vocab``, or a `Cycle` list's attributes."""
-    if isinstance(split, list):
-        return [getattr(c, field) for c in split]
-    return [vocab[k] if k >= 0 else None for k in split.codes[field].tolist()]
-
-
-def take(split, rows):
-    """The cycles of ``split`` at ``rows``."""
-    if isinstance(split, list):
-        return [split[i] for i in rows]
-    return split.take(rows)
-
-
-def relabel(split, table: dict):
-    """``split`` with every label ``k`` replaced by ``table[k]`` (a protocol's classes)."""
-    if isinstance(split, list):
-        return [dataclasses.replace(c, label=table[c.label]) for c in split]
-    labels = [table[k] for k in split.codes["label"].tolist()]
-    return dataclasses.replace(split, codes={**split.codes, "label": _int32(labels)})
-
-
-def _int32(values):
-    return np.asarray(values, np.int32).reshape(-1)
-
-
-def leave_one_out(splits: dict, field: str, held_out: str, known: tuple) -> dict:
-    """``{'train', 'test'}``: every cycle (of every split) whose ``field`` is ``held_out``
-    is a test cycle; the cycles of every other value train, less those of patients who also
-    have a test cycle, so no patient is on both sides (docs/method.md §12.1). The cycles
-    keep the order of ``splits`` (split by split)."""
-    if held_out not in known:
-        raise ValueError(f"config.data.held_out must be one of {known} (the {field} to "
-                         f"hold out), got {held_out!r}")
-    names = list(splits)
-    pieces = {"train": [], "test": []}
-    seen = [(name, values(splits[name], field, known), splits[name]) for name in names]
-    patients = {p for _, vals, s in seen for p, v in zip(_patients(s), vals) if v == held_out}
-    for name, vals, split in seen:
-        who = _patients(split)
-        test = [i for i, v in enumerate(vals) if v == held_out]
-        train = [i for i, v in enumerate(vals) if v != held_out and who[i] not in patients]
-        pieces["test"].append(take(split, test))
-        pieces["train"].append(take(split, train))
-    return {k: concat(v) for k, v in pieces.items()}
-
-
-def _patients(split) -> list:
-    return [c.patient for c in split] if isinstance(split, list) else list(split.patient)
-
-
-def concat(parts: list):
-    """Splits (`prepare.Split`s, or `Cycle` lists) joined in order."""
-    if all(isinstance(p, list) for p in parts):
-        return [c for p in parts for c in p]
-
-    def joined(field):
-        values = [getattr(p, field) for p in parts]
-        if values[0] is None:
-            return None
-        return np.concatenate(values) if isinstance(values[0], np.ndarray) else \
-            [x for v in values for x in v]
-
-    return dataclasses.replace(
-        parts[0], codes={k: np.concatenate([p.codes[k] for p in parts]) for k in parts[0].codes},
-        **{f: joined(f) for f in ("audio", "stem", "patient", "index", "start", "end")})
 
 
 def get(name: str) -> Source:

@@ -28,7 +28,7 @@ from typing import Optional
 from absl import logging
 
 from resp_jax.data import records, sources
-from resp_jax.data.sources import OFFICIAL, Protocol
+from resp_jax.data.protocols import OFFICIAL, Protocol, relabel
 from resp_jax.data.wav_checks import Problems, fit_to_recording
 
 NAME = "sprsound"
@@ -387,7 +387,7 @@ class SprsoundSource(sources.Source):
         if protocol not in TASKS:
             return super().protocol_splits(splits, protocol, test_split, held_out)
         _, reads, table = TASKS[protocol]
-        chosen = {name.removesuffix(RECORDS): sources.relabel(splits[name], table)
+        chosen = {name.removesuffix(RECORDS): relabel(splits[name], table)
                   for name in reads if name in splits}
         return super().protocol_splits(chosen, OFFICIAL, test_split)
 
