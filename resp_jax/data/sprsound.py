@@ -251,12 +251,12 @@ def recording_cycles(path: Path, split: str, info: dict, problems: Problems, dro
     obj = _load(path, problems)
     if obj is None:
         return []
-    units = [(None, f"event {k}", start, end, label)
+    units = [(None, f"event {k}", start, end, (split, label))
              for k, start, end, label in _events(obj, path, problems, dropped)]
     record = _record_label(obj, path, problems, dropped) if whole else None
     what = "event"
     if record is not None:   # until the end of the audio (clamped below)
-        units.append((None, "the recording", 0.0, math.inf, -1 - record))
+        units.append((None, "the recording", 0.0, math.inf, (split + RECORDS, record)))
         what = "unit"   # events and the recording's own
     wav_path = ""
     if wavs is not None and units:
@@ -272,16 +272,16 @@ def recording_cycles(path: Path, split: str, info: dict, problems: Problems, dro
             return []
         wav_path, units = fitted
     out, events = [], 0
-    for _, _, start, end, label in units:
-        is_record = label < 0
-        label = -1 - label if is_record else label
-        names = RECORD_CLASSES if is_record else CLASSES
+    for _, _, start, end, (unit_split, label) in units:
+        whole_recording = unit_split != split
         out.append(records.Cycle(
-            dataset=dataset, split=split + RECORDS if is_record else split, stem=path.stem,
-            wav_path=wav_path, index=0 if is_record else events, patient=info["patient"],
-            start=start, end=end, label=label, label_name=names[label], sex=info["sex"],
-            age=info["age"], age_group=age_group(info["age"]), location=info["location"]))
-        events += not is_record
+            dataset=dataset, split=unit_split, stem=path.stem, wav_path=wav_path,
+            index=0 if whole_recording else events, patient=info["patient"], start=start,
+            end=end, label=label,
+            label_name=(RECORD_CLASSES if whole_recording else CLASSES)[label],
+            sex=info["sex"], age=info["age"], age_group=age_group(info["age"]),
+            location=info["location"]))
+        events += not whole_recording
     return out
 
 
