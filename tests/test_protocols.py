@@ -216,8 +216,10 @@ def test_task_protocols_set_the_classes_of_the_run():
         assert resolved.data.test_split == "inter_test"
 
 
-@pytest.mark.slow   # prepares a SPRSound set
-def test_record_tasks_train_on_whole_recordings(spr_root, tmp_path):
+@pytest.mark.slow   # prepares a SPRSound set, trains one epoch
+def test_a_record_task_run_classifies_whole_recordings(spr_root, tmp_path):
+    from resp_jax import evaluation, train
+
     config = tiny_config("ce", epochs=1, duration=2.0)
     config.data.name, config.data.root = "sprsound", str(spr_root)
     config.data.tfds_dir, config.data.protocol = str(tmp_path / "tfds"), "task2_2"
@@ -230,3 +232,9 @@ def test_record_tasks_train_on_whole_recordings(spr_root, tmp_path):
         assert sorted(f.stem) == stems   # one unit per recording
         assert set(f.index.tolist()) == {0} and set(f.start.tolist()) == {0.0}
         assert (f.end > 7.9).all()       # whole 8-15 s recordings, not events
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    p = evaluation.read(tmp_path / "run" / "predictions.csv", "sprsound")
+    assert p.classes == sprsound.RECORD_CLASSES and sorted(p.stem) == recordings["inter_test"]
+    assert "sprsound_score" in results["test"] and results["test_split"] == "inter_test"
+    assert {k: p.scores()[k] for k in ("sp", "se", "score")} == {
+        k: results["test"][k] for k in ("sp", "se", "score")}

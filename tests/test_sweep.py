@@ -200,19 +200,18 @@ def test_over_values_and_their_types():
     assert sweep.folder("CAS & DAS") == "CAS_DAS"
 
 
-@pytest.mark.slow   # two tiny runs
-def test_real_sweep_over_two_held_out_devices(tiny_icbhi, tmp_path):
+@pytest.mark.slow   # a tiny run
+def test_real_sweep_over_a_held_out_device(tiny_icbhi, tmp_path):
     config = tiny_config("ce", epochs=1)
     config.data.root, config.data.tfds_dir = str(tiny_icbhi["root"]), str(tiny_icbhi["tfds"])
     config.data.protocol = "leave_device_out"
-    status, summary = sweep.run_over(config, "data.held_out", ["Meditron", "AKGC417L"], 1,
-                                     tmp_path)
+    status, summary = sweep.run_over(config, "data.held_out", ["Meditron"], 1, tmp_path)
     assert status == 0
-    for device in ("Meditron", "AKGC417L"):
-        res = json.loads((tmp_path / device / "seed_0" / "results.json").read_text())
-        assert res["test_split"] == f"device={device}"
-        preds = (tmp_path / device / "seed_0" / "predictions.csv").read_text().splitlines()
-        assert len(preds) - 1 == res["cycles"]["test"] > 0
-        assert all(f",{device}," in row for row in preds[1:])   # only the held-out device
-    assert [r["test_split"] for r in summary["sweeps"]] == ["device=Meditron",
-                                                            "device=AKGC417L"]
+    res = json.loads((tmp_path / "Meditron" / "seed_0" / "results.json").read_text())
+    assert res["test_split"] == "device=Meditron"
+    preds = (tmp_path / "Meditron" / "seed_0" / "predictions.csv").read_text().splitlines()
+    assert len(preds) - 1 == res["cycles"]["test"] > 0
+    assert all(",Meditron," in row for row in preds[1:])   # only the held-out device
+    (row,) = summary["sweeps"]
+    assert row["test_split"] == "device=Meditron" and row["test_cycles"]["normal"] > 0
+    assert "| Meditron | device=Meditron |" in (tmp_path / "summary.md").read_text()
