@@ -11,7 +11,9 @@ a 2-D map (t-SNE, or UMAP when umap-learn is installed) of the frozen encoder fe
 test split coloured by class, sex, age group and device (SPRSound has no device: chest
 location instead). Everything but the map and the curves is computed from the run's
 ``predictions.csv`` (`resp_jax.evaluation`); the metrics are also recomputed from ``ckpt/best``
-(the map needs its features anyway) and shown beside those of ``results.json``.
+(the map needs its features anyway) and shown beside those of ``results.json``. A folder
+that ``resp_jax.evaluate`` wrote (a run on another dataset) gets the same from its
+``predictions.csv``, less the curves and the map (the run's own report has them).
 
 ``--compare`` puts runs (a directory with results.json) and sweeps (summary.json, from
 resp_jax.sweep) side by side in one table, printed and optionally written to ``--out``; for
