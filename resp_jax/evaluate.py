@@ -129,7 +129,8 @@ def class_map(run_classes, dataset_classes, table: dict | None = None) -> ClassM
                      f"'{dataset_classes[0]}={run_classes[0]},...')")
 
 
-def target_config(run, dataset: str, root: str, split: str | None, tfds_dir: str | None):
+def target_config(run, dataset: str, root: str, split: str | None, tfds_dir: str | None,
+                  skip_bad: bool = False):
     """The run's inference config (its preprocessing and standardisation) reading ``split``
     of ``dataset`` under ``root`` (its official splits and classes)."""
     from resp_jax.data import sources, synthetic
@@ -143,7 +144,7 @@ def target_config(run, dataset: str, root: str, split: str | None, tfds_dir: str
     config = run.inference_config()
     config.data.update(name=dataset, root=root, classes=schema.classes, normal_class=normal,
                        fields=schema.to_config(), test_split=split, protocol=sources.OFFICIAL,
-                       held_out="", skip_bad=False,
+                       held_out="", skip_bad=skip_bad,
                        tfds_dir=run.config.data.tfds_dir if tfds_dir is None else tfds_dir)
     return config
 
@@ -155,7 +156,7 @@ class Evaluation:
     cmap: ClassMap
     dataset_classes: tuple     # the dataset's own classes
     left_out: dict             # dataset class -> cycles left out by the map ('' targets)
-    skipped: int               # items the reader skipped (never: skip_bad is off)
+    skipped: int               # items the reader skipped (--skip_bad)
 
 
 def evaluate(run, config, table: dict | None = None) -> Evaluation:
@@ -235,7 +236,7 @@ def main(argv):
     try:
         run = finished_run.load(FLAGS.workdir)
         config = target_config(run, FLAGS.dataset, FLAGS.data_dir, FLAGS.split,
-                               FLAGS.tfds_dir)
+                               FLAGS.tfds_dir, FLAGS.skip_bad)
         out = output_dir(FLAGS.out, FLAGS.workdir, FLAGS.dataset, config.data.test_split)
         table = parse_mapping(FLAGS.mapping) if FLAGS.mapping else None
         ev = evaluate(run, config, table)
@@ -274,6 +275,8 @@ def _define_flags() -> None:
                         "'from=to,from=to'; default: the declared one (docs/method.md §12.2).")
     flags.DEFINE_string("tfds_dir", None, "Prepared-data cache; default: the run's "
                         "data.tfds_dir.")
+    flags.DEFINE_bool("skip_bad", False, "Skip (and count) unreadable files of the dataset "
+                      "instead of stopping at the first.")
     flags.DEFINE_string("out", None, "Output folder; default RUN/on_<dataset>_<split>.")
     flags.DEFINE_integer("resamples", None, "Patient-bootstrap resamples (default: the "
                          "run's eval.bootstrap_resamples).", lower_bound=1)
