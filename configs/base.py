@@ -32,7 +32,9 @@ def get_config(arg=None):
     # the weight of its single head ('patient', w); docs/method.md §10).
     # Two-stage (pretrain, then a linear classifier on frozen features): 'scl' (SupCon on the
     # heads of loss.heads; with a metadata head it is the paper's "SCL w/ metadata"), 'simclr'
-    # (NT-Xent: head 'instance'), 'mscl' (one projector per head, weighted sum).
+    # (NT-Xent: head 'instance'), 'mscl' (one projector per head, weighted sum),
+    # 'linear_probe' (no first stage: the linear classifier on the frozen model.init_from
+    # encoder, OPERA's benchmark protocol; docs/method.md §12).
     config.method = "ce"
 
     config.data = data = config_dict.ConfigDict()
@@ -43,14 +45,17 @@ def get_config(arg=None):
     data.tfds_dir = ""             # where prepared (TFDS) data is cached;
                                    # '' = ~/.cache/resp_jax/tfds
     data.skip_bad = False          # skip (and report) unreadable files instead of failing
-    data.sample_rate = 16000       # every recording is resampled to this rate (Hz)
+    data.sample_rate = 16000       # every recording is resampled to this rate (Hz); each rate
+                                   # is a prepared copy of its own (48000: 'clap')
     data.duration = 8.0            # seconds every cycle is cut / extended to (8 s -> 251
                                    # log-mel frames, 798 fbank frames)
     data.frontend = "logmel"       # features: 'logmel' (64 log-mel bins: CNN6, the paper) |
                                    # 'fbank' (128 Kaldi fbank bins, AST's AudioSet
                                    # normalisation, no batch min-max: AST, docs/method.md §9) |
                                    # 'beats' (BEATs' 128-bin Kaldi fbank and normalisation,
-                                   # no batch min-max: BEATs, docs/method.md §10)
+                                   # no batch min-max: BEATs, docs/method.md §10) | 'clap'
+                                   # (CLAP's 64-bin log-mel of 10 s at 48 kHz) | 'opera'
+                                   # (OPERA-CT's min-maxed 64-bin log-mel): HTS-AT, §12
     data.wave_scale = 1.0          # Kaldi fbank front ends: each clip is multiplied by this
                                    # first (1.0: AST, Patch-Mix and PAFA; 32768.0 = 2**15:
                                    # upstream BEATs' preprocess)
@@ -70,7 +75,7 @@ def get_config(arg=None):
                                           # (ICBHI 'normal', SPRSound 'Normal')
     data.fields = placeholder(tuple)    # filled when a run starts, not set: ((field, (value,
                                         # ...)), ...), the metadata codes the run used
-    data.protocol = "official"     # which cycles train and test (docs/method.md §12):
+    data.protocol = "official"     # which cycles train and test (docs/method.md §13):
                                    # 'official' (the dataset's own splits) | ICBHI:
                                    # 'leave_device_out' (every recording of the device
                                    # data.held_out tested, the other devices trained on) |
@@ -106,7 +111,8 @@ def get_config(arg=None):
 
     config.model = model = config_dict.ConfigDict()
     model.name = "cnn6"            # architecture (resp_jax.models registry): 'cnn6' | 'ast'
-                                   # | 'beats'
+                                   # | 'beats' | 'htsat' (its fields: model.htsat,
+                                   # configs/htsat_recipes.py)
     model.channels = (64, 128, 256, 512)  # conv block widths; features = channels[-1]
     model.layout = "reference"     # spectrogram orientation: 'reference' (freq, time) | 'panns'
     model.init_from = ""           # converted encoder dir (tools/convert_panns.py for CNN6,
@@ -116,8 +122,9 @@ def get_config(arg=None):
     model.width = 768              # token width = feature width
     model.depth = 12               # Transformer blocks
     model.heads = 12               # attention heads
-    # AST only (BEATs reads its own from model.beats, beats_recipe; docs/method.md §9).
+    # AST and HTS-AT (BEATs reads its own from model.beats, beats_recipe; docs/method.md §9).
     model.dropout = 0.0            # dropout after the embeddings, attention output and MLP
+                                   # (HTS-AT: after the MLP only, transformers' CLAP)
     model.attention_dropout = 0.0  # dropout on the attention weights
     model.drop_path = 0.0          # stochastic depth of the last block (0 .. this, linearly)
     model.layer_norm_eps = placeholder(float)  # None = the converted encoder's (1e-6 in the
@@ -183,9 +190,15 @@ def get_config(arg=None):
                                         # decay over all epochs (the paper's text) |
                                         # 'cosine_from_1': the same decay, epoch e at the rate
                                         # of e + 1 (Patch-Mix's code: the last epoch at
-                                        # eta_min) | 'constant'
+                                        # eta_min) | 'constant' | 'exponential' (lr x
+                                        # lr_decay^epoch: OPERA)
     train.cosine_t_max = 40           # T_max of the periodic cosine, in epochs
     train.eta_min = 1e-6              # lowest learning rate of the cosines
+    train.lr_decay = 0.99             # 'exponential' schedule: lr x this^epoch (OPERA)
+    train.clip_norm = 0.0             # > 0: clip the gradient's global norm (L2 included) to
+                                      # this before Adam (OPERA: 1.0); 0 = off
+    train.head_weight_decay = placeholder(float)  # L2 of the classifier and projectors;
+                                                  # None = train.weight_decay
     train.warmup_epochs = 0           # > 0: the first this many epochs rise linearly per step
                                       # from 0.1 x lr to the schedule's rate at that epoch
                                       # (Patch-Mix's --warm, warmup_learning_rate); 0 = off
@@ -196,7 +209,7 @@ def get_config(arg=None):
     train.log_every = 50              # steps between host reads of the loss (progress, NaN check)
 
     # Second stage of two-stage methods: a linear classifier on frozen encoder features
-    # (inference mode, no SpecAugment).
+    # (inference mode, no SpecAugment); the only stage of 'linear_probe'.
     config.linear_eval = linear = config_dict.ConfigDict()
     linear.features = "per_epoch"     # 'per_epoch': recomputed every epoch from shuffled training
                                       # batches, each min-maxed on its own (the reference) |
@@ -204,6 +217,8 @@ def get_config(arg=None):
     linear.epochs = 100               # the M-SCL code's --epochs2; the original SCL code used 50
     linear.lr = 0.1                   # Adam, no schedule
     linear.weight_decay = 1e-4        # L2 added to the gradient, as in training
+    linear.lr_decay = 1.0             # the rate x this after every epoch (OPERA's probe: 0.97)
+    linear.clip_norm = 0.0            # > 0: clip the gradient's global norm (OPERA: 1.0)
     linear.batch_size = 128
 
     config.eval = ev = config_dict.ConfigDict()

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 
 from resp_jax import evaluation, linear_eval, logging_utils, losses, models, optim, selection
-from resp_jax.data import audio, features, metadata, pipeline, sources
+from resp_jax.data import audio, feature_store, features, metadata, pipeline, sources
 
 # What differs between datasets (docs/method.md §4, §5: epochs, class weighting) is each
 # Source's; the normalisation constants are the same for all (the reference reuses ICBHI's)
@@ -27,7 +27,10 @@ LR_PRETRAINED = 1e-4   # fine-tuning AudioSet weights
 LR_SCRATCH = 1e-3
 
 ONE_STAGE = ("ce", "hybrid", "patchmix_cl", "pafa")
-TWO_STAGE = ("scl", "simclr", "mscl")
+TWO_STAGE = ("scl", "simclr", "mscl", "linear_probe")
+NO_HEADS = ("ce", "linear_probe")  # methods without contrastive heads
+# 'linear_probe': no first stage; the second stage's linear classifier sits on the frozen
+# encoder of model.init_from (OPERA's benchmark protocol, docs/method.md §12).
 METHODS = ONE_STAGE + TWO_STAGE
 INSTANCE = losses.INSTANCE
 PATIENT = metadata.PATIENT  # pseudo-field: the patient ids of a split (PAFA's head)
@@ -82,9 +85,11 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                          "(the Patch-Mix code fills its masks with the example's mean)")
     _choice("data.frontend", config.data.frontend, features.FRONTENDS)
     _choice("model.proj_pool", config.model.get("proj_pool", "mean"), models.heads.POOLS)
-    if config.data.frontend in features.FBANK_FRONTENDS and config.data.norm != "reference":
-        raise ValueError("config.data.norm='dataset' is for log-mel features; the fbank front "
-                         "ends are normalised with their models' constants (keep 'reference')")
+    if features.fixed_norm(config.data.frontend) is not None and config.data.norm != "reference":
+        raise ValueError("config.data.norm='dataset' is for CNN6's log-mel features; the other "
+                         "front ends are normalised with their models' constants (keep "
+                         "'reference')")
+    feature_store.check_sample_rate(config.data.frontend, config.data.sample_rate)
     warm = config.train.get("warmup_epochs", 0)
     if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
         raise ValueError(f"config.train.warmup_epochs must be an int >= 0, got {warm!r}")
@@ -101,13 +106,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                              f"{config.model.name!r}")
 
     source = sources.get(name)
+    if config.method == "linear_probe":
+        config.train.epochs = 0  # the encoder is never trained
     if config.train.epochs is None:
         config.train.epochs = source.epochs
     if config.loss.class_weighted is None:
         config.loss.class_weighted = source.class_weighted
     if config.train.lr is None:
         config.train.lr = LR_PRETRAINED if config.model.init_from else LR_SCRATCH
-    # The protocol (docs/method.md §12): a choice of splits, its held-out value, its classes.
+    # The protocol (docs/method.md §13): a choice of splits, its held-out value, its classes.
     try:
         protocol = source.protocol(config.data.protocol)
     except ValueError as e:
@@ -143,7 +150,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                 "eval.batch_size", "data.duration", "loss.temperature", "train.log_every",
                 "eval.bootstrap_resamples"):
         section, field = key.split(".")
-        _positive(key, config[section][field])
+        if key != "train.epochs" or config.method != "linear_probe":
+            _positive(key, config[section][field])
     if is_two_stage(config):
         _positive("linear_eval.epochs", config.linear_eval.epochs)
     if not 0 < config.eval.val_fraction < 1:
@@ -158,7 +166,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"config.loss.mix_beta must be >= 0, got {config.loss.mix_beta!r}")
 
     hs = heads(config)
-    if config.method != "ce" and not hs:
+    if config.method in NO_HEADS and hs and config.method != "ce":
+        raise ValueError(f"method {config.method!r} has no contrastive heads; set "
+                         "config.loss.heads=()")
+    if config.method not in NO_HEADS and not hs:
         raise ValueError(f"method {config.method!r} needs at least one contrastive head in "
                          "config.loss.heads, e.g. (('label', 1.0),)")
     names = [f for f, _ in hs]
@@ -226,8 +237,9 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "train.weight_average", "model.pos_embed", "model.attention",
                "model.remat", "data.wave_scale", "model.proj_ln", "model.proj_pool",
                "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs",
-               "model.fstride", "model.tstride", "model.pool", "data.protocol",
-               "data.held_out")
+               "model.fstride", "model.tstride", "model.pool", "train.lr_decay",
+               "train.clip_norm", "train.head_weight_decay", "linear_eval.lr_decay",
+               "linear_eval.clip_norm", "data.protocol", "data.held_out")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -11,7 +11,7 @@ and turned into the run's features (front end, clip length, padding) in evaluati
 standardised with the run's own constants (`finished_run.TrainedRun.inference_config`).
 
 The annotated and predicted classes meet in one set of classes through a class map
-(docs/method.md §12.2): one dataset's classes onto the other's, the finer onto the coarser.
+(docs/method.md §13.2): one dataset's classes onto the other's, the finer onto the coarser.
 When the run's classes are the finer (a SPRSound model on ICBHI), its probabilities are
 summed per class of the dataset and the prediction is their arg max; when the dataset's are
 the finer (an ICBHI model on SPRSound), each cycle's annotated class is mapped onto the run's
@@ -119,7 +119,7 @@ def class_map(run_classes, dataset_classes, table: dict | None = None) -> ClassM
         return ClassMap(run_classes, ANNOTATIONS, {c: c for c in dataset_classes},
                         "the same class names")
     for owner, other, declared in sources.declared_maps():
-        origin = f"declared by {owner} ({owner} onto {other}; docs/method.md §12.2)"
+        origin = f"declared by {owner} ({owner} onto {other}; docs/method.md §13.2)"
         if _fits(declared, dataset_classes, run_classes, allow_empty=True):
             return ClassMap(run_classes, ANNOTATIONS, declared, origin)
         if _fits(declared, run_classes, dataset_classes, allow_empty=False):
@@ -272,7 +272,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("split", None, "Its split to evaluate on; default: the one it "
                         "reports (ICBHI test, SPRSound inter_test, ...).")
     flags.DEFINE_string("mapping", None, "Class map: a JSON file {class: class} or "
-                        "'from=to,from=to'; default: the declared one (docs/method.md §12.2).")
+                        "'from=to,from=to'; default: the declared one (docs/method.md §13.2).")
     flags.DEFINE_string("tfds_dir", None, "Prepared-data cache; default: the run's "
                         "data.tfds_dir.")
     flags.DEFINE_bool("skip_bad", False, "Skip (and count) unreadable files of the dataset "

@@ -92,7 +92,8 @@ class TrainedRun:
         return config
 
     def classify_waves(self, waves: Sequence[np.ndarray], labels=None, source: str = "") -> dict:
-        """`outputs` for 16 kHz cycles from any recording (e.g. cut with `audio.cut`), fitted
+        """`outputs` for cycles at the run's ``data.sample_rate`` from any recording (e.g. cut
+        with `audio.cut`), fitted
         to the run's duration and batched ``eval.batch_size`` at a time in the given order.
         ``labels`` (int, -1 unknown) are passed through; ``source`` (the recording) names the
         cycles in warnings."""

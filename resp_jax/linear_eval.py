@@ -1,6 +1,9 @@
 """The second stage of two-stage methods (scl, simclr, mscl): a linear classifier on the frozen
 encoder's features (inference mode, no SpecAugment), evaluated every epoch, with Adam at
-``linear_eval.lr``, L2 ``linear_eval.weight_decay`` and no schedule (docs/method.md §5).
+``linear_eval.lr``, L2 ``linear_eval.weight_decay`` and no schedule (docs/method.md §5); or,
+as OPERA's linear probe, the rate x ``linear_eval.lr_decay`` after every epoch and the
+gradient clipped to ``linear_eval.clip_norm``. Method 'linear_probe' skips the first stage:
+the classifier sits on the converted encoder as it is (OPERA's benchmark).
 
 ``linear_eval.features`` (docs/fidelity.md):
   'per_epoch'  the reference: every epoch iterates the shuffled training split in batches of
@@ -49,8 +52,14 @@ def linear_evaluation(config, model, state, data, mesh, log, stop) -> tuple:
                                 for s in splits}, mesh)  # small: every device holds them
     cw = None if data.class_weights is None else jnp.asarray(data.class_weights, jnp.float32)
     clf = Classifier(data.num_classes, norm=bool(config.model.classifier_norm))
-    tx = optim.adam_l2(config.linear_eval.lr, config.linear_eval.weight_decay,
-                       config.train.b1, config.train.b2)
+    decay = float(config.linear_eval.get("lr_decay", 1.0))
+    rate = config.linear_eval.lr
+    if decay != 1.0:  # per epoch, as OPERA's DecayLearningRate (0.97 in its linear probe)
+        steps_per_epoch = -(-len(feats["train"][1]) // config.linear_eval.batch_size) \
+            if not per_epoch else data.num_batches("train", config.linear_eval.batch_size)
+        rate = lambda step: config.linear_eval.lr * decay ** (step // steps_per_epoch)  # noqa
+    tx = optim.adam_l2(rate, config.linear_eval.weight_decay, config.train.b1, config.train.b2,
+                       clip_norm=float(config.linear_eval.get("clip_norm", 0.0)))
     width = jax.eval_shape(lambda v, x: model.apply(v, x, False, method="encode"), variables,
                            jax.ShapeDtypeStruct((1,) + tuple(data.input_shape),
                                                 jnp.float32)).shape[-1]

@@ -83,7 +83,7 @@ def scores(cm, dataset: Optional[str] = None) -> dict:
     'sprsound_score' = (Score + HS) / 2. The classes are the run's (``data.classes``): a
     dataset is scored in its own classes, a protocol's (SPRSound's challenge tasks) or,
     evaluated by another dataset's model, in the classes a class map gives
-    (docs/method.md §12), so ``dataset`` (a ``data.name``) only decides the challenge score.
+    (docs/method.md §13), so ``dataset`` (a ``data.name``) only decides the challenge score.
     """
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] < 2:

@@ -51,15 +51,15 @@ def windows(duration: float, window: float, hop: float) -> list:
 
 
 def segments(wav: str, annotations: str | None, window: float, hop: float,
-             classes=()) -> tuple:
-    """``(wave at 16 kHz, rows)`` of one recording: a row per cycle or window, with its
+             classes=(), sample_rate: int = 16000) -> tuple:
+    """``(wave at sample_rate, rows)`` of one recording: a row per cycle or window, with its
     start, end and (annotations) annotated class name and its index in ``classes`` (the
     run's; -1 when not among them); cycles starting past the end of the audio are left out
     with a warning that names them."""
     from resp_jax.data import audio, readers, wav_checks
 
-    wave = audio.load_any(wav)
-    duration = len(wave) / audio.SAMPLE_RATE
+    wave = audio.load_any(wav, sample_rate)
+    duration = len(wave) / sample_rate
     if annotations is None:
         return wave, [{"start": a, "end": b} for a, b in windows(duration, window, hop)]
     source, cycles, dropped = readers.read_annotation(annotations)
@@ -125,8 +125,9 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
     own = None if recompute or not path.is_file() else evaluation.read(path, run.dataset)
     out = []
     for i, wav in enumerate(wavs):
+        sr = int(run.config.data.sample_rate)  # the run's (48 kHz for CLAP's front end)
         wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
-                              run.classes)
+                              run.classes, sr)
         found = from_run(own, wav, rows)
         if found is not None:
             logging.info("%s: one of the run's test recordings; its %d cycles' predictions "
@@ -134,7 +135,8 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
                          len(rows), path)
             probabilities, predicted = found
         else:
-            cuts = [audio.cut(wave, r["start"], r["end"]) for r in rows]
+            cuts = [audio.cut(wave, r["start"], r["end"], sr, audio.fade_length(sr))
+                    for r in rows]
             probabilities = run.classify_waves(cuts, [r.get("label", -1) for r in rows],
                                                source=str(wav))["probabilities"]
             predicted = probabilities.argmax(axis=-1)

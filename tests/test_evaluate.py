@@ -1,5 +1,5 @@
 """resp_jax.evaluate: a finished run on another dataset through a class map (docs/method.md
-§12.2): the map both ways against a computation by hand, a user's map, and the command on a
+§13.2): the map both ways against a computation by hand, a user's map, and the command on a
 tiny run, whose files report and report --compare read like a run's."""
 
 import json

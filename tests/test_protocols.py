@@ -1,4 +1,4 @@
-"""Protocols beyond the official split (docs/method.md §12): leaving one ICBHI device out and
+"""Protocols beyond the official split (docs/method.md §13): leaving one ICBHI device out and
 SPRSound's challenge tasks, as choices of splits by the Source; which cycles land where,
 that no patient is on both sides, the config field that names each, and the challenge
 metrics against an independent implementation of the organisers' definitions."""

@@ -8,6 +8,8 @@
     python tools/benchmark.py train-step --model=beats --beats-size=tiny|small|base
         [--method=ce|pafa] [--batch=32] [--frames=498] [--vs-torch --reference=DIR]
                                                     # tools/beats_benchmark.py
+    python tools/benchmark.py train-step --model=htsat [--htsat-size=tiny|base] --method=ce
+        [--batch=8] [--vs-torch]                    # tools/htsat_benchmark.py
     python tools/benchmark.py loop --method=scl --data_dir=DIR [--batch=128] [--epochs=3]
     python tools/benchmark.py conv-layers [--batch=32] [--frames=251] [--vs-torch]
 
@@ -191,7 +193,8 @@ def icbhi_projection_h(step_s: float, forward_s: float, batch: int, eval_batch: 
     return (steps * step_s + forwards * forward_s) / 3600
 
 
-TRANSFORMERS = {"ast": ("ast_benchmark", 798), "beats": ("beats_benchmark", 498)}  # frames
+TRANSFORMERS = {"ast": ("ast_benchmark", 798), "beats": ("beats_benchmark", 498),
+                "htsat": ("htsat_benchmark", None)}  # frames (HTS-AT: its front end's)
 
 
 def run_train_step(args) -> dict:
@@ -398,7 +401,9 @@ def main(argv=None) -> None:
     p.add_argument("--tfds_dir", default="", help="prepared-data cache (default: prepare's)")
     p.set_defaults(run=run_input)
     p = sub.add_parser("train-step", help="jitted train step throughput (optionally vs PyTorch)")
-    p.add_argument("--model", default="cnn6", choices=("cnn6", "ast", "beats"))
+    p.add_argument("--model", default="cnn6", choices=("cnn6", "ast", "beats", "htsat"))
+    p.add_argument("--htsat-size", dest="htsat_size", default="base", choices=("tiny", "base"),
+                   help="--model=htsat: CLAP's HTS-AT or configs' tiny one")
     for model in ("ast", "beats"):
         p.add_argument(f"--{model}-size", dest=f"{model}_size", default="base",
                        choices=("tiny", "small", "base"),

@@ -20,6 +20,11 @@ PAD_MODES = ("circular", "zero")  # data.pad: how `fit` extends a short cycle
 FADE = 1000  # samples: 1/16 s at 16 kHz (docs/method.md §2.2)
 
 
+def fade_length(sr: int) -> int:
+    """The cycles' fade at ``sr`` Hz: 1/16 s (`FADE` samples at 16 kHz, 3000 at 48 kHz)."""
+    return FADE * int(sr) // SAMPLE_RATE
+
+
 def load(path, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Reads a dataset recording as mono float32 at ``sr`` Hz (channels averaged, soxr HQ).
 

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 from absl import logging
 
-from resp_jax.data import audio, features, metadata
+from resp_jax.data import audio, features, htsat_frontends, metadata
 
 FEATURE_CHUNK = 64  # cycles per log-mel call (float64 STFT: ~0.4 GB transient at 8 s)
 SHORT_NAMED = 10    # short cycles named in the warning; the rest are counted
@@ -78,16 +78,15 @@ class Features:
 
     def __init__(self, prepared, config, *, chunk: int = FEATURE_CHUNK):
         sr = int(config.data.sample_rate)
-        if sr != audio.SAMPLE_RATE:
-            raise ValueError(f"config.data.sample_rate={sr}; the log-mel is defined at "
-                             f"{audio.SAMPLE_RATE} Hz (docs/method.md §2.4)")
+        self.frontend = str(config.data.get("frontend", "logmel"))  # older runs: log-mel
+        check_sample_rate(self.frontend, sr)
+        self.sample_rate = sr
         self.dataset = prepared.dataset
         self.schema = prepared.schema
         self.samples = int(round(float(config.data.duration) * sr))
         if self.samples <= features.HOP:
             raise ValueError(f"config.data.duration={config.data.duration} s is too short; "
                              f"expected more than {features.HOP / sr} s")
-        self.frontend = str(config.data.get("frontend", "logmel"))  # older runs: log-mel
         self.bins, self.frames = features.frontend_shape(self.frontend, self.samples)
         if self.frames < 1:
             raise ValueError(f"config.data.duration={config.data.duration} s is too short for "
@@ -105,6 +104,7 @@ class Features:
         """Features assembled from `SplitFeatures` already computed (subsets, tests)."""
         self = cls.__new__(cls)
         self.dataset, self.samples, self.pad = dataset, int(samples), pad
+        self.sample_rate = features.sample_rate(frontend)
         self.schema = metadata.schema(schema or dataset)
         self.frontend = frontend
         self.bins, self.frames = features.frontend_shape(frontend, self.samples)
@@ -119,15 +119,18 @@ class Features:
 
     def _compute(self, name: str, split, chunk: int) -> SplitFeatures:
         n = len(split)
-        _warn_short(name, split, self.samples, self.pad)
+        _warn_short(name, split, self.samples, self.pad, self.sample_rate)
         x = np.empty((n,) + self.input_shape, np.float32)
+        fade = audio.fade_length(self.sample_rate)
         for a in range(0, n, chunk):
-            waves = np.stack([audio.fit(w, self.samples, self.pad)
+            waves = np.stack([audio.fit(w, self.samples, self.pad, fade)
                               for w in split.audio[a:a + chunk]])
-            x[a:a + len(waves)] = (
-                features.fbank_batch(waves, self.frontend, self.wave_scale)
-                if self.frontend in features.FBANK_FRONTENDS
-                else features.logmel_tf(waves).numpy())
+            if self.frontend in features.FBANK_FRONTENDS:
+                x[a:a + len(waves)] = features.fbank_batch(waves, self.frontend, self.wave_scale)
+            elif self.frontend in htsat_frontends.FRONTENDS:
+                x[a:a + len(waves)] = htsat_frontends.logmel(self.frontend, waves)
+            else:
+                x[a:a + len(waves)] = features.logmel_tf(waves).numpy()
         return SplitFeatures.of(x, split.codes, split.stem, split.patient, split.index,
                                 split.start, split.end)
 
@@ -164,10 +167,21 @@ class Features:
         return self._variables[split]
 
 
-def _warn_short(name: str, split, samples: int, pad: str) -> None:
+def check_sample_rate(frontend: str, sample_rate: int) -> None:
+    """``data.sample_rate`` must be the rate ``frontend`` is defined at (48 kHz for CLAP's
+    log-mel, 16 kHz for the others): the prepared cycles are resampled to it."""
+    want = features.sample_rate(frontend)
+    if int(sample_rate) != want:
+        raise ValueError(f"config.data.sample_rate={sample_rate}; data.frontend={frontend!r} is "
+                         f"defined at {want} Hz: set data.sample_rate={want} "
+                         "(docs/method.md §2.4, §12)")
+
+
+def _warn_short(name: str, split, samples: int, pad: str, sr: int = audio.SAMPLE_RATE) -> None:
     """One warning per split naming the cycles shorter than one STFT window (`features.N_FFT`
     samples) that `audio.fit` repeats (or zero-pads) to ``samples``."""
-    short = [i for i, w in enumerate(split.audio) if len(w) < min(features.N_FFT, samples)]
+    window = features.N_FFT * sr // audio.SAMPLE_RATE
+    short = [i for i, w in enumerate(split.audio) if len(w) < min(window, samples)]
     if not short:
         return
     names = [f"{split.stem[i]}#{int(split.index[i])}" if split.stem[i]
@@ -175,7 +189,6 @@ def _warn_short(name: str, split, samples: int, pad: str) -> None:
     listed = ", ".join(names[:SHORT_NAMED]) + (
         f", ... ({len(names) - SHORT_NAMED} more)" if len(names) > SHORT_NAMED else "")
     logging.warning("%s split: %d cycle(s) shorter than one STFT window (%d samples, %.0f ms) "
-                    "were %s to %.2f s clips: %s", name, len(short), features.N_FFT,
-                    1000 * features.N_FFT / audio.SAMPLE_RATE,
-                    "tiled" if pad == "circular" else "zero-padded",
-                    samples / audio.SAMPLE_RATE, listed)
+                    "were %s to %.2f s clips: %s", name, len(short), window,
+                    1000 * window / sr, "tiled" if pad == "circular" else "zero-padded",
+                    samples / sr, listed)

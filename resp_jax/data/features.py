@@ -12,6 +12,7 @@ import functools
 import librosa
 import numpy as np
 
+from resp_jax.data import htsat_frontends
 from resp_jax.data.audio import SAMPLE_RATE
 
 N_FFT = 1024
@@ -220,12 +221,27 @@ BEATS_STD = 6.55582
 # ----------------------------------------------------------------------------------------------
 # The front ends a run chooses from (data.frontend).
 
-FRONTENDS = ("logmel", "fbank", "beats")  # CNN6's log-mel (the paper) | AST's Kaldi fbank |
-#                                           BEATs' Kaldi fbank (docs/method.md §10)
+FRONTENDS = ("logmel", "fbank", "beats") + htsat_frontends.FRONTENDS
+# CNN6's log-mel (the paper) | AST's Kaldi fbank | BEATs' Kaldi fbank (docs/method.md §10) |
+# CLAP's and OPERA-CT's log-mels (HTS-AT, §12; `resp_jax.data.htsat_frontends`)
 FBANK_BINS = 128
 # The Kaldi fbank front ends: window, waveform-mean removal, normalisation (mean, std).
 FBANK_FRONTENDS = {"fbank": ("hanning", True, AUDIOSET_MEAN, AUDIOSET_STD),
                    "beats": ("povey", False, BEATS_MEAN, BEATS_STD)}
+
+
+def sample_rate(frontend: str) -> int:
+    """The rate (Hz) a front end's clips must have: 48 kHz for CLAP, else 16 kHz."""
+    return htsat_frontends.RATES.get(frontend, SAMPLE_RATE)
+
+
+def fixed_norm(frontend: str) -> tuple[float, float] | None:
+    """(mean, scale) of a front end normalised with fixed constants and never min-maxed (the
+    Kaldi fbanks: `fbank_norm`; CLAP's and OPERA's log-mels: (0, 1), their model normalises),
+    or None (CNN6's log-mel: batch min-max, then standardised)."""
+    if frontend in htsat_frontends.FRONTENDS:
+        return 0.0, 1.0
+    return fbank_norm(frontend) if frontend in FBANK_FRONTENDS else None
 
 
 def fbank_norm(frontend: str) -> tuple[float, float]:
@@ -239,11 +255,14 @@ def fbank_norm(frontend: str) -> tuple[float, float]:
 
 def frontend_shape(frontend: str, n_samples: int) -> tuple[int, int]:
     """(bins, frames) of one clip of ``n_samples`` samples: 'logmel' (64, 1 + n // 512);
-    'fbank' and 'beats' (128, 1 + (n - 400) // 160). 8 s: (64, 251) and (128, 798)."""
+    'fbank' and 'beats' (128, 1 + (n - 400) // 160); 'clap' (64, 1001) for any clip up to
+    10 s at 48 kHz; 'opera' (64, 1 + n // 512). 8 s: (64, 251) and (128, 798)."""
     if frontend == "logmel":
         return N_MELS, num_frames(n_samples)
     if frontend in FBANK_FRONTENDS:
         return FBANK_BINS, kaldi_num_frames(n_samples)
+    if frontend in htsat_frontends.FRONTENDS:
+        return htsat_frontends.shape(frontend, n_samples)
     raise ValueError(f"data.frontend must be one of {FRONTENDS}, got {frontend!r}")
 
 

@@ -353,7 +353,7 @@ class IcbhiSource(sources.Source):
     annotation_suffix = ".txt"
     inspect_fields = ("sex", "age_group", "device")
     synthetic, synthetic_default = "resp_jax.data.synthetic.icbhi:write_icbhi", 160
-    # leave-one-device-out (docs/method.md §12.1): data.held_out is one of the four devices
+    # leave-one-device-out (docs/method.md §13.1): data.held_out is one of the four devices
     protocols = (sources.OFFICIAL, sources.LEAVE_DEVICE_OUT)
 
     def read(self, root, *, annotations_only=False, skip_bad=False, schema=None, dropped=None):

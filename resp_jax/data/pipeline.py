@@ -52,9 +52,9 @@ def norm_constants(feats: Features, config) -> tuple:
     """(mean, std) of the standardisation after the batch min-max (docs/method.md §2.5); for
     fbank features AST's AudioSet mean and twice its std (docs/method.md §9), BEATs' for
     'beats' (§10)."""
-    frontend = getattr(feats, "frontend", "logmel")
-    if frontend in features.FBANK_FRONTENDS:
-        return features.fbank_norm(frontend)
+    fixed = features.fixed_norm(getattr(feats, "frontend", "logmel"))
+    if fixed is not None:
+        return fixed
     mode = str(config.data.norm)
     if mode == "reference":
         return float(config.data.norm_mean), float(config.data.norm_std)
@@ -178,7 +178,7 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
     hi = tf.constant(s.hi if len(s) else np.zeros(1, np.float32))
     labels = tf.constant(table if len(s) else np.zeros((1, len(names)), np.int32))
     n_freq, n_time = feats.input_shape
-    fbank = getattr(feats, "frontend", "logmel") in features.FBANK_FRONTENDS
+    fbank = features.fixed_norm(getattr(feats, "frontend", "logmel")) is not None
     if augment is not None:
         n_draws = 1 + 2 * (int(augment.freq_masks) + int(augment.time_masks))
         prob = float(augment.prob)
@@ -194,7 +194,7 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
         safe = tf.maximum(r, 0)
         rl, real_l = safe[local], real[local]
         keep_row = tf.cast(real_l, tf.float32)[:, None, None]
-        if fbank:  # AST: normalised with fixed constants, never min-maxed
+        if fbank:  # AST, BEATs, HTS-AT: fixed constants, never min-maxed
             x, late = standardise(tf.gather(xvar, rl)), False
         else:      # min-max over the global batch, standardised after the masks
             mn = tf.reduce_min(tf.where(real, tf.gather(lo, safe), np.inf))

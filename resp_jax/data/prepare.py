@@ -83,12 +83,12 @@ class Prepared:
                            f"expected one of {sorted(self.splits)}") from None
 
 
-def _decode_recording(path: str, cycles: list) -> list:
-    """All cycles of one recording from a single decode (in any format soundfile reads when
-    the dataset's `Source` allows it, else PCM WAV)."""
+def _decode_recording(path: str, cycles: list, sr: int = audio.SAMPLE_RATE) -> list:
+    """All cycles of one recording from a single decode at ``sr`` Hz (in any format
+    soundfile reads when the dataset's `Source` allows it, else PCM WAV)."""
     any_format = cycles and sources.get(cycles[0].dataset).any_audio_format
-    wave = audio.load_any(path) if any_format else audio.load(path)
-    return [audio.cut(wave, c.start, c.end) for c in cycles]
+    wave = audio.load_any(path, sr) if any_format else audio.load(path, sr)
+    return [audio.cut(wave, c.start, c.end, sr, audio.fade_length(sr)) for c in cycles]
 
 
 def _by_recording(cycles: list) -> list:
@@ -98,7 +98,8 @@ def _by_recording(cycles: list) -> list:
     return list(groups.items())
 
 
-def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int) -> Iterator:
+def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int,
+             sr: int = audio.SAMPLE_RATE) -> Iterator:
     """(position, cycle, wave) for every cycle, recordings decoded in parallel, in order.
 
     At most ``2 * workers`` recordings are decoded ahead of the consumer, bounding memory.
@@ -111,7 +112,7 @@ def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int) -> Itera
         def submit(count):
             for path, items in itertools.islice(groups, count):
                 pending.append((items, pool.submit(_decode_recording, path,
-                                                   [c for _, c in items])))
+                                                   [c for _, c in items], sr)))
 
         submit(2 * workers)
         while pending:
@@ -151,8 +152,10 @@ def _builder_class(dataset: str):
             f"Pass the root of the distributed {dataset} files (docs/method.md §1) as the manual dir.")
         DATASET = dataset
 
-        def __init__(self, *, root, schema, skip_bad: bool = False, workers: int = 0, **kw):
+        def __init__(self, *, root, schema, skip_bad: bool = False, workers: int = 0,
+                     sample_rate: int = audio.SAMPLE_RATE, **kw):
             self._root, self._schema = Path(root), schema
+            self._sample_rate = int(sample_rate)
             self._skip_bad = skip_bad
             self._workers = workers or max(1, min(4, os.cpu_count() or 1))
             super().__init__(**kw)
@@ -160,7 +163,7 @@ def _builder_class(dataset: str):
         def _info(self):
             fields = {f: np.int32 for f in self._schema.stored_fields}
             return self.dataset_info_from_configs(
-                description=f"{dataset} respiratory cycles at {audio.SAMPLE_RATE} Hz",
+                description=f"{dataset} respiratory cycles at {self._sample_rate} Hz",
                 features=tfds.features.FeaturesDict({
                     "audio": tfds.features.Tensor(shape=(None,), dtype=np.float32,
                                                   encoding=tfds.features.Encoding.BYTES),
@@ -188,13 +191,16 @@ def _builder_class(dataset: str):
             skipped = [s.to_json() for s in result.skipped]
             self.info.metadata["root"] = str(root)
             self.info.metadata["skipped"] = skipped
+            if self._sample_rate != audio.SAMPLE_RATE:
+                self.info.metadata["sample_rate"] = self._sample_rate
             if source.schema_from_data:
                 self.info.metadata["schema"] = prepared_copies.schema_json(self._schema)
             return {split: self._generate_examples(result.split(split), skipped)
                     for split in result.splits}
 
         def _generate_examples(self, cycles, skipped):
-            for pos, c, wave in _decoded(cycles, self._skip_bad, skipped, self._workers):
+            for pos, c, wave in _decoded(cycles, self._skip_bad, skipped, self._workers,
+                                         self._sample_rate):
                 if len(wave) == 0:
                     msg = (f"cycle {c.index} ({c.start}-{c.end} s) holds no audio; expected "
                            "start < end inside the recording")
@@ -225,15 +231,17 @@ def _schema(dataset: str, root, schema):
 
 
 def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, workers: int = 0,
-            schema=None):
-    """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root``."""
+            schema=None, sample_rate: int = audio.SAMPLE_RATE):
+    """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root`` (and
+    of ``sample_rate``, the rate its cycles are resampled to)."""
     import tensorflow_datasets as tfds
 
     sources.get(dataset)   # an unknown name fails here, naming the known ones
     schema = _schema(dataset, root, schema)
     data_dir = prepared_copies.data_dir_path(data_dir)
-    config = tfds.core.BuilderConfig(name=prepared_copies.config_name(dataset, root, data_dir,
-                                                                      schema=schema),
+    config = tfds.core.BuilderConfig(name=prepared_copies.config_name(
+                                         dataset, root, data_dir, schema=schema,
+                                         sample_rate=sample_rate),
                                      version=FORMAT_VERSION,
                                      description=f"prepared from {root}")
     cls = _builder_class(dataset)
@@ -245,14 +253,18 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
     absl_logger.setLevel(logging.converter.absl_to_standard(logging.ERROR))
     try:
         return cls(data_dir=data_dir, config=config, root=root, schema=schema,
-                   skip_bad=skip_bad, workers=workers)
+                   skip_bad=skip_bad, workers=workers, sample_rate=sample_rate)
     finally:
         absl_logger.setLevel(level)
 
 
 def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
-         workers: int = 0, schema=None, splits=None) -> Prepared:
+         workers: int = 0, schema=None, sample_rate: int = audio.SAMPLE_RATE,
+         splits=None) -> Prepared:
     """The prepared ``dataset`` of ``root``: built on first use, read from the cache after.
+
+    ``sample_rate``: the rate the cycles are resampled to (``data.sample_rate``: 16 kHz, or
+    48 kHz for CLAP's front end), each rate a copy of its own.
 
     ``root``: a manifest's CSV. ``schema``: the classes and field values the codes follow
     (the run's config, `metadata.schema`); default: the dataset's own. ``splits``: the
@@ -269,7 +281,7 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
     schema = _schema(dataset, root, schema)
     manual = source.manual_dir(root)
     b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
-                schema=schema)
+                schema=schema, sample_rate=sample_rate)
     if not b.is_prepared():
         logging.info("preparing %s from %s into %s (decoding and resampling once)", dataset,
                      root, b.data_dir)
@@ -280,13 +292,14 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
         except OSError:
             # Another process (a second host on a shared data_dir) may have finished the
             # same copy first; TFDS then cannot move ours into place.
-            if not builder(dataset, root, data_dir=data_dir, schema=schema).is_prepared():
+            if not builder(dataset, root, data_dir=data_dir, schema=schema,
+                           sample_rate=sample_rate).is_prepared():
                 raise
         logging.info("prepared %s in %.1f s", dataset, time.perf_counter() - t)
         b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
-                    schema=schema)
+                    schema=schema, sample_rate=sample_rate)
         prepared_copies.remove_older(dataset, root, b.data_dir, data_dir,
-                                     b.info.metadata.get("schema"))
+                                     b.info.metadata.get("schema"), sample_rate)
     else:
         logging.info("reading prepared %s from %s", dataset, b.data_dir)
     skipped = [records.Skipped(**s) for s in b.info.metadata.get("skipped", [])]

@@ -34,13 +34,16 @@ def schema_from_json(text: str, dataset: str):
     return sources.Schema.from_json(dataset, text)
 
 
-def fingerprint(dataset: str, root, exclude=None, schema=None) -> str:
+def fingerprint(dataset: str, root, exclude=None, schema=None,
+                sample_rate: int = audio.SAMPLE_RATE) -> str:
     """A short hash of the dataset, the prepared format and what the dataset's `Source`
     keys its copy on (`Source.fingerprint`): by default every file under ``root`` (relative
     path, size, mtime), leaving out the directory ``exclude`` (a cache inside it); a
     manifest's: its CSV's content, the size and mtime of every audio file it names, and the
-    ``schema`` (classes and field values) its codes follow."""
-    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{audio.SAMPLE_RATE}|{audio.FADE}".encode())
+    ``schema`` (classes and field values) its codes follow. The cycles' ``sample_rate``
+    (and so their 1/16 s fade) is part of it: each rate is a copy of its own."""
+    fade = audio.fade_length(sample_rate)
+    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{int(sample_rate)}|{fade}".encode())
     sources.get(dataset).fingerprint(h, Path(root), exclude=exclude, schema=schema)
     return h.hexdigest()[:20]
 
@@ -49,9 +52,11 @@ def data_dir_path(data_dir=None) -> str:
     return os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
 
 
-def config_name(dataset: str, root, data_dir=None, schema=None) -> str:
-    """The builder config name (folder) of ``root``'s current copy."""
-    return "r" + fingerprint(dataset, root, exclude=data_dir_path(data_dir), schema=schema)
+def config_name(dataset: str, root, data_dir=None, schema=None,
+                sample_rate: int = audio.SAMPLE_RATE) -> str:
+    """The builder config name (folder) of ``root``'s current copy at ``sample_rate``."""
+    return "r" + fingerprint(dataset, root, exclude=data_dir_path(data_dir), schema=schema,
+                             sample_rate=sample_rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Copy:
     root: str | None   # None: no root recorded (not made by resp_jax's builder)
     size: int          # bytes
     schema: str | None = None  # its `schema_json`, when its schema comes from its data
+    sample_rate: int = audio.SAMPLE_RATE  # of its cycles (recorded when not 16 kHz)
 
     @property
     def config(self) -> str:
@@ -86,7 +92,8 @@ def copies(data_dir=None) -> list:
             except (OSError, ValueError):
                 meta = {}
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            found.append(Copy(dataset, path, meta.get("root"), size, meta.get("schema")))
+            found.append(Copy(dataset, path, meta.get("root"), size, meta.get("schema"),
+                              int(meta.get("sample_rate", audio.SAMPLE_RATE))))
     return found
 
 
@@ -107,13 +114,15 @@ def remove(copy: Copy) -> None:
         pass
 
 
-def remove_older(dataset: str, root, keep, data_dir=None, schema=None) -> list:
+def remove_older(dataset: str, root, keep, data_dir=None, schema=None,
+                 sample_rate: int = audio.SAMPLE_RATE) -> list:
     """Removes the copies of ``dataset`` made from ``root`` (with the same ``schema``: the
-    `schema_json` of one read from the data) other than ``keep`` (the copy just prepared),
-    logging each with its size; returns them."""
+    `schema_json` of one read from the data, and ``sample_rate``) other than ``keep`` (the
+    copy just prepared), logging each with its size; returns them."""
     keep = os.path.realpath(keep)
     older = [c for c in copies(data_dir) if c.dataset == dataset and c.root == str(root)
-             and c.schema == schema and os.path.realpath(c.path) != keep]
+             and c.schema == schema and c.sample_rate == int(sample_rate)
+             and os.path.realpath(c.path) != keep]
     for c in older:
         remove(c)
         logging.info("removed an older prepared copy of %s (%s): %s, %s", root, dataset,
@@ -133,11 +142,12 @@ def stale(data_dir=None) -> tuple:
         if not os.path.exists(c.root):
             kept.append((c, "root not found"))
             continue
-        key = (c.dataset, c.root, c.schema)
+        key = (c.dataset, c.root, c.schema, c.sample_rate)
         if key not in current:
             try:
                 current[key] = config_name(c.dataset, c.root, data_dir, schema=c.schema and
-                                           schema_from_json(c.schema, c.dataset))
+                                           schema_from_json(c.schema, c.dataset),
+                                           sample_rate=c.sample_rate)
             except records.DataError:
                 current[key] = None
         if current[key] is None:

@@ -1,4 +1,4 @@
-"""Protocols (``data.protocol``, docs/method.md §12): their names, what one changes beside
+"""Protocols (``data.protocol``, docs/method.md §13): their names, what one changes beside
 the splits (`Protocol`, which `sources.Source.protocol` gives), and the choosing that
 `Source.protocol_splits` does with them: selecting, relabelling and joining cycles, of
 prepared splits (`prepare.Split`) or lists of `records.Cycle`s alike, and leaving one value
@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 OFFICIAL = "official"   # the protocol of the dataset's own published splits
-LEAVE_DEVICE_OUT = "leave_device_out"  # leave-one-device-out (docs/method.md §12.1)
+LEAVE_DEVICE_OUT = "leave_device_out"  # leave-one-device-out (docs/method.md §13.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ def relabel(split, table):
 def leave_one_out(splits: dict, field: str, held_out: str, known: tuple) -> dict:
     """``{'train', 'test'}``: every cycle (of every split) whose ``field`` is ``held_out``
     is a test cycle; the cycles of every other value train, less those of patients who also
-    have a test cycle, so no patient is on both sides (docs/method.md §12.1). The cycles
+    have a test cycle, so no patient is on both sides (docs/method.md §13.1). The cycles
     keep the order of ``splits`` (split by split)."""
     if held_out not in known:
         raise ValueError(f"config.data.held_out must be one of {known} (the {field} to "

@@ -93,6 +93,7 @@ def prepared_splits(config, splits=None):
     schema = metadata.schema(config.data)   # classes and field values (configuration.resolve)
     prepared = prepare.load(name, root, data_dir=config.data.tfds_dir or None,
                             skip_bad=config.data.skip_bad, schema=schema,
+                            sample_rate=int(config.data.sample_rate),
                             splits=protocol.reads or None)
     chosen = source.protocol_splits(prepared.splits, protocol.name, config.data.test_split,
                                     held_out)

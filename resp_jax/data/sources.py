@@ -18,11 +18,11 @@ loop: `Source.protocol` says what it changes (`Protocol`: its classes, the value
 out, the prepared splits it reads) and `Source.protocol_splits` returns the splits a run of
 it sees, chosen (or subset, relabelled) from the prepared splits. The official split
 (`OFFICIAL`) is the one every Source has; ICBHI adds leaving one recording device out
-(`protocols.leave_one_out`, docs/method.md §12.1), SPRSound its challenge tasks (§12.3).
+(`protocols.leave_one_out`, docs/method.md §13.1), SPRSound its challenge tasks (§13.3).
 
 Class maps between datasets (``class_maps``: one dataset's classes onto another's) are
 declared by the dataset whose classes are the finer ones (`declared_maps`); cross-dataset
-evaluation (`resp_jax.evaluate`, docs/method.md §12.2) finds them by the classes they map.
+evaluation (`resp_jax.evaluate`, docs/method.md §13.2) finds them by the classes they map.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class Source:
     synthetic = ""            # 'module:function' writing a synthetic root in the real layout
     synthetic_default = 0     # recordings of the synthetic default dataset (0: none)
     protocols = (OFFICIAL,)   # protocol names `protocol` and `protocol_splits` know
-    class_maps: dict = {}     # {other dataset: {own class: its class}} (docs/method.md §12.2)
+    class_maps: dict = {}     # {other dataset: {own class: its class}} (docs/method.md §13.2)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -275,7 +275,7 @@ def get(name: str) -> Source:
 
 def declared_maps() -> list:
     """``[(dataset, other dataset, {class: other's class})]``: every class map a Source
-    declares (``class_maps``), for cross-dataset evaluation (docs/method.md §12.2)."""
+    declares (``class_maps``), for cross-dataset evaluation (docs/method.md §13.2)."""
     return [(name, other, dict(table)) for name in NAMES
             for other, table in get(name).class_maps.items()]
 

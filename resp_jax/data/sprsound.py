@@ -14,7 +14,7 @@ caller passes a list.
 The prepared copy also holds one unit per recording (the whole recording, labelled with the
 JSON's ``record_annotation``) in the splits ``<split>_records``, which only the record-level
 challenge tasks read; the challenge tasks (``data.protocol``: task 1-1 binary, 1-2 the seven
-event classes, 2-1 ternary and 2-2 the five record classes, docs/method.md §12.3) are
+event classes, 2-1 ternary and 2-2 the five record classes, docs/method.md §13.3) are
 choices and relabellings of these splits.
 """
 
@@ -56,7 +56,7 @@ RECORD_CLASSES = ("Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS")
 RECORD_KEYS = ("record_annotation", "recording_annotation")
 RECORDS = "_records"                   # suffix of the splits of whole recordings
 RECORD_SPLITS = tuple(s + RECORDS for s in SPLITS)
-# The challenge tasks (docs/method.md §12.3; [sprs] README "Main Tasks", scripts/train.py):
+# The challenge tasks (docs/method.md §13.3; [sprs] README "Main Tasks", scripts/train.py):
 # name -> (classes, the prepared splits read, stored label -> task label).
 TASKS = {
     "task1_1": (("Normal", "Adventitious"), SPLITS, (0, 1, 1, 1, 1, 1, 1)),
@@ -64,7 +64,7 @@ TASKS = {
     "task2_1": (("Normal", "Poor Quality", "Adventitious"), RECORD_SPLITS, (0, 1, 2, 2, 2)),
     "task2_2": (RECORD_CLASSES, RECORD_SPLITS, tuple(range(len(RECORD_CLASSES)))),
 }
-# SPRSound's event classes on ICBHI's and HF_Lung_V1's (docs/method.md §12.2): rhonchi and
+# SPRSound's event classes on ICBHI's and HF_Lung_V1's (docs/method.md §13.2): rhonchi and
 # stridor are continuous adventitious sounds like wheezes (CAS), both crackles discontinuous
 # (DAS), and Wheeze+Crackle is ICBHI's "both".
 CLASS_MAPS = {
@@ -222,7 +222,7 @@ def _record_label(obj: dict, path: Path, problems: Problems, dropped: list) -> O
     key = next((k for k in RECORD_KEYS if k in obj), None)
     if key is None:
         dropped.append(records.Skipped(str(path), "no record_annotation: the recording has no "
-                                                  "record-level unit (docs/method.md §12.3)"))
+                                                  "record-level unit (docs/method.md §13.3)"))
         return None
     value = obj[key].strip() if isinstance(obj[key], str) else obj[key]
     if value not in RECORD_CLASSES:

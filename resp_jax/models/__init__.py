@@ -15,9 +15,9 @@ from types import ModuleType
 
 import jax.numpy as jnp
 
-from resp_jax.models import ast, beats, cnn6, heads
+from resp_jax.models import ast, beats, cnn6, heads, htsat
 
-BACKBONES: dict[str, ModuleType] = {"cnn6": cnn6, "ast": ast, "beats": beats}
+BACKBONES: dict[str, ModuleType] = {"cnn6": cnn6, "ast": ast, "beats": beats, "htsat": htsat}
 DTYPES = ("float32", "bfloat16")  # model.dtype: the compute dtype (parameters stay float32)
 
 
@@ -34,7 +34,8 @@ def build_model(config, num_classes: int, head_names=None) -> heads.Model:
     projector per contrastive head (``head_names``; default: the fields of loss.heads, none
     for 'ce')."""
     if head_names is None:
-        head_names = () if config.method == "ce" else tuple(f for f, _ in config.loss.heads)
+        head_names = (() if config.method in ("ce", "linear_probe")
+                      else tuple(f for f, _ in config.loss.heads))
     return heads.Model(encoder=backbone(config.model.name).encoder(config),
                        num_classes=num_classes, heads=tuple(head_names),
                        proj_hidden=config.model.proj_hidden, proj_out=config.model.proj_out,
