@@ -38,6 +38,17 @@ def test_a_sprsound_model_on_icbhi_sums_its_probabilities_per_icbhi_class():
     np.testing.assert_allclose(cmap.probabilities(probs, SPR), by_hand, rtol=1e-6)
 
 
+def test_hf_lung_and_icbhi_name_the_same_classes_differently():
+    from resp_jax.data import hf_lung
+    cmap = evaluate.class_map(ICBHI, hf_lung.CLASSES)   # an ICBHI model on HF_Lung
+    assert cmap.side == evaluate.ANNOTATIONS and cmap.annotated(hf_lung.CLASSES).tolist() == [
+        0, 2, 1, 3]
+    back = evaluate.class_map(hf_lung.CLASSES, ICBHI)   # and back: a renaming
+    probs = np.random.default_rng(2).dirichlet(np.ones(4), 3).astype(np.float32)
+    np.testing.assert_allclose(back.probabilities(probs, hf_lung.CLASSES),
+                               probs[:, [0, 2, 1, 3]], rtol=1e-6)
+
+
 def test_same_class_names_are_the_identity_and_a_users_map_wins():
     shuffled = ("normal", "wheeze", "crackle", "both")
     cmap = evaluate.class_map(ICBHI, shuffled)
