@@ -91,10 +91,14 @@ def prepared_splits(config, splits=None):
     protocol = source.protocol(config.data.get("protocol", sources.OFFICIAL))
     held_out = config.data.get("held_out", "")
     schema = metadata.schema(config.data)   # classes and field values (configuration.resolve)
+    # The official splits asked for are all that is read (a dataset's test set alone).
+    only = tuple(splits) if splits is not None and protocol.name == sources.OFFICIAL else None
     prepared = prepare.load(name, root, data_dir=config.data.tfds_dir or None,
                             skip_bad=config.data.skip_bad, schema=schema,
                             sample_rate=int(config.data.sample_rate),
-                            splits=protocol.reads or None)
+                            splits=protocol.reads or only)
+    if only:
+        return prepared
     chosen = source.protocol_splits(prepared.splits, protocol.name, config.data.test_split,
                                     held_out)
     if protocol.name != sources.OFFICIAL:
