@@ -174,26 +174,33 @@ def evaluate(run, config, table: dict | None = None) -> Evaluation:
                                             global_batch=config.eval.batch_size))
     p = evaluation.from_outputs(feats[split], {"label": out["label"], "pred": out["prediction"],
                                                "prob": out["probabilities"]}, schema)
-    original = p.label
-    fields = dict(p.fields)
-    if cmap.side == ANNOTATIONS and any(k != v for k, v in cmap.table.items()):
-        if ORIGINAL in fields:
-            raise ValueError(f"{config.data.root}: a metadata field is named {ORIGINAL!r}, the "
-                             "column of the classes before the map")
-        fields[ORIGINAL] = np.asarray(schema.classes)[original]
-    probs = cmap.probabilities(p.probabilities, run.classes)
-    p = dataclasses.replace(p, classes=tuple(cmap.classes), fields=fields,
-                            label=cmap.annotated(schema.classes)[original],
-                            probabilities=probs, predicted=probs.argmax(axis=-1))
-    counts = np.bincount(original, minlength=len(schema.classes))
-    left_out = {c: int(counts[i]) for i, c in enumerate(schema.classes)
-                if cmap.side == ANNOTATIONS and not cmap.table[c] and counts[i]}
-    kept = np.flatnonzero(p.label >= 0)
+    kept, left_out = through_map(p, cmap, run.classes)
     if not len(kept):
         raise ValueError(f"every cycle of {config.data.name} {split} is of a class the map "
                          f"leaves out ({left_out})")
-    return Evaluation(p.take(kept), cmap, tuple(schema.classes), left_out,
-                      len(prepared.skipped))
+    return Evaluation(kept, cmap, tuple(schema.classes), left_out, len(prepared.skipped))
+
+
+def through_map(p, cmap: ClassMap, run_classes) -> tuple:
+    """The run's predictions ``p`` of a dataset's cycles (in the dataset's classes, with the
+    run's probabilities) in ``cmap``'s classes: the labels or the probabilities mapped, the
+    prediction the arg max of the probabilities scored, each mapped annotation's own class
+    in the column `ORIGINAL`; the cycles of a class mapped to '' dropped and counted
+    (dataset class -> cycles)."""
+    original, fields = p.label, dict(p.fields)
+    if cmap.side == ANNOTATIONS and any(k != v for k, v in cmap.table.items()):
+        if ORIGINAL in fields:
+            raise ValueError(f"a metadata field of {p.dataset} is named {ORIGINAL!r}, the "
+                             "column of the classes before the map")
+        fields[ORIGINAL] = np.asarray(p.classes)[original]
+    probs = cmap.probabilities(p.probabilities, run_classes)
+    mapped = dataclasses.replace(p, classes=tuple(cmap.classes), fields=fields,
+                                 label=cmap.annotated(p.classes)[original],
+                                 probabilities=probs, predicted=probs.argmax(axis=-1))
+    counts = np.bincount(original, minlength=len(p.classes))
+    left_out = {c: int(counts[i]) for i, c in enumerate(p.classes)
+                if cmap.side == ANNOTATIONS and not cmap.table[c] and counts[i]}
+    return mapped.take(np.flatnonzero(mapped.label >= 0)), left_out
 
 
 def results_of(run, config, ev: Evaluation, resamples: int) -> dict:

@@ -69,6 +69,79 @@ def test_a_map_in_a_json_file(tmp_path):
     assert cmap.side == evaluate.PREDICTIONS and cmap.classes == SPR
 
 
+# The map written out by hand from docs/method.md §13.2, independently of sprsound.CLASS_MAPS.
+SPR_ON_ICBHI = {"Normal": "normal", "Rhonchi": "wheeze", "Wheeze": "wheeze", "Stridor": "wheeze",
+                "Coarse Crackle": "crackle", "Fine Crackle": "crackle",
+                "Wheeze+Crackle": "both"}
+
+
+def _predictions(dataset, classes, labels, probs):
+    n = len(labels)
+    return evaluation.Predictions(
+        dataset=dataset, classes=tuple(classes), stem=np.array([f"r{i // 3}" for i in range(n)]),
+        index=np.arange(n) % 3, start=np.zeros(n), end=np.ones(n),
+        patient=np.array([f"p{i // 6}" for i in range(n)]), fields={"sex": np.array(["F"] * n)},
+        label=np.asarray(labels), predicted=np.asarray(probs).argmax(1),
+        probabilities=np.asarray(probs, np.float32))
+
+
+def _sp_se(label, pred):
+    """ICBHI's Sp and Se (docs/method.md §6), in numpy: normal cycles predicted normal;
+    the others predicted as their exact class."""
+    normal = label == 0
+    return 100 * np.mean(pred[normal] == 0), 100 * np.mean(pred[~normal] == label[~normal])
+
+
+def test_through_the_map_both_ways_against_a_computation_by_hand():
+    rng = np.random.default_rng(4)
+    # An ICBHI run on SPRSound events: every event class, the run's 4 probabilities.
+    labels = np.concatenate([np.arange(7), rng.integers(0, 7, 29)])
+    probs = rng.dirichlet(np.ones(4), len(labels))
+    p = _predictions("sprsound", SPR, labels, probs)
+    mapped, left_out = evaluate.through_map(p, evaluate.class_map(ICBHI, SPR), ICBHI)
+    want = np.array([ICBHI.index(SPR_ON_ICBHI[SPR[k]]) for k in labels])
+    assert left_out == {} and mapped.classes == ICBHI and len(mapped) == len(labels)
+    np.testing.assert_array_equal(mapped.label, want)
+    np.testing.assert_array_equal(mapped.predicted, probs.argmax(1))
+    np.testing.assert_allclose(mapped.probabilities, probs, rtol=1e-6)
+    assert mapped.fields["original_class"].tolist() == [SPR[k] for k in labels]
+    sp, se = _sp_se(want, probs.argmax(1))
+    assert (mapped.scores()["sp"], mapped.scores()["se"]) == pytest.approx((sp, se))
+
+    # And back: a SPRSound run on ICBHI cycles, its 7 probabilities summed per ICBHI class;
+    # the prediction is the arg max of the sums, not the map of the fine arg max.
+    labels = np.concatenate([np.arange(4), rng.integers(0, 4, 20)])
+    probs = rng.dirichlet(np.ones(7), len(labels))
+    probs[0] = [0.4, 0.3, 0.3, 0, 0, 0, 0]   # Normal first, but wheeze in sum
+    p = _predictions("icbhi", ICBHI, labels, probs)
+    mapped, left_out = evaluate.through_map(p, evaluate.class_map(SPR, ICBHI), SPR)
+    sums = np.zeros((len(labels), 4))
+    for j, c in enumerate(SPR):
+        sums[:, ICBHI.index(SPR_ON_ICBHI[c])] += probs[:, j]
+    assert left_out == {} and "original_class" not in mapped.fields
+    np.testing.assert_array_equal(mapped.label, labels)
+    np.testing.assert_allclose(mapped.probabilities, sums, rtol=1e-5)
+    np.testing.assert_array_equal(mapped.predicted, sums.argmax(1))
+    assert mapped.predicted[0] == ICBHI.index("wheeze")
+    sp, se = _sp_se(labels, sums.argmax(1))
+    assert (mapped.scores()["sp"], mapped.scores()["se"]) == pytest.approx((sp, se))
+
+
+def test_a_class_mapped_to_nothing_is_left_out_and_counted():
+    records = ("Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS")
+    table = evaluate.parse_mapping("Normal=normal,Poor Quality=,CAS=wheeze,DAS=crackle,"
+                                   "CAS & DAS=both")
+    labels = np.array([0, 1, 1, 2, 3, 4, 1, 0])
+    probs = np.random.default_rng(5).dirichlet(np.ones(4), len(labels))
+    p = _predictions("sprsound", records, labels, probs)
+    mapped, left_out = evaluate.through_map(p, evaluate.class_map(ICBHI, records, table), ICBHI)
+    assert left_out == {"Poor Quality": 3}
+    kept = labels != 1
+    assert mapped.keys() == [k for k, keep in zip(p.keys(), kept) if keep]
+    assert mapped.label.tolist() == [0, 2, 1, 3, 0]
+    np.testing.assert_allclose(mapped.probabilities, probs[kept], rtol=1e-6)
+
+
 @pytest.mark.parametrize("table, message", [
     ({"Normal": "normal"}, "maps neither the dataset's classes"),
     ({**sprsound.CLASS_MAPS["icbhi"], "Rhonchi": "rhonchus"}, "maps neither"),
@@ -111,8 +184,7 @@ def test_command_writes_what_report_and_compare_read(trained_runs, tmp_path):
     events = sprsound.read(root).split("inter_test")
     assert [(c.stem, c.index) for c in events] == p.keys()
     assert p.fields["original_class"].tolist() == [c.label_name for c in events]
-    mapped = evaluate.class_map(ICBHI, SPR).annotated(SPR)
-    assert p.label.tolist() == [int(mapped[c.label]) for c in events]
+    assert p.label.tolist() == [ICBHI.index(SPR_ON_ICBHI[c.label_name]) for c in events]
     # The run's model, features and standardisation: the probabilities of the events' audio
     # cut and classified by the run (`TrainedRun.classify_waves`, batched in the same order).
     from resp_jax import finished_run
