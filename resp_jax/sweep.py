@@ -92,6 +92,17 @@ def summarize(runs: list[dict], label: str) -> dict:
     return out
 
 
+def with_support(results: dict, rundir) -> dict:
+    """A run's results with its test cycles per class (``test.support``): a training run's
+    results.json leaves them out, its predictions.csv has them (an evaluation's has both)."""
+    path = Path(rundir) / evaluation.PREDICTIONS_FILE
+    if "support" in results["test"] or not path.exists():
+        return results
+    p = evaluation.read(path, results["dataset"])
+    support = np.bincount(p.label, minlength=len(p.classes)).tolist()
+    return {**results, "test": {**results["test"], "support": support}}
+
+
 def undefined_metrics(cycles: dict) -> dict:
     """``{metric: reason}`` of the figures a test set of ``cycles`` (normal, abnormal)
     cannot define: Sp without a normal cycle, Se without an abnormal one, and the figures
@@ -183,7 +194,7 @@ def run_sweep(config, seeds: int, workdir) -> tuple[int, dict | None]:
         else:
             logging.info("seed %d/%d already done: %s", k + 1, seeds, done)
         if lead:  # results.json is written by process 0 at the end of its run
-            runs.append(json.loads(done.read_text()))
+            runs.append(with_support(json.loads(done.read_text()), rundir))
     if not lead:
         return 0, None
     summary = summarize(runs, method_label(config))

@@ -77,6 +77,7 @@ def _config(tiny, protocol="official", held_out=""):
     return configuration.resolve(config)
 
 
+@pytest.mark.slow   # prepares the tiny ICBHI set (then shared with the other slow tests)
 def test_leave_device_out_on_prepared_data_is_patient_disjoint(tiny_icbhi):
     """The same choice on prepared splits, as a run gets them (tiny synthetic ICBHI): over
     the four folds every cycle is tested exactly once."""

@@ -215,3 +215,25 @@ def test_real_sweep_over_a_held_out_device(tiny_icbhi, tmp_path):
     (row,) = summary["sweeps"]
     assert row["test_split"] == "device=Meditron" and row["test_cycles"]["normal"] > 0
     assert "| Meditron | device=Meditron |" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_training_runs_test_cycles_come_from_its_predictions(tmp_path):
+    """results.json of a training run has no per-class support; the sweep counts the test
+    cycles of each class in the run's predictions.csv."""
+    from resp_jax import evaluation
+    from resp_jax.data import icbhi
+
+    labels = np.array([0, 0, 0, 1, 3, 0, 2])
+    n = len(labels)
+    p = evaluation.Predictions(
+        dataset="icbhi", classes=icbhi.CLASSES, stem=np.array(["101_1b1_Al_sc_Meditron"] * n),
+        index=np.arange(n), start=np.zeros(n), end=np.ones(n), patient=np.array(["101"] * n),
+        fields={}, label=labels, predicted=np.zeros(n, np.int64),
+        probabilities=np.full((n, 4), 0.25, np.float32))
+    evaluation.write(tmp_path / evaluation.PREDICTIONS_FILE, p)
+    res = _results(0, 80.0, 50.0)
+    assert sweep.with_support(res, tmp_path)["test"]["support"] == [4, 1, 1, 1]
+    assert "support" not in res["test"]   # the caller's dict is not modified
+    assert sweep.with_support(res, tmp_path / "elsewhere") == res   # no predictions file
+    given = _results(0, 80.0, 50.0, support=[1, 2, 3, 4])
+    assert sweep.with_support(given, tmp_path) == given
