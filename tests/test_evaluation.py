@@ -199,6 +199,8 @@ def test_across_seeds_and_welch_match_their_formulas():
     assert s["mean"] == pytest.approx(a.mean()) and s["std"] == pytest.approx(a.std())
     np.testing.assert_allclose(s["interval"], [a.mean() - half, a.mean() + half])
     assert evaluation.across_seeds([57.0])["interval"] is None
+    # Two far-apart seeds: t(1) * s / sqrt(2) = 12.7 * 8.5 / 1.41 reaches past both ends.
+    assert evaluation.across_seeds([88.0, 100.0])["interval"] == [0.0, 100.0]
 
     va, vb = a.var(ddof=1) / 5, b.var(ddof=1) / 4
     t = (a.mean() - b.mean()) / np.sqrt(va + vb)
