@@ -84,6 +84,18 @@ def get_config(arg=None):
                                           # (ICBHI 'normal', SPRSound 'Normal')
     data.fields = placeholder(tuple)    # filled when a run starts, not set: ((field, (value,
                                         # ...)), ...), the metadata codes the run used
+    data.protocol = "official"     # which cycles train and test (docs/method.md §13):
+                                   # 'official' (the dataset's own splits) | ICBHI:
+                                   # 'leave_device_out' (every recording of the device
+                                   # data.held_out tested, the other devices trained on) |
+                                   # SPRSound: the challenge tasks 'task1_1' (events, normal
+                                   # vs adventitious), 'task1_2' (events, 7 classes: the
+                                   # official split), 'task2_1' (whole recordings: normal,
+                                   # poor quality, adventitious), 'task2_2' (whole
+                                   # recordings, 5 classes)
+    data.held_out = ""             # the value a leave-one-out protocol holds out (ICBHI
+                                   # devices: 'AKGC417L', 'LittC2SE', 'Litt3200',
+                                   # 'Meditron'); '' for the other protocols
 
     # SpecAugment on training views only (docs/method.md §2.6); each view draws its own masks.
     config.augment = augment = config_dict.ConfigDict()

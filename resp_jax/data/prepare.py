@@ -194,7 +194,7 @@ def _builder_class(dataset: str):
         def _split_generators(self, dl_manager):
             root = self._root   # a manifest's CSV; its folder is the manual dir
             source = sources.get(dataset)
-            result = source.read(root, skip_bad=self._skip_bad, schema=self._schema)
+            result = source.read_prepared(root, skip_bad=self._skip_bad, schema=self._schema)
             # Stored with the examples as JSON; extended while the splits are generated (TFDS
             # writes the metadata after the last split).
             skipped = [s.to_json() for s in result.skipped]
@@ -284,7 +284,8 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
 
 def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
          workers: int = 0, schema=None, sample_rate: int = audio.SAMPLE_RATE,
-         resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE) -> Prepared:
+         resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE,
+         splits=None) -> Prepared:
     """The prepared ``dataset`` of ``root``: built on first use, read from the cache after.
 
     ``sample_rate``: the rate the cycles are resampled to (``data.sample_rate``: 16 kHz, or
@@ -293,7 +294,8 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
     copy of its own.
 
     ``root``: a manifest's CSV. ``schema``: the classes and field values the codes follow
-    (the run's config, `metadata.schema`); default: the dataset's own.
+    (the run's config, `metadata.schema`); default: the dataset's own. ``splits``: the
+    prepared splits to read (a protocol's `Protocol.reads`); default: the dataset's splits.
 
     Bad items raise `DataError` naming the file unless ``skip_bad``; then they are listed in
     ``Prepared.skipped`` (also on cached loads). A cache built with skipping is not used
@@ -335,7 +337,7 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
         raise records.DataError(
             first.path, f"{first.reason} ({len(skipped)} bad item(s) in {root}; set "
                         "data.skip_bad to skip them)", first.line)
-    names = source.splits or sorted(b.info.splits, key=lambda s: (s != "train", s))
+    names = splits or source.splits or sorted(b.info.splits, key=lambda s: (s != "train", s))
     splits = {s: _read_split(b, s, schema.stored_fields) for s in names}
     return Prepared(dataset=dataset, root=str(root), splits=splits, skipped=skipped,
                     schema=schema)
