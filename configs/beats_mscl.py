@@ -9,9 +9,9 @@ its masks at the same physical sizes on BEATs' fbank: one draw per batch and vie
 P(Z < 1), two frequency masks under 20 bins (20 of its 64 log-mel bins over 50-2000 Hz span
 the same ~440 mel as 20 of the fbank's 128 over 20-8000 Hz), two time masks under 128 frames
 (its 40 frames of 32 ms = 1.28 s = 128 frames of 10 ms), filled with the batch's minimum.
-`:quick` (a tiny BEATs from scratch) has none: with these masks its SupCon loss stayed at
-chance (about ln 63) from the third epoch and the linear stage at Score 50 on 20 training
-patients, two seeds; without them it learns (docs/benchmarks.md).
+`:quick` (a tiny BEATs from scratch) has none: with these masks its SupCon loss stopped
+falling in the third epoch and the linear stage stayed at Score 50 on 20 training patients,
+two seeds; without them it learns (docs/benchmarks.md).
 
 No published figure: the new row, to compare with BEATs + CE (Score 63.49), PAFA (64.84) and
 M-SCL on CNN6 (58.04).
