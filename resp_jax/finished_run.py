@@ -156,12 +156,16 @@ def read_json(path: Path, what: str) -> dict:
 
 def load(workdir) -> TrainedRun:
     """The selected model of the finished run in ``workdir`` (see the module docstring)."""
-    from resp_jax import checkpoint
+    from resp_jax import checkpoint, configuration
     from resp_jax.models import build_model
     from resp_jax.data import features
 
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(read_json(workdir / CONFIG_FILE, "its config"))
+    for key, value in configuration.ADDED_WITH.items():  # what an older run ran with
+        section, name = key.split(".")
+        if name not in config[section]:
+            config[section][name] = value
     results = read_json(workdir / RESULTS_FILE, "the results of the finished run")
     model = build_model(config, len(metadata.schema(config.data).classes))
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
