@@ -70,36 +70,11 @@ def test_regularisation_only_in_training(tiny):
     np.testing.assert_allclose(skipped, shallow, atol=1e-6)
 
 
-def test_layers_as_one_loop_equal_the_unrolled_layers(tiny):
-    """The layers run as one lax.scan over their stacked parameters (the default) give the
-    unrolled layers' outputs and gradients; with dropout the loop draws a key per layer."""
-    encoder, variables, x = tiny
-    unrolled = encoder.clone(scan=False)
-    dropping = encoder.clone(dropout=0.3)
-
-    def loss(e):
-        return lambda v: (e.apply(v, x, train=True) ** 2).sum()
-
-    @jax.jit
-    def outputs(v):
-        rngs = {"dropout": jax.random.key(2)}
-        return (jax.value_and_grad(loss(encoder))(v), jax.value_and_grad(loss(unrolled))(v),
-                dropping.apply(v, x, True, rngs=rngs), encoder.apply(v, x, False))
-    (value, grads), (value_ref, grads_ref), dropped, clean = outputs(variables)
-    np.testing.assert_allclose(value, value_ref, rtol=1e-5)
-    for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads),
-                                jax.tree.leaves(grads_ref)):
-        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6,
-                                   err_msg=jax.tree_util.keystr(path))
-    assert np.isfinite(dropped).all() and not np.allclose(dropped, clean, atol=1e-4)
-
-
 def test_layer_wise_gradient_decay_scales_earlier_gradients(tiny):
     encoder, variables, x = tiny
 
     def grad(ratio):
-        # both unrolled (ratio 1 alone would run the layers as a loop): the same arithmetic
-        e = encoder.clone(layer_wise_gradient_decay_ratio=ratio, scan=False)
+        e = encoder.clone(layer_wise_gradient_decay_ratio=ratio)
         return jax.grad(lambda v: e.apply(v, x, train=True).sum())
     full, decayed = (g["params"] for g in jax.jit(lambda v: (grad(1.0)(v), grad(0.5)(v)))(
         variables))

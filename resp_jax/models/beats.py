@@ -45,7 +45,6 @@ import jax
 import jax.numpy as jnp
 
 from resp_jax.models import converted
-from resp_jax.models.transformer import run_blocks
 from resp_jax.models.beats_layers import (Layer, PositionConv, bert_init, grad_multiply,
                                           relative_position_buckets, torch_default_bias_init,
                                           torch_default_init)
@@ -105,7 +104,6 @@ class BEATsEncoder(nn.Module):
     layer_wise_gradient_decay_ratio: float = 1.0
     dtype: Any = jnp.float32
     input: str = "frames_bins"  # x's layout: 'frames_bins' (BEATs') | 'bins_frames' (pipeline)
-    scan: bool = True  # the layers as one lax.scan (parameters still layer0, layer1, ...)
 
     def check(self) -> None:
         if self.width % self.heads:
@@ -156,28 +154,16 @@ class BEATsEncoder(nn.Module):
         alpha = (2 * self.depth) ** 0.25 if deep else 1.0
         beta = (8 * self.depth) ** -0.25 if deep else 1.0
         ffn = self.encoder_ffn_embed_dim or 4 * self.width
-
-        def layer(**kw):
-            return Layer(self.width, self.heads, ffn, self.gru_rel_pos, alpha, beta,
-                         self.dropout, self.attention_dropout, self.activation_dropout,
-                         self.dtype, **kw)
-        per_layer = train and (self.layer_wise_gradient_decay_ratio != 1.0
-                               or self.encoder_layerdrop > 0)
-        if self.is_initializing() or not self.scan or per_layer:
-            for i in range(self.depth):
-                if train and self.layer_wise_gradient_decay_ratio != 1.0:
-                    h = grad_multiply(h, float(self.layer_wise_gradient_decay_ratio))
-                out = layer(name=f"layer{i}")(h, bias, train)
-                if train and self.encoder_layerdrop > 0:  # one draw per layer and batch
-                    keep = jax.random.uniform(self.make_rng("dropout")) > self.encoder_layerdrop
-                    out = jnp.where(keep, out, h)
-                h = out
-        else:  # the same layers as one loop (`transformer.run_blocks`)
-            dropping = train and max(self.dropout, self.attention_dropout,
-                                     self.activation_dropout) > 0
-            params = [self.variables["params"][f"layer{i}"] for i in range(self.depth)]
-            h = run_blocks(layer(parent=None), params, h, train,
-                           self.make_rng("dropout") if dropping else None, shared=(bias,))
+        for i in range(self.depth):
+            if train and self.layer_wise_gradient_decay_ratio != 1.0:
+                h = grad_multiply(h, float(self.layer_wise_gradient_decay_ratio))
+            out = Layer(self.width, self.heads, ffn, self.gru_rel_pos, alpha, beta,
+                        self.dropout, self.attention_dropout, self.activation_dropout,
+                        self.dtype, name=f"layer{i}")(h, bias, train)
+            if train and self.encoder_layerdrop > 0:  # one draw per layer and batch
+                keep = jax.random.uniform(self.make_rng("dropout")) > self.encoder_layerdrop
+                out = jnp.where(keep, out, h)
+            h = out
         h = h.astype(jnp.float32)
         pooled = h.mean(axis=1)
         return (pooled, h) if tokens else pooled

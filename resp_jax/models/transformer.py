@@ -24,7 +24,7 @@ Speed and memory (docs/benchmarks.md), none of which changes the numbers beyond 
   compiles one block instead of ``depth`` and cannot fuse the backward pass of one block into
   another's: on CPU it otherwise fused each block's residual gradient into the transposes of
   every earlier block, recomputing the chain once per block. The parameters stay
-  ``block0 .. block{depth-1}`` (BEATs' layers, run the same way: ``layer0 ..``).
+  ``block0 .. block{depth-1}``.
 """
 
 from __future__ import annotations
@@ -165,25 +165,22 @@ class Block(nn.Module):
         return x + drop_path(h, train)
 
 
-def run_blocks(block: nn.Module, params: Sequence[Any], x: jax.Array, train: bool,
-               rng: jax.Array | None, shared: tuple = ()) -> jax.Array:
+def run_blocks(block: Block, params: Sequence[Any], x: jax.Array, train: bool,
+               rng: jax.Array | None) -> jax.Array:
     """``x`` through one unbound ``block`` per entry of ``params`` (each a block's
-    ``{'params'}`` subtree, all of the same shapes) as one ``lax.scan``, each called as
-    ``block(x, *shared, train)``; ``rng`` (or None) is split into one 'dropout' key per
-    block. ``block.remat == 'block'`` recomputes each block in the backward pass. Stochastic
-    depth, whose rate differs per block, is not supported here (`ASTEncoder` unrolls the
-    blocks then; BEATs' LayerDrop and layer-wise gradient decay likewise)."""
-    if getattr(block, "drop_path", 0) > 0:
+    ``{'params'}`` subtree, all of the same shapes) as one ``lax.scan``; ``rng`` (or None)
+    is split into one 'dropout' key per block. ``block.remat == 'block'`` recomputes each
+    block in the backward pass. Stochastic depth, whose rate differs per block, is not
+    supported here (`ASTEncoder` unrolls the blocks then)."""
+    if block.drop_path > 0:
         raise ValueError("run_blocks applies one block configuration; drop_path must be 0")
-    if not params:
-        return x
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
     keys = jax.random.split(rng, len(params)) if rng is not None else jnp.zeros(len(params))
 
     def body(x, inputs):
         p, key = inputs
         rngs = {"dropout": key} if rng is not None else {}
-        return block.apply({"params": p}, x, *shared, train, rngs=rngs), None
-    if getattr(block, "remat", "none") == "block":
+        return block.apply({"params": p}, x, train, rngs=rngs), None
+    if block.remat == "block":
         body = jax.checkpoint(body, prevent_cse=False)
     return jax.lax.scan(body, x, (stacked, keys))[0]
