@@ -60,14 +60,6 @@ def _xavier(gain: float):
     return nn.initializers.variance_scaling(gain ** 2, "fan_avg", "normal")
 
 
-# Groups narrower than this are computed as one dense convolution with a block-diagonal
-# kernel: the same sums (the other blocks are zeros), and on XLA's CPU backend several times
-# faster than a grouped convolution's gradient when each group has a few channels (width 64
-# in 16 groups: 0.19 s against 0.95 s for the gradient of a batch of 32 x 248 tokens); wider
-# groups (the published 768 / 16) keep the grouped convolution.
-DENSE_GROUP_WIDTH = 32
-
-
 class PositionConv(nn.Module):
     """Weight-normalised grouped Conv1d over tokens, 'same' length (an even kernel drops the
     last output), then exact GELU. Parameters ``weight_v [K, C/G, C]`` (flax conv layout),
@@ -90,23 +82,31 @@ class PositionConv(nn.Module):
         g = self.param("weight_g", lambda key, shape: norm.reshape(shape), (self.kernel,))
         b = self.param("bias", nn.initializers.zeros, (c,))
         kernel = (v * (g / norm)[:, None, None]).astype(self.dtype)
-        groups = self.groups
-        if groups > 1 and c // groups < DENSE_GROUP_WIDTH:
-            kernel, groups = block_diagonal(kernel, groups), 1
         pad = self.kernel // 2
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel, (1,), [(pad, pad - (1 - self.kernel % 2))],
-            dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
+        y = grouped_conv_fft(x.astype(self.dtype), kernel, pad, pad - (1 - self.kernel % 2),
+                             self.groups)
         return nn.gelu(y + b.astype(self.dtype), approximate=False)
 
 
-def block_diagonal(kernel: jax.Array, groups: int) -> jax.Array:
-    """The dense ``[K, C, C]`` kernel of a grouped convolution's ``kernel [K, C/G, C]``
-    (flax layout: output channel o reads the inputs of group o // (C/G)); zeros elsewhere."""
-    k, per, c = kernel.shape
-    blocks = kernel.reshape(k, per, groups, c // groups)  # [K, in of group, group, out]
-    eye = jnp.eye(groups, dtype=kernel.dtype)
-    return jnp.einsum("kigo,gh->kgiho", blocks, eye).reshape(k, c, c)
+def grouped_conv_fft(x: jax.Array, kernel: jax.Array, pad_left: int, pad_right: int,
+                     groups: int) -> jax.Array:
+    """``lax.conv_general_dilated(x, kernel, (1,), [(pad_left, pad_right)], ('NWC', 'WIO',
+    'NWC'), feature_group_count=groups)`` (a cross-correlation; ``x [B, T, C]``, ``kernel
+    [K, C/G, C]``) computed through FFTs over time: every frequency mixes each group's
+    channels with one small complex matmul. BEATs' position convolution (K = 128 over a few
+    hundred tokens) is then about 15x cheaper to differentiate on a CPU than XLA's grouped or
+    block-diagonal convolution (0.03 against 0.54 s at width 192, batch 8, 248 tokens, one
+    core); the sums are the same to float32 rounding (relative error about 6e-7)."""
+    batch, _, c = x.shape
+    k, per_group, _ = kernel.shape
+    padded = jnp.pad(x, ((0, 0), (pad_left, pad_right), (0, 0)))
+    n = padded.shape[1]  # no wrap-around: every output reads n samples at most
+    xf = jnp.fft.rfft(padded.astype(jnp.float32), n=n, axis=1).reshape(batch, -1, groups,
+                                                                        per_group)
+    wf = jnp.conj(jnp.fft.rfft(kernel.astype(jnp.float32), n=n, axis=0)).reshape(
+        -1, per_group, groups, c // groups)  # output channel o is in group o // (C / G)
+    yf = jnp.einsum("bfgi,figo->bfgo", xf, wf).reshape(batch, -1, c)
+    return jnp.fft.irfft(yf, n=n, axis=1)[:, :n - k + 1].astype(x.dtype)
 
 
 class SelfAttention(nn.Module):
