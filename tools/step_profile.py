@@ -110,6 +110,16 @@ def xla_category(op: str, instructions: dict, computations: dict) -> str:
     return "elementwise"
 
 
+def _source(line: str) -> str:
+    """The JAX operation an HLO instruction came from (its op_name metadata, shortened)."""
+    m = re.search(r'op_name="([^"]*)"', line)
+    if not m:
+        return ""
+    name = re.sub(r"jit\(train_step\)/|/while/body/closed_call|/checkpoint", "", m.group(1))
+    return name.replace("transpose(jvp(Model.encode))", "bwd").replace("jvp(Model.encode)",
+                                                                        "fwd")
+
+
 def torch_category(name: str) -> str:
     base = name.split("::")[-1]
     for category, names in _TORCH:
@@ -152,7 +162,8 @@ def profile_jax(compiled, state, batch, steps: int) -> tuple[dict, float, list]:
         if name.startswith(("while", "call", "conditional")):  # containers: their ops count
             continue
         per_op[name] += e["dur"] / 1e6 / steps
-    ops = [(op, xla_category(op, instructions, computations), s) for op, s in per_op.items()]
+    ops = [(f"{op} {_source(instructions.get(op, ''))}",
+            xla_category(op, instructions, computations), s) for op, s in per_op.items()]
     return _by_category(ops), wall, sorted(ops, key=lambda o: -o[2])
 
 
@@ -235,7 +246,7 @@ def main(argv=None) -> None:
     for side, ops in (("JAX", jax_ops), ("PyTorch", torch_ops)):
         print(f"\n{side}: largest ops (ms/step)")
         for op, category, seconds in ops[:args.top]:
-            print(f"  {1000 * seconds:9.1f}  {category:11s} {op[:90]}")
+            print(f"  {1000 * seconds:9.1f}  {category:11s} {op[:110]}")
     out = {"benchmark": "step-profile", "model": args.model, "size": args.size,
            "frames": args.frames, "batch": args.batch, "remat": args.remat,
            "steps": args.steps,
