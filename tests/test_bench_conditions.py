@@ -15,9 +15,10 @@ import bench_conditions as bc  # noqa: E402
 class _Sampler:
     """A `bc.Sampler` as it stands after a run, without its thread."""
 
-    def __init__(self, start, during, end, cpu=None):
+    def __init__(self, start, during, end, cpu=None, own=()):
         self.load_start, self.loads, self.load_end = start, list(during), end
         self.others, self.cpu = [1, 0, 2], cpu or {"jax": [1.9, 2.0, 1.8], "torch": [1.0, 1.2]}
+        self.own = own
 
 
 def test_round_ratios_are_per_round_reference_over_jax():
@@ -38,7 +39,18 @@ def test_quiet_run_is_comparable_and_records_threads_load_and_cpu(monkeypatch):
     assert (out["cores"], out["threads"], out["xla_threads"], out["torch_threads"]) == (2, 2, 2, 2)
     assert out["load_avg_1min"] == {"start": 0.4, "end": 1.1, "max": 1.9}
     assert out["cpu_per_wall"] == {"jax": 1.9, "torch": 1.1}  # medians of each side's rounds
-    assert out["other_runnable_tasks_mean"] == 1.0
+    assert out["other_runnable_tasks_mean"] == 1.0 and out["load_of_others_max"] == 1.9
+
+
+def test_the_runs_own_threads_do_not_count_as_load(monkeypatch):
+    monkeypatch.setattr(bc, "usable_cores", lambda: 2)
+    # 2 benchmark threads on a quiet 2-core machine: the load average reads a little over 2
+    quiet = bc.conditions(_Sampler(0.3, [1.6, 2.3], 2.2, own=[2, 2, 3, 1]), 2)
+    assert quiet["comparable"] is True and quiet["load_of_others_max"] == 0.3
+    # others' load on top of it, or a loaded machine before the run starts, is not quiet
+    busy = bc.conditions(_Sampler(0.3, [3.5, 4.6], 4.4, own=[2, 2]), 2)
+    assert busy["comparable"] is False and busy["load_of_others_max"] == 2.6
+    assert bc.conditions(_Sampler(2.5, [2.0], 2.0, own=[2]), 2)["comparable"] is False
 
 
 @pytest.mark.parametrize("loads", [(2.5, [1.0], 1.0), (0.5, [0.7, 3.1, 0.9], 0.8),

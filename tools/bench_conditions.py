@@ -11,10 +11,11 @@ more than XLA's, and a ratio measured there flatters JAX several times over).
   ``set_num_interop_threads``. `Sampler` records, per side, the process's CPU seconds per
   wall second while that side runs: at most the thread count (1.0 at ``--threads=1``),
   which is how the setting is seen to hold.
-- `Sampler` also reads the 1-minute load average (and the number of runnable tasks outside
-  this process) once a second in a background thread, and before and after the run.
-  `conditions` marks the figures *not comparable* when the load average exceeded the
-  number of cores at any point of the run.
+- `Sampler` also reads the 1-minute load average (and the numbers of runnable tasks inside
+  and outside this process) once a second in a background thread, and before and after the
+  run. `conditions` marks the figures *not comparable* when the load average exceeded the
+  number of cores at any point of the run, this process's own share taken out (its mean
+  runnable threads: a quiet 2-core machine running the benchmark's 2 threads reads about 2).
 - `round_ratios` gives the median and the spread (min, quartiles, max) of the per-round
   ratios of alternating rounds: each round of the reference and the round of JAX that follows
   it see about the same machine.
@@ -97,6 +98,7 @@ class Sampler:
         self.load_start = os.getloadavg()[0]
         self.loads: list[float] = []
         self.others: list[int] = []
+        self.own: list[int] = []
         self.cpu: dict[str, list[float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -106,7 +108,9 @@ class Sampler:
             self.loads.append(os.getloadavg()[0])
             system = _system_runnable()
             if system is not None:
-                self.others.append(max(system - _own_runnable(), 0))
+                own = _own_runnable()
+                self.own.append(own)
+                self.others.append(max(system - own, 0))
 
     def __enter__(self) -> "Sampler":
         self._thread.start()
@@ -139,12 +143,18 @@ def conditions(sampler: Sampler, threads: int, torch_info: dict | None = None) -
            "cpu_per_wall": {k: round(statistics.median(v), 2) for k, v in sampler.cpu.items()}}
     if sampler.others:
         out["other_runnable_tasks_mean"] = round(statistics.fmean(sampler.others), 2)
-    out["comparable"] = max(loads) <= cores
+    # the load of everything else: the run's own mean runnable threads taken out (the start
+    # reading comes before the run)
+    own = statistics.fmean(sampler.own) if getattr(sampler, "own", None) else 0.0
+    others = max(sampler.load_start, *(v - own for v in loads[1:]))
+    out["load_of_others_max"] = round(max(others, 0.0), 2)
+    out["comparable"] = others <= cores
     if not out["comparable"]:
         out["warning"] = (f"NOT COMPARABLE: the 1-minute load average reached {max(loads):.2f} "
-                          f"on {cores} cores during this run; ratios measured on a loaded "
-                          "machine mislead (PyTorch's threads lose more than XLA's). "
-                          "Measure again when the load is below the core count.")
+                          f"on {cores} cores during this run ({others:.2f} without this "
+                          "run's own threads); ratios measured on a loaded machine mislead "
+                          "(PyTorch's threads lose more than XLA's). Measure again when the "
+                          "load is below the core count.")
     return out
 
 
