@@ -97,6 +97,13 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"config.data.wave_scale must be > 0, got {config.data.wave_scale!r}")
     if config.model.get("proj_bn") and config.model.get("proj_ln"):
         raise ValueError("config.model.proj_bn and proj_ln: a projector has one norm, not both")
+    if config.model.get("init_run"):
+        inherit_encoder(config)
+    if config.method == "linear_probe" and not (config.model.init_from
+                                                or config.model.get("init_run")):
+        raise ValueError("method 'linear_probe' measures a trained encoder: pass converted "
+                         "weights (--config.model.init_from=DIR) or a finished run "
+                         "(--config.model.init_run=WORKDIR, e.g. of configs/opera_mscl.py:quick)")
     hook = getattr(models.backbone(config.model.name), "resolve", None)
     if hook is not None:  # the backbone's own placeholders (AST: model.layer_norm_eps)
         hook(config)
@@ -113,7 +120,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.loss.class_weighted is None:
         config.loss.class_weighted = source.class_weighted
     if config.train.lr is None:
-        config.train.lr = LR_PRETRAINED if config.model.init_from else LR_SCRATCH
+        pretrained = config.model.init_from or config.model.get("init_run")
+        config.train.lr = LR_PRETRAINED if pretrained else LR_SCRATCH
     # Classes, metadata fields and splits: fixed, or read from the data (a manifest's CSV);
     # recorded here so config.json says what every code meant.
     schema, splits, normal = source.describe(config.data.root, config.data.classes,
@@ -176,6 +184,47 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+# What the encoder of model.init_run was trained on must be what this run feeds it.
+SAME_AS_INIT_RUN = ("model.name", "data.frontend", "data.sample_rate")
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _fill(ours: ml_collections.ConfigDict, theirs) -> None:
+    """Every placeholder (None) of ``ours`` takes ``theirs``' value (nested sections too)."""
+    for key, value in ours.items():
+        if key not in theirs:
+            continue
+        if isinstance(value, ml_collections.ConfigDict):
+            _fill(value, theirs[key])
+        elif value is None and theirs[key] is not None:
+            ours[key] = _tuples(theirs[key])
+
+
+def inherit_encoder(config) -> None:
+    """``model.init_run``: a finished run whose selected encoder starts this run. It must
+    have this run's backbone and front end (`SAME_AS_INIT_RUN`); every ``model.*``
+    placeholder left None takes the run's resolved value (its architecture), so the probe of
+    a run needs no architecture flags. Not with ``model.init_from``."""
+    from resp_jax import finished_run
+
+    m = config.model
+    if m.init_from:
+        raise ValueError(f"config.model.init_from ({m.init_from}) and model.init_run "
+                         f"({m.init_run}) both name a starting encoder; set one")
+    run = finished_run.run_config(m.init_run)
+    for key in SAME_AS_INIT_RUN:
+        section, field = key.split(".")
+        theirs, ours = run[section].get(field), config[section][field]
+        if theirs is not None and theirs != ours:  # (runs before data.frontend: log-mel)
+            raise ValueError(f"config.model.init_run={m.init_run}: that run's {key} is "
+                             f"{theirs!r}, this config's {ours!r}: its encoder reads other "
+                             "inputs")
+    _fill(m, run.model)
+
+
 def _check_patchmix(config, names) -> None:
     """Patch-Mix CL mixes AST patch tokens and contrasts projections with the encoder's own
     features, so it needs an AST, one head and a projector as wide as the encoder."""
@@ -225,7 +274,7 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs",
                "model.fstride", "model.tstride", "model.pool", "train.lr_decay",
                "train.clip_norm", "train.head_weight_decay", "linear_eval.lr_decay",
-               "linear_eval.clip_norm")
+               "linear_eval.clip_norm", "model.init_run")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -140,6 +140,25 @@ def read_json(path: Path, what: str) -> dict:
         raise ValueError(f"{path}: not readable JSON ({e})") from e
 
 
+def run_config(workdir) -> ml_collections.ConfigDict:
+    """The resolved config a finished run recorded (its config.json, with results.json beside
+    it: the run ended)."""
+    workdir = Path(workdir)
+    config = read_json(workdir / CONFIG_FILE, "its config")
+    read_json(workdir / RESULTS_FILE, "the results of the finished run")
+    return ml_collections.ConfigDict(config)
+
+
+def selected_encoder(workdir) -> dict:
+    """``{'params'[, 'batch_stats']}`` of the encoder of a finished run's selected model
+    (``model.init_run``: another run starts from it, or probes it)."""
+    variables = load(workdir).variables
+    out = {"params": variables["params"]["encoder"]}
+    if variables.get("batch_stats", {}).get("encoder"):
+        out["batch_stats"] = variables["batch_stats"]["encoder"]
+    return out
+
+
 def load(workdir) -> TrainedRun:
     """The selected model of the finished run in ``workdir`` (see the module docstring)."""
     from resp_jax import checkpoint

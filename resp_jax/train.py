@@ -240,7 +240,8 @@ def train_and_evaluate(config, workdir) -> dict:
     results = {"method": config.method, "dataset": data.name, "seed": config.train.seed,
                "selection": selector.protocol, "stage": "linear" if two_stage else "train",
                "epoch": best["epoch"], "test": best["test"], "test_split": data.test_split,
-               "init_from": config.model.init_from or None, "cycles": data.sizes,
+               "init_from": config.model.init_from or None,
+               "init_run": config.model.get("init_run") or None, "cycles": data.sizes,
                "skipped": data.skipped,
                # what standardised the inputs (resp_jax.predict reuses it on new recordings)
                "norm": list(data.norm)}
