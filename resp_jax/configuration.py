@@ -17,7 +17,8 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from resp_jax import evaluation, linear_eval, logging_utils, losses, models, optim, selection
+from resp_jax import (bts, evaluation, linear_eval, logging_utils, losses, models, optim,
+                      selection)
 from resp_jax.data import audio, feature_store, features, metadata, pipeline, sources
 
 # What differs between datasets (docs/method.md §4, §5: epochs, class weighting) is each
@@ -26,9 +27,11 @@ from resp_jax.data import audio, feature_store, features, metadata, pipeline, so
 LR_PRETRAINED = 1e-4   # fine-tuning AudioSet weights
 LR_SCRATCH = 1e-3
 
-ONE_STAGE = ("ce", "hybrid", "patchmix_cl", "pafa")
+ONE_STAGE = ("ce", "hybrid", "patchmix_cl", "pafa", "bts")
 TWO_STAGE = ("scl", "simclr", "mscl", "linear_probe")
-NO_HEADS = ("ce", "linear_probe")  # methods without contrastive heads
+NO_HEADS = ("ce", "linear_probe", "bts")  # methods without contrastive heads
+# 'bts': CE on the audio encoder's and a text tower's outputs, the text each cycle's
+# metadata as a sentence (BTS, docs/method.md §14; resp_jax.bts).
 # 'linear_probe': no first stage; the second stage's linear classifier sits on the frozen
 # encoder of model.init_from (OPERA's benchmark protocol, docs/method.md §12).
 METHODS = ONE_STAGE + TWO_STAGE
@@ -50,10 +53,13 @@ heads = losses.heads  # the contrastive heads of a config, checked
 
 
 def fields(config) -> tuple[str, ...]:
-    """Metadata fields the pipeline must deliver per example (the heads' fields, but 'label'
-    always and 'instance' never)."""
+    """Metadata fields the pipeline must deliver per example (the heads' fields, BTS's
+    sentence fields, 'label' always and 'instance' never)."""
     out = ["label"]
-    for f, _ in heads(config):
+    wanted = [f for f, _ in heads(config)]
+    if config.method == "bts":
+        wanted += list(config.bts.fields)
+    for f in wanted:
         if f != INSTANCE and f not in out:
             out.append(f)
     return tuple(out)
@@ -174,6 +180,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.method == "patchmix_cl":
         _check_patchmix(config, names)
     _check_pafa(config, names)
+    if config.method == "bts":
+        bts.resolve(config)
     if config.method == "hybrid" and INSTANCE in names:
         raise ValueError("method 'hybrid' combines CE with supervised heads; 'instance' "
                          "belongs to 'simclr'")

@@ -112,6 +112,9 @@ class Source:
     synthetic = ""            # 'module:function' writing a synthetic root in the real layout
     synthetic_default = 0     # recordings of the synthetic default dataset (0: none)
     protocols = (OFFICIAL,)   # protocol names `protocol_splits` knows
+    # How metadata values read in a sentence (BTS's prompts, `resp_jax.bts`): ((field,
+    # ((value, words), ...)), ...); a value not listed reads as itself.
+    prompt_words: tuple = ()
 
     # -- reading ------------------------------------------------------------------------
 

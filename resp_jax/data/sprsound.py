@@ -271,6 +271,7 @@ class SprsoundSource(sources.Source):
     inspect_fields = ("sex", "age_group", "location")
     dropped_note = "event(s) with end <= start left out as docs/method.md §1.2 says"
     sprsound_score = True
+    prompt_words = (("sex", (("M", "male"), ("F", "female"))),)  # BTS's sentences
     synthetic, synthetic_default = "resp_jax.data.synthetic.sprsound:write_sprsound", 60
 
     def read(self, root, *, annotations_only=False, skip_bad=False, schema=None, dropped=None):
