@@ -11,9 +11,12 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 demo: env
 	$(PY) -m resp_jax.main --config=configs/mscl.py:quick
 
-# The whole test suite (what CI runs).
+# The whole test suite (what CI runs), over TEST_WORKERS processes (pytest-xdist; 0 runs it
+# in this process). Most tests are single-threaded XLA compilation, so two workers on two
+# cores roughly halve the wall time.
+TEST_WORKERS ?= 2
 test: env-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 env: $(VENV)/.installed
 env-test: $(VENV)/.installed-test
