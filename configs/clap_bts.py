@@ -12,8 +12,14 @@ Needs each cycle's metadata at test time too (predict: --metadata). The sentence
 tokenised once when a run starts (with weights/clap/text's tokenizer: the `tokenizers`
 package, pip install -e '.[text]') and kept in the run's prompts.json.
 
-`:quick`: a tiny HTS-AT and a tiny text tower (2 layers, width 32) from scratch on the
-synthetic default, the text tokenised by words (`htsat_recipes.htsat_quick`).
+`:quick`: a tiny HTS-AT and a tiny text tower (2 layers, width 32) on the synthetic default,
+the text tokenised by words (`htsat_recipes.htsat_quick`). As BTS fine-tunes a trained CLAP
+audio tower, the preset starts its audio tower from a finished `clap_ce.py:quick` run (from
+scratch, the tiny tower learns nothing here in 20 epochs: docs/benchmarks.md):
+
+    python -m resp_jax.main --config=configs/clap_ce.py:quick --workdir=runs/clap-quick
+    python -m resp_jax.main --config=configs/clap_bts.py:quick \
+        --config.model.init_run=runs/clap-quick --workdir=runs/bts-quick
 """
 
 import pathlib

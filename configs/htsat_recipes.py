@@ -104,7 +104,8 @@ def bts_recipe(config, arg=None):
                                     # (BTS's --meta_mode: a subset of these four)
         "max_length": 64,           # tokens per sentence, padded (BTS's tokenizer call)
     })
-    if _quick(arg):
+    if _quick(arg):  # the audio tower: a finished clap_ce:quick run's (model.init_run;
+        # configs/clap_bts.py): from scratch it does not learn in 20 epochs
         config.model.text.update(init_from="", hidden_size=32, num_hidden_layers=2,
                                  num_attention_heads=2, intermediate_size=64,
                                  max_position_embeddings=66, projection_dim=64)

@@ -103,6 +103,18 @@ def test_config_checks(tmp_path):
         configuration.resolve(sprsound)
     sprsound.bts.fields = ("age_group", "sex", "location")
     assert configuration.resolve(sprsound).bts.fields == ("age_group", "sex", "location")
+    # :quick after a finished clap_ce:quick run (model.init_run: its audio tower, the text
+    # tower from scratch)
+    run = tmp_path / "clap_ce_run"
+    run.mkdir()
+    (run / "config.json").write_text(configuration.resolve(load_config("clap_ce", "quick"))
+                                     .to_json())
+    (run / "results.json").write_text("{}")
+    quick = load_config("clap_bts", "quick")
+    quick.model.init_run = str(run)
+    quick = configuration.resolve(quick)
+    assert (quick.method, quick.model.text.init_from, quick.model.text.hidden_size) == \
+        ("bts", "", 32)
     audio_only = {**htsat.ARCH_DEFAULTS, "depths": [2, 2, 6, 2], "heads": [4, 8, 16, 32],
                   "projection_dim": 512, "architecture": "htsat", "format": 1}
     (tmp_path / "encoder.json").write_text(json.dumps(audio_only))  # an older conversion
