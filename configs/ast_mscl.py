@@ -8,6 +8,11 @@ code's linear stage ([mscl] main.py:95-106,121; `loss.class_weighted` left to th
 No published figure: the new row, to compare with AST fine-tuning (Score 59.55), Patch-Mix CL
 (62.37) and M-SCL on CNN6 (58.04).
 
+SupCon's two views are two draws of the recipe's SpecAugment (Patch-Mix's policy, per example;
+`:quick` has none: its views are the same clip, docs/fidelity.md). The position embedding
+follows AST (`model.pos_embed='ast'`); `--config.model.pos_embed=patchmix_code` gives the
+Patch-Mix code's. A `resp_jax.sweep` runs seeds 0-4 (`sweep_seeds`).
+
     python -m resp_jax.main --config=configs/ast_mscl.py --config.data.root=ICBHI \
         --config.model.init_from=weights/ast_audioset --workdir=runs/ast-mscl
 

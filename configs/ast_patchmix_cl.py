@@ -7,6 +7,12 @@ script has no --weighted_loss); Patch-Mix's recipe otherwise (`base.ast_recipe`,
 
 Published ICBHI (official split): Sp 81.66, Se 43.07, Score 62.37.
 
+Position embedding: the default (`model.pos_embed='ast'`) gives each patch the AudioSet
+embedding of its own (frequency, time) place, as AST does; the authors' code gives it the
+transposed grid's scrambled one. To reproduce the authors' run add
+`--config.model.pos_embed=patchmix_code` (docs/fidelity.md). The authors ran seed 1 only; a
+`resp_jax.sweep` of this config runs seeds 0-4 (`sweep_seeds`).
+
     python -m resp_jax.main --config=configs/ast_patchmix_cl.py --config.data.root=ICBHI \
         --config.model.init_from=weights/ast_audioset --workdir=runs/ast-patchmix-cl
 

@@ -20,7 +20,9 @@ from ml_collections import config_dict
 from resp_jax.data.sources import NAMES as DATASETS
 
 placeholder = config_dict.placeholder
-
+# P(Z < 1) for a standard normal Z: how often the SCL and Patch-Mix codes apply SpecAugment
+# (`p > torch.randn(1)`, p = 1). statistics.NormalDist().cdf(1.0).
+P_Z_BELOW_1 = 0.8413447460685429
 
 
 def get_config(arg=None):
@@ -47,6 +49,13 @@ def get_config(arg=None):
     data.skip_bad = False          # skip (and report) unreadable files instead of failing
     data.sample_rate = 16000       # every recording is resampled to this rate (Hz); each rate
                                    # is a prepared copy of its own (48000: 'clap')
+    data.resampler = "torchaudio"  # how: 'torchaudio' (torchaudio's default windowed sinc,
+                                   # what every reference code ran, on the whole recording
+                                   # before the cycles are cut) | 'soxr' (libsoxr HQ)
+    data.fade = "cycle"            # 1/16-s linear fades: 'cycle' (each cycle faded in and out,
+                                   # so the repeats of a padded cycle meet at faded seams: the
+                                   # SCL code) | 'recording' (the recording faded at its ends,
+                                   # cycles cut unfaded, hard seams: Patch-Mix and PAFA)
     data.duration = 8.0            # seconds every cycle is cut / extended to (8 s -> 251
                                    # log-mel frames, 798 fbank frames)
     data.frontend = "logmel"       # features: 'logmel' (64 log-mel bins: CNN6, the paper) |
@@ -75,10 +84,23 @@ def get_config(arg=None):
                                           # (ICBHI 'normal', SPRSound 'Normal')
     data.fields = placeholder(tuple)    # filled when a run starts, not set: ((field, (value,
                                         # ...)), ...), the metadata codes the run used
+    data.protocol = "official"     # which cycles train and test (docs/method.md §13):
+                                   # 'official' (the dataset's own splits) | ICBHI:
+                                   # 'leave_device_out' (every recording of the device
+                                   # data.held_out tested, the other devices trained on) |
+                                   # SPRSound: the challenge tasks 'task1_1' (events, normal
+                                   # vs adventitious), 'task1_2' (events, 7 classes: the
+                                   # official split), 'task2_1' (whole recordings: normal,
+                                   # poor quality, adventitious), 'task2_2' (whole
+                                   # recordings, 5 classes)
+    data.held_out = ""             # the value a leave-one-out protocol holds out (ICBHI
+                                   # devices: 'AKGC417L', 'LittC2SE', 'Litt3200',
+                                   # 'Meditron'); '' for the other protocols
 
     # SpecAugment on training views only (docs/method.md §2.6); each view draws its own masks.
     config.augment = augment = config_dict.ConfigDict()
-    augment.prob = 0.84            # probability of applying the whole block (P(N(0,1) < 1))
+    augment.prob = P_Z_BELOW_1     # probability of applying the whole block: the references
+                                   # apply it when 1 > a standard normal draw
     augment.apply_per = "batch"    # who draws that probability: 'batch' (one draw per batch and
                                    # view: the reference) | 'example' (one draw per example);
                                    # mask positions and widths are drawn per example either way
@@ -242,14 +264,24 @@ def ast_recipe(config, arg=None):
     """The AST fine-tuning recipe of Patch-Mix CL's code (docs/method.md §9; [pm]
     scripts/icbhi_ce.sh, icbhi_patchmix_cl.sh, main.py, util/misc.py, util/augmentation.py):
     what both of its scripts pass, shared by the AST configs: DeiT-base AST on 128-bin Kaldi
-    fbank of 8 s clips (798 frames, repeat padding), Adam lr 5e-5 with L2 1e-6, one cosine
+    fbank of 8 s clips (798 frames; the recording faded at its ends, cycles cut without fades
+    and repeated with hard seams), Adam lr 5e-5 with L2 1e-6, one cosine
     over 50 epochs to 5e-8 (the rate of the 1-based epoch), batch 8, every weight averaged
     0.5 / 0.5 with its value before each step (--ma_update --ma_beta 0.5), a LayerNorm +
-    Linear classifier (AST's head), SpecAugment per example with P(Z < 1) = 0.8413: two
+    Linear classifier (AST's head), SpecAugment per example with P(Z < 1) = 0.841345: two
     frequency masks < 48 bins, two time masks < 160 frames, mean fill, after the
     normalisation. Evaluated every epoch. Whether CE is class-weighted differs between the
     scripts: each config sets it. Pass the converted AudioSet weights with
     --config.model.init_from (tools/convert_ast.py).
+
+    One default is not the code's: the AudioSet position embedding is fitted to the patch grid
+    as AST defines it (`model.pos_embed='ast'`: each patch gets its own (frequency, time)
+    place's embedding). The Patch-Mix code fits it to the transposed grid and so hands
+    scrambled positions to every patch; `--config.model.pos_embed=patchmix_code` reproduces
+    that, and with it the authors' runs (docs/fidelity.md). The authors ran one seed (1): a
+    sweep runs 5 (`sweep_seeds`, as for the BEATs configs); one run as theirs is
+    `python -m resp_jax.main` with `--config.train.seed=1` (no bit-exact match across
+    frameworks).
     """
     config.model.name = "ast"
     config.model.width, config.model.depth, config.model.heads = 768, 12, 12
@@ -257,12 +289,14 @@ def ast_recipe(config, arg=None):
     config.data.frontend = "fbank"
     config.data.duration = 8.0
     config.data.pad = "circular"
-    config.augment.update(prob=0.8413, apply_per="example", freq_masks=2, freq_width=48,
+    config.data.fade = "recording"  # the recording faded, cycles cut unfaded (hard seams)
+    config.augment.update(prob=P_Z_BELOW_1, apply_per="example", freq_masks=2, freq_width=48,
                           time_masks=2, time_width=160, policy="patchmix", fill="mean")
     config.train.update(epochs=50, batch_size=8, lr=5e-5, weight_decay=1e-6,
                         schedule="cosine_from_1", eta_min=5e-8, log_every=50,
                         weight_average=0.5)
     config.eval.batch_size = 64  # AST's output does not depend on the batch (no min-max, no BN)
+    config.sweep_seeds = 5  # resp_jax.sweep's default --seeds (the authors ran seed 1 only)
     if "quick" in [t.strip() for t in (arg or "").split(",")]:
         ast_quick(config)
     return config
@@ -297,7 +331,8 @@ def beats_recipe(config, arg=None):
     """PAFA's BEATs fine-tuning recipe (docs/method.md §10; [pafa] scripts/beats_ce.sh,
     scripts/beats_pafa.sh, main.py, util/misc.py), shared by the BEATs configs: BEATs (iter3+
     AS2M, self-supervised; its cfg gives the architecture, model.beats) on BEATs' Kaldi fbank
-    of 5 s clips (498 frames, repeat padding) without the upstream 2**15 waveform scaling, no
+    of 5 s clips (498 frames; the recording faded at its ends, cycles cut without fades and
+    repeated with hard seams) without the upstream 2**15 waveform scaling, no
     SpecAugment, Adam lr 5e-5 with L2 1e-6, one cosine over 100 epochs to 5e-8 (the rate of
     the 1-based epoch), batch 32, unweighted CE on a Linear classifier of the mean token,
     weights averaged with the previous step's (0.5), the test set every epoch; 5 seeds in a
@@ -332,6 +367,7 @@ def beats_recipe(config, arg=None):
     config.data.frontend = "beats"
     config.data.duration = 5.0
     config.data.pad = "circular"
+    config.data.fade = "recording"  # the recording faded, cycles cut unfaded (hard seams)
     config.data.wave_scale = 1.0  # PAFA comments the 2**15 out (upstream: 32768.0)
     config.augment.prob = 0.0     # --nospec
     config.train.update(epochs=100, batch_size=32, lr=5e-5, weight_decay=1e-6,

@@ -41,8 +41,9 @@ def clap_recipe(config, arg=None):
     """BTS's recipe for fine-tuning CLAP's audio tower on ICBHI ([bts] scripts/
     icbhi_audio-clap_ce.sh:8-30, main.py, util/icbhi_dataset.py, util/icbhi_util.py,
     util/misc.py): laion/clap-htsat-unfused's audio tower and projection (a Linear classifier
-    on its 512-d audio_embeds, models/clap.py:11-16, main.py:191-193), cycles resampled to
-    48 kHz, repeated to 8 s (fade-out 1/16 s), CLAP's feature extractor (10 s, repeatpad,
+    on its 512-d audio_embeds, models/clap.py:11-16, main.py:191-193), recordings resampled
+    to 48 kHz with torchaudio's windowed sinc and faded at their ends, cycles cut unfaded and
+    repeated to 8 s with hard seams (fade-out 1/16 s), CLAP's feature extractor (10 s, repeatpad,
     rand_trunc's Slaney mel), no SpecAugment, Adam lr 5e-5 with L2 1e-6, one cosine over 50
     epochs to 5e-8 at the 1-based epoch (--cosine), batch 8, unweighted CE, every weight
     averaged 0.5 / 0.5 with its value before the step (--ma_update --ma_beta 0.5), the test
@@ -52,6 +53,7 @@ def clap_recipe(config, arg=None):
     htsat_fields(config)
     config.data.frontend = "clap"
     config.data.sample_rate = 48000
+    config.data.fade = "recording"  # util/icbhi_util.py:423-462: the recording faded, not cycles
     config.data.duration = 8.0
     config.data.pad = "circular"
     config.augment.prob = 0.0
@@ -128,6 +130,7 @@ def opera_recipe(config, arg=None):
     htsat_fields(config)
     config.data.frontend = "opera"
     config.data.sample_rate = 16000
+    config.data.resampler = "soxr"  # librosa.load's default res_type, soxr_hq (src/util.py)
     config.data.duration = 8.18
     config.data.pad = "circular"
     config.augment.prob = 0.0

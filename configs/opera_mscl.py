@@ -3,7 +3,7 @@ with its own projector, on the respiratory foundation model with OPERA's fine-tu
 (`htsat_recipes.opera_recipe`: 64 pretraining epochs, batch 64, Adam 1e-4 x 0.99 per epoch,
 gradient clipped to 1), then the paper's linear evaluation (100 epochs, Adam lr 0.1) on the
 frozen encoder. SupCon's two views need augmentation, which OPERA's fine-tuning has none of:
-the paper's SpecAugment (two 20-bin frequency and two 40-frame time masks, P = 0.84 per batch)
+the paper's SpecAugment (two 20-bin frequency and two 40-frame time masks, P(Z < 1) per batch)
 on OPERA's [0, 1] log-mel, each mask filled with the example's mean (`augment.fill`); the best
 test epoch of the linear stage, as the paper selects.
 
@@ -25,8 +25,9 @@ def get_config(arg=None):
     config = _htsat["opera_recipe"](_base["get_config"](arg), arg)
     config.method = "mscl"
     config.loss.heads = (("label", 0.75), ("sex+age_group", 0.25))
-    config.augment.update(prob=0.84, apply_per="batch", freq_masks=2, freq_width=20,
-                          time_masks=2, time_width=40, policy="reference", fill="mean")
+    config.augment.update(prob=_base["P_Z_BELOW_1"], apply_per="batch", freq_masks=2,
+                          freq_width=20, time_masks=2, time_width=40, policy="reference",
+                          fill="mean")
     config.eval.selection = "test_best"
     if "quick" in [t.strip() for t in (arg or "").split(",")]:
         config.augment.prob = 0.0  # `htsat_quick`: the masks would hide most of a 4 s clip

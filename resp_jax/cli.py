@@ -66,8 +66,11 @@ def summary_line(results: dict) -> str:
     ci = results.get("test_interval", {}).get("score")
     if ci:
         line += f"  (Score 95 % interval {interval_text(ci)}, patient bootstrap)"
-    return (f"{line}  [{results['method']} on {results['dataset']}, selection "
-            f"{results['selection']}, epoch {results['epoch']}]")
+    trained = results.get("evaluation", {}).get("run_dataset")  # resp_jax.evaluate's
+    where = (f"trained on {trained}, evaluated on {results['dataset']}" if trained
+             else f"on {results['dataset']}")
+    return (f"{line}  [{results['method']} {where}, selection {results['selection']}, "
+            f"epoch {results['epoch']}]")
 
 
 def run(config, workdir) -> int:

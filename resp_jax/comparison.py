@@ -42,6 +42,10 @@ def compare_row(directory) -> dict:
     directory = Path(directory)
     if is_sweep(directory):
         s = finished_run.read_json(directory / SUMMARY, "the sweep summary")
+        if "over" in s:   # resp_jax.sweep --over: one sweep per value, each a row of its own
+            raise ValueError(f"{directory} holds one sweep per value of {s['over']} "
+                             f"({', '.join(s['values'])}): compare those, "
+                             f"{directory}/<{'|'.join(s['folders'])}>")
         first = directory / "seed_0" / finished_run.CONFIG_FILE  # every seed shares the heads
         heads = heads_cell(finished_run.read_json(first, "its config")) if first.is_file() else ""
         return {"dir": str(directory), "method": s["method"], "heads": heads,

@@ -79,6 +79,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice("train.schedule", config.train.schedule, optim.SCHEDULES)
     _choice("loss.denominator", config.loss.denominator, losses.DENOMINATORS)
     _choice("data.pad", config.data.pad, audio.PAD_MODES)
+    _choice("data.resampler", config.data.resampler, audio.RESAMPLERS)
+    _choice("data.fade", config.data.fade, audio.FADE_MODES)
     _choice("data.norm", config.data.norm, pipeline.NORMS)
     _choice("model.dtype", config.model.dtype, models.DTYPES)
     _choice("model.name", config.model.name, tuple(models.BACKBONES))
@@ -128,10 +130,22 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.train.lr is None:
         pretrained = config.model.init_from or config.model.get("init_run")
         config.train.lr = LR_PRETRAINED if pretrained else LR_SCRATCH
+    # The protocol (docs/method.md §13): a choice of splits, its held-out value, its classes.
+    try:
+        protocol = source.protocol(config.data.protocol)
+    except ValueError as e:
+        raise ValueError(f"config.data.protocol: {e}") from None
+    if protocol.held_out_field:
+        _choice(f"data.held_out (the {protocol.held_out_field} that protocol "
+                f"{protocol.name!r} holds out)", config.data.held_out, protocol.held_out_values)
+    elif config.data.held_out:
+        raise ValueError(f"config.data.held_out={config.data.held_out!r} names what a "
+                         f"leave-one-out protocol holds out; protocol {protocol.name!r} holds "
+                         "nothing out: leave it ''")
     # Classes, metadata fields and splits: fixed, or read from the data (a manifest's CSV);
     # recorded here so config.json says what every code meant.
     schema, splits, normal = source.describe(config.data.root, config.data.classes,
-                                             config.data.normal_class)
+                                             config.data.normal_class, protocol=protocol.name)
     config.data.classes = schema.classes
     config.data.normal_class = normal
     config.data.fields = schema.to_config()
@@ -139,8 +153,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if "train" not in splits:
         raise ValueError(f"{config.data.root}: no 'train' split (splits found: "
                          f"{', '.join(splits) or 'none'}); training needs one")
+    splits = source.protocol_split_names(splits, protocol.name, config.data.held_out)
     if config.data.test_split is None:
-        config.data.test_split = source.test_split_of(splits)
+        config.data.test_split = (protocol.test_split(config.data.held_out)
+                                  or source.test_split_of(splits))
     _choice("data.test_split", config.data.test_split, [s for s in splits if s != "train"])
     if config.eval.selection == "val" and selection.VAL_SPLIT in splits:
         raise ValueError(f"{config.data.root} has a split named {selection.VAL_SPLIT!r}, and "
@@ -282,7 +298,11 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs",
                "model.fstride", "model.tstride", "model.pool", "train.lr_decay",
                "train.clip_norm", "train.head_weight_decay", "linear_eval.lr_decay",
-               "linear_eval.clip_norm", "model.init_run")
+               "linear_eval.clip_norm", "model.init_run", "data.protocol",
+               "data.held_out")
+# Fields added since whose default changed what a run computes: a run recorded without one
+# resumes only with the value it ran with.
+ADDED_WITH = {"data.resampler": "soxr", "data.fade": "cycle"}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -303,10 +323,14 @@ def check_resume(workdir: Path, config, resuming: bool) -> None:
         old, new = _flat(json.loads(path.read_text())), _flat(current)
         diff = sorted(k for k in old.keys() | new.keys()
                       if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE
-                      and not (k in ADDED_SINCE and k not in old))
+                      and not (k in ADDED_SINCE and k not in old)
+                      and not (k not in old and new.get(k) == ADDED_WITH.get(k, ())))
         if diff:
+            before = [f"--config.{k}={ADDED_WITH[k]}" for k in diff
+                      if k in ADDED_WITH and k not in old]
             raise ValueError(f"{workdir} holds a run with a different config (differs in "
-                             f"{', '.join(diff)}); resume with the same config or use a new "
-                             "--workdir")
+                             f"{', '.join(diff)}); resume with the same config"
+                             + (f" (it ran before these fields existed: {' '.join(before)})"
+                                if before else "") + " or use a new --workdir")
     if jax.process_index() == 0:
         logging_utils.write_json(path, current)

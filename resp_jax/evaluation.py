@@ -351,9 +351,10 @@ def subgroups(p: Predictions, resamples: int = RESAMPLES, seed: int = SEED,
 # Over seeds
 
 
-def across_seeds(values, level: float = LEVEL) -> dict:
+def across_seeds(values, level: float = LEVEL, bounds=(0.0, 100.0)) -> dict:
     """A sweep's figure: mean, population std (the tables' ±), and the t interval of the mean
-    over seeds, mean ± t(n-1) s / sqrt(n) with the sample std s (None for one seed)."""
+    over seeds, mean ± t(n-1) s / sqrt(n) with the sample std s (None for one seed), cut to
+    the metric's range `bounds` (two spread-out seeds give t(1) = 12.7 half-widths past 100)."""
     from scipy import stats
 
     v = np.asarray(values, np.float64)
@@ -361,7 +362,10 @@ def across_seeds(values, level: float = LEVEL) -> dict:
            "interval": None}
     if v.size > 1:
         half = stats.t.ppf(0.5 + level / 200, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-        out["interval"] = [float(v.mean() - half), float(v.mean() + half)]
+        low, high = v.mean() - half, v.mean() + half
+        if bounds is not None:
+            low, high = max(low, bounds[0]), min(high, bounds[1])
+        out["interval"] = [float(low), float(high)]
     return out
 
 

@@ -176,12 +176,16 @@ def selected_encoder(workdir) -> dict:
 
 def load(workdir) -> TrainedRun:
     """The selected model of the finished run in ``workdir`` (see the module docstring)."""
-    from resp_jax import checkpoint
+    from resp_jax import checkpoint, configuration
     from resp_jax.models import build_model
     from resp_jax.data import features
 
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(read_json(workdir / CONFIG_FILE, "its config"))
+    for key, value in configuration.ADDED_WITH.items():  # what an older run ran with
+        section, name = key.split(".")
+        if name not in config[section]:
+            config[section][name] = value
     results = read_json(workdir / RESULTS_FILE, "the results of the finished run")
     prompts = None
     if config.method == "bts":  # the sentences' token ids it was trained with: no tokenizer

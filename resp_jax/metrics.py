@@ -80,17 +80,15 @@ def scores(cm, dataset: Optional[str] = None) -> dict:
 
     Returns 'sp', 'se', 'score' = (Se + Sp) / 2, 'hs' = 2 Se Sp / (Se + Sp), 'recall' (per
     class, list) and 'support' (cycles per true class, list); with a SPRSound dataset also
-    'sprsound_score' = (Score + HS) / 2. ``dataset`` (a ``data.name``, if given) fixes the
-    number of classes when its classes are fixed; a manifest's come from its config.
+    'sprsound_score' = (Score + HS) / 2. The classes are the run's (``data.classes``): a
+    dataset is scored in its own classes, a protocol's (SPRSound's challenge tasks) or,
+    evaluated by another dataset's model, in the classes a class map gives
+    (docs/method.md §13), so ``dataset`` (a ``data.name``) only decides the challenge score.
     """
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] < 2:
         raise ValueError(f"confusion matrix must be square [C, C] with C >= 2, got {cm.shape}")
     source = None if dataset is None else sources.get(dataset)
-    if source is not None and source.classes:  # fixed (a manifest's: from its config)
-        if cm.shape[0] != len(source.classes):
-            raise ValueError(f"{dataset} has {len(source.classes)} classes, the confusion "
-                             f"matrix has {cm.shape[0]}")
     if np.any(cm < 0):
         raise ValueError("confusion matrix has negative counts")
     support = cm.sum(axis=1)

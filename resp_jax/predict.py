@@ -24,7 +24,8 @@ can move a probability). ``--recompute`` classifies them anyway.
 Prints one JSON object per cycle or window (wav, index, start, end, predicted, probabilities,
 annotated) on stdout, and with ``--csv`` writes the same as CSV. Any format, sample rate, bit
 depth or channel count that soundfile reads is accepted (channels are averaged, audio is
-resampled to 16 kHz); cycles are preprocessed as the run's evaluation preprocessed them
+resampled to the run's ``data.sample_rate`` with its ``data.resampler`` and cut with its
+``data.fade``); cycles are preprocessed as the run's evaluation preprocessed them
 (`resp_jax.finished_run`), including the batch min-max over up to ``eval.batch_size`` cycles.
 """
 
@@ -55,14 +56,15 @@ def windows(duration: float, window: float, hop: float) -> list:
 
 
 def segments(wav: str, annotations: str | None, window: float, hop: float,
-             classes=(), sample_rate: int = 16000) -> tuple:
-    """``(wave at sample_rate, rows)`` of one recording: a row per cycle or window, with its
-    start, end and (annotations) annotated class name and its index in ``classes`` (the
-    run's; -1 when not among them); cycles starting past the end of the audio are left out
-    with a warning that names them."""
+             classes=(), sample_rate: int = 16000, resampler: str | None = None) -> tuple:
+    """``(wave at sample_rate, rows)`` of one recording (resampled with ``resampler``,
+    default `audio.RESAMPLER`): a row per cycle or window, with its start, end and
+    (annotations) annotated class name and its index in ``classes`` (the run's; -1 when not
+    among them); cycles starting past the end of the audio are left out with a warning that
+    names them."""
     from resp_jax.data import audio, readers, wav_checks
 
-    wave = audio.load_any(wav, sample_rate)
+    wave = audio.load_any(wav, sample_rate, resampler=resampler or audio.RESAMPLER)
     duration = len(wave) / sample_rate
     if annotations is None:
         return wave, [{"start": a, "end": b} for a, b in windows(duration, window, hop)]
@@ -157,16 +159,16 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
     for i, wav in enumerate(wavs):
         sr = int(run.config.data.sample_rate)  # the run's (48 kHz for CLAP's front end)
         wave, rows = segments(wav, annotations[i] if annotations else None, window, hop,
-                              run.classes, sr)
+                              run.classes, sr, run.config.data.resampler)
         found = from_run(own, wav, rows)
         if found is not None:
             logging.info("%s: one of the run's test recordings; its %d cycles' predictions "
                          "are the run's own (%s; --recompute classifies them anew)", wav,
                          len(rows), path)
             probabilities, predicted = found
-        else:
-            cuts = [audio.cut(wave, r["start"], r["end"], sr, audio.fade_length(sr))
-                    for r in rows]
+        else:  # cut as the run's data were prepared (data.fade)
+            cuts = audio.cycles(wave, [(r["start"], r["end"]) for r in rows],
+                                run.config.data.fade, sr, audio.fade_length(sr))
             probabilities = run.classify_waves(cuts, [r.get("label", -1) for r in rows],
                                                source=str(wav), codes=codes)["probabilities"]
             predicted = probabilities.argmax(axis=-1)

@@ -11,7 +11,9 @@ a 2-D map (t-SNE, or UMAP when umap-learn is installed) of the frozen encoder fe
 test split coloured by class, sex, age group and device (SPRSound has no device: chest
 location instead). Everything but the map and the curves is computed from the run's
 ``predictions.csv`` (`resp_jax.evaluation`); the metrics are also recomputed from ``ckpt/best``
-(the map needs its features anyway) and shown beside those of ``results.json``.
+(the map needs its features anyway) and shown beside those of ``results.json``. A folder
+that ``resp_jax.evaluate`` wrote (a run on another dataset) gets the same from its
+``predictions.csv``, less the curves and the map (the run's own report has them).
 
 ``--compare`` puts runs (a directory with results.json) and sweeps (summary.json, from
 resp_jax.sweep) side by side in one table, printed and optionally written to ``--out``; for
@@ -77,7 +79,8 @@ def metrics_section(res: dict, keys: list, predictions, recomputed: dict, resamp
     if predictions is not None:
         from_file = predictions.scores()
         rows.append([evaluation.PREDICTIONS_FILE] + [_cell(from_file[k]) for k, _ in keys])
-    rows.append(["recomputed from ckpt/best"] + [_cell(recomputed[k]) for k, _ in keys])
+    if recomputed is not None:   # None: an evaluation on another dataset (no ckpt/best)
+        rows.append(["recomputed from ckpt/best"] + [_cell(recomputed[k]) for k, _ in keys])
     if predictions is not None:
         ci = evaluation.bootstrap(predictions, resamples)
         rows.append(["95 % interval"] + [interval_text(ci.get(k)) for k, _ in keys])
@@ -127,14 +130,69 @@ def subgroup_section(predictions, schema, resamples: int, figure: Path) -> list:
     return lines + [""]
 
 
+def evaluation_report(workdir: Path, resamples: int | None = None) -> Path:
+    """``report.md`` of a run evaluated on another dataset (`resp_jax.evaluate`): the
+    metrics, confusion matrix, recall and subgroups of its ``predictions.csv``; the curves
+    and the map are the run's own (its report)."""
+    from ml_collections import ConfigDict
+
+    from resp_jax import cli, finished_run
+    from resp_jax.data import metadata
+
+    res = finished_run.read_json(workdir / finished_run.RESULTS_FILE, "its results")
+    config = ConfigDict(finished_run.read_json(workdir / finished_run.CONFIG_FILE, "its config"))
+    ev = res["evaluation"]
+    predictions = evaluation.read(workdir / evaluation.PREDICTIONS_FILE, res["dataset"])
+    resamples = resamples or res["bootstrap"]["resamples"]
+    shown = predictions.scores()
+    classes = predictions.classes
+    figures = workdir / FIGURE_DIR
+    figures.mkdir(parents=True, exist_ok=True)
+    plot_confusion(np.asarray(shown["confusion_matrix"]), classes, figures / "confusion.png")
+    plot_recall(np.asarray(shown["recall"]), np.asarray(shown["support"]), classes,
+                figures / "recall.png", res["test_split"])
+    keys = [(k, h) for k, h in metrics.NAMES.items() if k in res["test"]]
+    side = ("each cycle's annotated class mapped onto the run's classes"
+            if ev["mapped"] == "annotations" else
+            "the run's probabilities summed onto the dataset's classes")
+    lines = [f"# {cli.method_label(config)} trained on {ev['run_dataset']}, evaluated on "
+             f"{res['dataset']} ({res['test_split']})", "",
+             f"The run `{ev['run']}` (seed {res['seed']}, selected epoch {res['epoch']}) on "
+             f"{len(predictions)} cycles, scored in the classes {list(classes)}: {side} "
+             f"(map {ev['map_from']}: " + ", ".join(f"{a} → {b or 'left out'}"
+                                                   for a, b in ev["map"].items()) + ")"
+             + (f"; left out: {ev['left_out']}" if ev["left_out"] else "") + ". The "
+             "curves and the embedding map are the run's (its own report).", "",
+             "## Test metrics (%)", ""]
+    lines += metrics_section(res, keys, predictions, None, resamples)
+    lines += ["", f"## Confusion matrix ({res['test_split']})", "",
+              f"![confusion matrix]({FIGURE_DIR}/confusion.png)", ""]
+    cm = np.asarray(shown["confusion_matrix"])
+    lines += md_table(["annotated \\ predicted"] + list(classes),
+                      [[c] + [int(v) for v in cm[i]] for i, c in enumerate(classes)])
+    lines += ["", "## Per-class recall", "", f"![per-class recall]({FIGURE_DIR}/recall.png)", ""]
+    lines += md_table(["class", "cycles", "recall (%)"],
+                      [[c, int(shown["support"][i]), _cell(shown["recall"][i])]
+                       for i, c in enumerate(classes)])
+    schema = metadata.Schema(res["dataset"], classes, ())
+    lines += [""] + subgroup_section(predictions, schema, resamples, figures / "subgroups.png")
+    path = workdir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def report(workdir, *, embedding: str = "tsne", max_points: int = 3000,
            resamples: int | None = None) -> Path:
     """Writes ``workdir/report.md`` and ``workdir/report/*.png``; returns the .md path.
-    ``resamples``: of every bootstrap (default: the run's ``eval.bootstrap_resamples``)."""
+    ``resamples``: of every bootstrap (default: the run's ``eval.bootstrap_resamples``).
+    A run evaluated on another dataset gets `evaluation_report`."""
     from resp_jax import cli, finished_run
     from resp_jax.data import run_data
 
     workdir = Path(workdir)
+    results = workdir / finished_run.RESULTS_FILE
+    if results.is_file() and "evaluation" in finished_run.read_json(results, "its results"):
+        return evaluation_report(workdir, resamples)
     if embedding == "umap":
         umap_module()  # fail before the slow part, not after it
     run = finished_run.load(workdir)

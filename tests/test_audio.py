@@ -1,4 +1,7 @@
-"""audio.load / cut / fit against plain numpy references (docs/method.md §2.1-2.3)."""
+"""audio.load / resample / cut / cycles / fit against plain numpy references (docs/method.md
+§2.1-2.3)."""
+
+import math
 
 import numpy as np
 import pytest
@@ -27,7 +30,7 @@ def _cut_ref(wave, start, end, sr=SR, fade=1000):
 
 def _fit_ref(wave, n, mode, fade=1000):
     w = list(wave)
-    if len(w) >= n:
+    if len(w) > n:  # the reference codes: `if audio.shape[-1] > target: cut; else: pad`
         return np.array(w[:n])
     if mode == "zero":
         left = (n - len(w)) // 2
@@ -49,12 +52,13 @@ def _tone(sr, seconds, freq=440.0, amp=0.5):
     return amp * np.sin(2 * np.pi * freq * t)
 
 
+@pytest.mark.parametrize("resampler", audio.RESAMPLERS)
 @pytest.mark.parametrize("sr,subtype", [(4000, "PCM_16"), (10000, "PCM_24"),
                                         (44100, "PCM_32"), (16000, "PCM_16")])
-def test_load_resamples_to_16k(tmp_path, sr, subtype):
+def test_load_resamples_to_16k(tmp_path, sr, subtype, resampler):
     path = tmp_path / "x.wav"
     sf.write(path, _tone(sr, 2.0, freq=300.0), sr, subtype=subtype)
-    y = audio.load(path)
+    y = audio.load(path, resampler=resampler)
     assert y.dtype == np.float32 and y.ndim == 1
     assert abs(len(y) - 2.0 * SR) <= 1
     # Away from the edges the resampled tone is the same tone at 16 kHz (resampler ringing
@@ -62,6 +66,48 @@ def test_load_resamples_to_16k(tmp_path, sr, subtype):
     ref = _tone(SR, 2.0, freq=300.0)[:len(y)]
     mid = slice(SR // 4, len(y) - SR // 4)
     np.testing.assert_allclose(y[mid], ref[mid], atol=1e-3)
+
+
+def _torchaudio_resample_ref(x, orig, new, zeros=6, rolloff=0.99):
+    """torchaudio.functional.resample's published algorithm with its defaults
+    (sinc_interp_hann, lowpass_filter_width 6, rolloff 0.99), written as a direct sum over the
+    input for every output sample: y[m] = sum_q x[q] h(base (q / orig - m / new)) base / orig,
+    base = min(orig, new) x rolloff, h(t) = sinc(t) cos^2(pi t / (2 zeros)) on |t| <= zeros
+    and 0 beyond; ceil(new x len(x) / orig) samples."""
+    base = min(orig, new) * rolloff
+    q = np.arange(len(x))
+    out = np.empty(math.ceil(new * len(x) / orig))
+    for m in range(len(out)):
+        t = base * (q / orig - m / new)
+        h = np.where(np.abs(t) <= zeros, np.sinc(t) * np.cos(np.pi * t / (2 * zeros)) ** 2, 0.0)
+        out[m] = np.dot(x.astype(np.float64), h) * base / orig
+    return out
+
+
+@pytest.mark.parametrize("orig,new", [(4000, 16000), (10000, 16000), (44100, 16000),
+                                      (8000, 16000), (16000, 8000)])
+def test_torchaudio_resampler_matches_a_direct_sum(orig, new):
+    # Noise (every frequency) of a length that is no multiple of the reduced rates, so the
+    # padding at both ends and the last partial block are exercised.
+    x = np.random.default_rng(orig).standard_normal(orig // 20 + 7).astype(np.float32)
+    got = audio.resample(x, orig, new, "torchaudio")
+    ref = _torchaudio_resample_ref(x, orig, new)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    # The kernel is float32 (as torchaudio caches it), its phases j / new rounded to float32
+    # first: 1e-5 of unit-variance noise.
+    np.testing.assert_allclose(got, ref, atol=3e-5)
+    np.testing.assert_array_equal(audio.resample(x, orig, orig, "torchaudio"), x)  # same rate
+
+
+def test_resamplers_differ_where_expected():
+    """Both keep a tone below the source's Nyquist; only the filters' edges differ."""
+    x = _tone(4000, 1.0, freq=500.0).astype(np.float32)
+    a, b = (audio.resample(x, 4000, SR, r) for r in audio.RESAMPLERS)
+    mid = slice(SR // 8, -SR // 8)
+    np.testing.assert_allclose(a[mid], b[mid], atol=2e-3)
+    assert len(a) == 4 * len(x) and abs(len(b) - len(a)) <= 1
+    with pytest.raises(ValueError, match="resampler 'linear'"):
+        audio.resample(x, 4000, SR, "linear")
 
 
 def test_load_mixes_channels_down(tmp_path):
@@ -141,11 +187,46 @@ def test_cut_fades_and_clamps():
     assert len(audio.cut(wave, 4.0, 5.0)) == 0  # wholly past the end
 
 
+def test_cycles_fade_each_cycle_or_the_recording():
+    rng = np.random.default_rng(1)
+    wave = rng.standard_normal(3 * SR).astype(np.float32)
+    spans = [(0.0, 1.0), (1.0, 2.2), (2.5, 9.0)]
+    for (a, b), got in zip(spans, audio.cycles(wave, spans, "cycle")):
+        np.testing.assert_array_equal(got, audio.cut(wave, a, b))
+    # 'recording': the recording faded over its first and last 1000 samples, cycles unfaded.
+    faded = wave.astype(np.float64) * np.minimum(
+        1.0, np.minimum(np.arange(len(wave)), np.arange(len(wave))[::-1]) / 999.0)
+    first, middle, last = audio.cycles(wave, spans, "recording")
+    np.testing.assert_allclose(first, faded[:SR], atol=1e-7)
+    np.testing.assert_array_equal(middle, wave[SR:int(2.2 * SR)])  # no fade of its own
+    np.testing.assert_allclose(last, faded[int(2.5 * SR):], atol=1e-7)
+    assert first[0] == 0 and last[-1] == 0 and middle[0] == wave[SR]
+    with pytest.raises(ValueError, match="fade mode 'both'"):
+        audio.cycles(wave, spans, "both")
+
+
+@pytest.mark.parametrize("fade_mode", audio.FADE_MODES)
+def test_padding_seams_follow_the_fades(fade_mode):
+    """Repeats of a padded cycle meet at faded seams ('cycle', the SCL code) or at hard ones
+    ('recording', PAFA's and Patch-Mix's unfaded cycles)."""
+    wave = np.ones(3 * SR, np.float32)
+    (c,) = audio.cycles(wave, [(1.0, 1.5)], fade_mode)
+    clip = audio.fit(c, 5 * SR)
+    n = len(c)
+    seams = clip[n - 5:n + 5]                      # the end of the first repeat, the next
+    if fade_mode == "cycle":
+        assert seams[4] == 0 and seams[5] == 0     # faded out, faded in
+    else:
+        np.testing.assert_array_equal(seams, 1.0)  # no dip
+        np.testing.assert_array_equal(clip[:-1000], 1.0)
+    assert clip[-1] == 0                           # the clip's own fade-out either way
+
+
 # ---------------------------------------------------------------- fit
 
 
 @pytest.mark.parametrize("mode", ["circular", "zero"])
-@pytest.mark.parametrize("length", [700, 3000, 16000, 16001, 40000])
+@pytest.mark.parametrize("length", [700, 3000, 15999, 16000, 16001, 40000])
 def test_fit_matches_reference(mode, length):
     wave = np.random.default_rng(length).standard_normal(length).astype(np.float32)
     got = audio.fit(wave, 16000, mode)
@@ -161,6 +242,8 @@ def test_fit_semantics():
     z = audio.fit(wave, 8000, "zero")
     assert (z[:2500] == 0).all() and (z[5500:] == 0).all()
     np.testing.assert_array_equal(z[2500:5500], wave)        # centred
-    np.testing.assert_array_equal(audio.fit(wave, 3000), wave)  # exact length: untouched
+    # Exact length: repeated once, so faded out as a shorter cycle would be (the codes' `>`).
+    np.testing.assert_array_equal(audio.fit(wave, 3000)[:2000], wave[:2000])
+    assert audio.fit(wave, 3000)[-1] == 0 and (audio.fit(wave, 3000, "zero") == wave).all()
     with pytest.raises(ValueError, match="pad mode"):
         audio.fit(wave, 8000, "reflect")

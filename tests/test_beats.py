@@ -7,6 +7,7 @@ model.init_from, the patient codes of the pipeline, and a tiny PAFA run end to e
 """
 
 import json
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -163,7 +164,13 @@ def test_configs_resolve_and_sweep_seeds():
             assert resolved.model.name == "beats" and resolved.data.frontend == "beats"
             assert features.input_shape(resolved) == (128, 498)  # 5 s
             assert resolved.data.wave_scale == (32768.0 if arg == "quick" else 1.0)
-            assert resolved.augment.prob == 0.0
+            if name == "beats_mscl" and arg != "quick":  # SupCon's views: M-SCL's masks
+                assert (resolved.augment.policy, resolved.augment.apply_per,
+                        resolved.augment.freq_width, resolved.augment.time_width,
+                        resolved.augment.fill) == ("reference", "batch", 20, 128, "min")
+                assert resolved.augment.prob == statistics.NormalDist().cdf(1.0)
+            else:  # PAFA's --nospec; beats_mscl:quick (docs/benchmarks.md)
+                assert resolved.augment.prob == 0.0
             assert resolved.train.lr == (1e-3 if arg == "quick" else 5e-5)
             assert None not in resolved.model.beats.values()
             json.loads(resolved.to_json())
@@ -176,6 +183,11 @@ def test_configs_resolve_and_sweep_seeds():
         768, 768, True, "attention")
     assert r.loss.heads == (("patient", 1.0),) and not r.loss.class_weighted
     assert (r.loss.pafa_pcsl, r.loss.pafa_gpal) == (50.0, 0.0005)
+    # The quick preset (from scratch) weights the PAFA term 0.03 in batches of 16; the full
+    # recipe keeps PAFA's 1.0 and 32 (docs/benchmarks.md).
+    q = configuration.resolve(load_config("beats_pafa", "quick"))
+    assert (q.loss.heads, q.train.batch_size) == ((("patient", 0.03),), 16)
+    assert (q.loss.pafa_pcsl, q.loss.pafa_gpal) == (50.0, 0.0005)
     config = load_config("beats_ce", "quick")
     config.model.dropout = 0.1  # AST's field: BEATs reads model.beats.dropout
     with pytest.raises(ValueError, match="model.beats"):
@@ -244,6 +256,7 @@ def test_tiny_pafa_run_end_to_end(tiny_icbhi, tmp_path):
     config.data.update(root=str(tiny_icbhi["root"]), tfds_dir=str(tiny_icbhi["tfds"]),
                        duration=1.0)
     config.train.update(epochs=3, batch_size=8, log_every=2)
+    config.loss.heads = (("patient", 1.0),)  # the recipe's weight (the quick preset's is 0.03)
     config.eval.batch_size = 16
     results = train.train_and_evaluate(config, tmp_path / "run")
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]

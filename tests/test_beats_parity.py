@@ -168,7 +168,7 @@ def test_refuses_other_layouts_and_leaves_nothing(tool, tmp_path):
     _refused(tool, tmp_path, {**ck, "label_dict": {}}, "with keys")
     _refused(tool, tmp_path, {"cfg": [], "model": ck["model"]}, "'cfg' is a list")
     _refused(tool, tmp_path, {**ck, "cfg": {**ck["cfg"], "finetuned_model": True}},
-             "finetuned_model is true")
+             "finetuned_model is true.*pass --drop_predictor")
     _refused(tool, tmp_path, {**ck, "cfg": {**ck["cfg"], "layer_norm_first": True}},
              "post-LayerNorm")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
@@ -200,3 +200,52 @@ def test_command_line(tool, tmp_path, capsys):
     assert tool.main([f"--checkpoint={FIXTURES / 'checkpoint.pt'}",
                       f"--output={tmp_path / 'out'}"]) == 2  # exists: refused
     assert "already exists" in capsys.readouterr().err
+
+
+def _finetuned(ck, classes=5):
+    """The fixture's random encoder in the published layout of a fine-tuned BEATs: cfg with
+    finetuned_model true and predictor_class, model with an AudioSet-style predictor."""
+    g = torch.Generator().manual_seed(0)
+    width = ck["cfg"]["encoder_embed_dim"]
+    model = {**ck["model"], "predictor.weight": torch.randn(classes, width, generator=g),
+             "predictor.bias": torch.randn(classes, generator=g)}
+    return {"cfg": {**ck["cfg"], "finetuned_model": True, "predictor_class": classes,
+                    "predictor_dropout": 0.1}, "model": model}
+
+
+def test_finetuned_checkpoint_converts_its_encoder_only_when_asked(tool, tmp_path, capsys,
+                                                                   converted):
+    """--drop_predictor converts a fine-tuned checkpoint's encoder, says what it left out and
+    records it; without the flag (or with a bad predictor) nothing is written."""
+    ck = _checkpoint()
+    path = tmp_path / "finetuned.pt"
+    torch.save(_finetuned(ck), path)
+    with pytest.raises(tool.ConversionError, match="--drop_predictor"):
+        tool.convert(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert tool.main([f"--checkpoint={path}", f"--output={tmp_path / 'out'}",
+                      "--drop_predictor"]) == 0
+    printed = capsys.readouterr().out
+    width = ck["cfg"]["encoder_embed_dim"]
+    assert f"dropped the AudioSet predictor (5 classes): predictor.weight (5, {width}), " \
+           "predictor.bias (5,)" in printed and "wrote" in printed
+    meta = beats.encoder_meta(tmp_path / "out")
+    assert meta["dropped"] == {"predictor.weight": [5, width], "predictor.bias": [5]}
+    assert meta["cfg"]["finetuned_model"] is True
+    ours, same = beats.load_pretrained(tmp_path / "out")[1], converted[1][1]  # the encoder
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(same)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The predictor is checked before it is dropped; a checkpoint without one is refused.
+    bad = _finetuned(ck)
+    bad["model"]["predictor.weight"] = bad["model"]["predictor.weight"][:, :3]
+    with pytest.raises(tool.ConversionError, match=rf"predictor.weight: shape \(5, 3\), "
+                                                   rf"expected \(5, {width}\)"):
+        torch.save(bad, path)
+        tool.convert(path, tmp_path / "out2", drop_predictor=True)
+    del bad["model"]["predictor.weight"]
+    with pytest.raises(tool.ConversionError, match="missing predictor.weight"):
+        torch.save(bad, path)
+        tool.convert(path, tmp_path / "out2", drop_predictor=True)
+    with pytest.raises(tool.ConversionError, match="no predictor to drop"):
+        tool.convert(FIXTURES / "checkpoint.pt", tmp_path / "out2", drop_predictor=True)
+    assert not (tmp_path / "out2").exists()

@@ -1,6 +1,7 @@
 """Experiment configs: they load, resolve the dataset defaults, and take command-line overrides."""
 
 import json
+import statistics
 
 import pytest
 from absl import flags
@@ -66,11 +67,31 @@ def test_paper_defaults():
         ("periodic_cosine", 40, 1e-6)
     assert (c.linear_eval.epochs, c.linear_eval.lr, c.linear_eval.weight_decay) == \
         (100, 0.1, 1e-4)
+    # SpecAugment applies when 1 > a standard normal draw: P(Z < 1), not a rounded value.
     assert (c.data.duration, c.data.norm_mean, c.data.norm_std, c.augment.prob) == \
-        (8.0, 0.3690, 0.0255, 0.84)
+        (8.0, 0.3690, 0.0255, statistics.NormalDist().cdf(1.0))
     assert (c.augment.policy, c.augment.fill, c.augment.apply_per) == ("reference", "min", "batch")
     assert c.model.channels == (64, 128, 256, 512) and c.model.bn_per_view
     assert c.eval.selection == "test_best" and c.loss.denominator == "all"
+
+
+RECIPES = EXPERIMENTS + ("ast_ce", "ast_patchmix_cl", "ast_mscl", "beats_ce", "beats_pafa",
+                        "beats_mscl", "clap_ce", "opera_ce", "opera_mscl")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_prepares_audio_as_its_authors_code(name):
+    """The SCL, Patch-Mix, PAFA and BTS codes resample with torchaudio's default windowed
+    sinc, OPERA with librosa's soxr_hq; the SCL code fades each cycle (faded seams when
+    padded), Patch-Mix, PAFA and BTS fade the recording and repeat unfaded cycles (hard
+    seams). Their SpecAugment applies with P(Z < 1). docs/fidelity.md."""
+    for arg in (None, "quick"):
+        c = load_config(name, arg)
+        fade = "recording" if name.startswith(("ast_", "beats_", "clap_")) else "cycle"
+        resampler = "soxr" if name.startswith("opera_") else "torchaudio"
+        assert (c.data.resampler, c.data.fade, c.data.pad) == (resampler, fade, "circular")
+        # SpecAugment, where a recipe has it, as the references draw it: 1 > N(0, 1).
+        assert c.augment.prob in (0.0, statistics.NormalDist().cdf(1.0)), c.augment.prob
 
 
 def test_pretrained_weights_lower_the_learning_rate():
@@ -128,6 +149,8 @@ def test_command_line_rejects_unknown_fields_and_wrong_types():
     ("train.batch_size", 0, "config.train.batch_size must be > 0"),
     ("eval.val_fraction", 1.5, "val_fraction must lie in"),
     ("augment.fill", "zero", "config.augment.fill must be one of"),
+    ("data.resampler", "scipy", "config.data.resampler must be one of"),
+    ("data.fade", "none", "config.data.fade must be one of"),
     ("augment.policy", "patchmix", "augment.fill must be 'mean' with augment.policy='patchmix'"),
 ])
 def test_bad_values_fail_before_running(field, value, message):
@@ -158,3 +181,17 @@ def test_fields_the_pipeline_delivers():
     assert configuration.fields(configuration.resolve(load_config("mscl"))) == ("label", "sex+age_group")
     assert configuration.fields(configuration.resolve(load_config("simclr"))) == ("label",)
     assert configuration.fields(configuration.resolve(load_config("ce"))) == ("label",)
+
+
+def test_runs_recorded_before_the_preparation_fields_resume_only_as_they_ran(tmp_path):
+    """A run recorded before data.resampler and data.fade existed was prepared with soxr and
+    per-cycle fades: it resumes with those, not silently on other inputs."""
+    config = configuration.resolve(load_config("beats_ce"))
+    old = json.loads(config.to_json())
+    del old["data"]["resampler"], old["data"]["fade"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"differs in data.fade, data.resampler.*"
+                                         r"--config.data.fade=cycle --config.data.resampler=soxr"):
+        configuration.check_resume(tmp_path, config, resuming=True)
+    config.data.resampler, config.data.fade = "soxr", "cycle"
+    configuration.check_resume(tmp_path, config, resuming=True)

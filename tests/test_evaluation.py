@@ -199,6 +199,10 @@ def test_across_seeds_and_welch_match_their_formulas():
     assert s["mean"] == pytest.approx(a.mean()) and s["std"] == pytest.approx(a.std())
     np.testing.assert_allclose(s["interval"], [a.mean() - half, a.mean() + half])
     assert evaluation.across_seeds([57.0])["interval"] is None
+    # Two seeds: t(1) * s / sqrt(2) = 12.7 * 8.49 / 1.41 = 76.2 around 94 reaches past 100.
+    half = stats.t.ppf(0.975, 1) * np.std([88.0, 100.0], ddof=1) / np.sqrt(2)
+    np.testing.assert_allclose(evaluation.across_seeds([88.0, 100.0])["interval"],
+                               [94.0 - half, 100.0])
 
     va, vb = a.var(ddof=1) / 5, b.var(ddof=1) / 4
     t = (a.mean() - b.mean()) / np.sqrt(va + vb)

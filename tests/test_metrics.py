@@ -129,8 +129,10 @@ def test_bad_input_errors():
         metrics.confusion_matrix([0, 1], [0], 4)
     with pytest.raises(ValueError, match="integer class indices"):
         metrics.confusion_matrix([0.5, 1.0], [0, 1], 4)
-    with pytest.raises(ValueError, match="icbhi has 4 classes, the confusion matrix has 7"):
-        metrics.scores(SPR_CM, "icbhi")
+    # Classes are the run's: SPRSound's binary task 1-1 scores a 2 x 2 matrix, challenge
+    # score included (docs/method.md §13.3).
+    binary = metrics.scores([[8, 2], [1, 9]], "sprsound")
+    assert (binary["sp"], binary["se"]) == (80.0, 90.0) and "sprsound_score" in binary
     with pytest.raises(ValueError, match="unknown dataset 'esc50'"):
         metrics.scores(ICBHI_CM, "esc50")
     with pytest.raises(ValueError, match="needs num_classes or dataset"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from resp_jax.data import audio, feature_store, metadata, pipeline, prepare
+from resp_jax.data import audio, feature_store, features, metadata, pipeline, prepare
 
 SR = 16000
 MEAN, STD = 0.3690, 0.0255
@@ -306,26 +306,34 @@ def test_specaugment_applies_per_batch_and_view_by_default():
     rows = m.reshape(100, 20, 2, -1)[on[:, 0], :, 0]          # applied view-1 batches
     assert all(len({r.tobytes() for r in batch}) > 15 for batch in rows)
 
+@pytest.mark.parametrize("frontend", ["logmel", "beats"])
 @pytest.mark.parametrize("fill", ["min", "mean"])
-def test_specaugment_fill_is_the_batch_minimum_or_the_examples_mean(fill):
-    """augment.fill: 'min' (the reference) puts 0 of the batch min-max in a mask, the
-    batch's minimum; 'mean' the example's own mean on that scale; both then standardised."""
-    n, frames = 16, 94
+def test_specaugment_fill_is_the_batch_minimum_or_the_examples_mean(fill, frontend):
+    """augment.fill: 'min' (the reference) puts the batch's minimum in a mask (0 of the batch
+    min-max on log-mel; fbank, never min-maxed: the batch's lowest normalised value), 'mean'
+    the example's own mean on that scale; log-mel is then standardised."""
+    n = 16
+    bins, frames = features.frontend_shape(frontend, 3 * SR)
     rng = np.random.default_rng(3)
-    x = (rng.uniform(0, 1, (n, 64, frames)) + np.arange(n)[:, None, None]).astype(np.float32)
+    x = (rng.uniform(0, 1, (n, bins, frames)) + np.arange(n)[:, None, None]).astype(np.float32)
     codes = {f: np.zeros(n, np.int32) for f in metadata.BASE_FIELDS}
     f = feature_store.Features.from_splits(
-        "icbhi", {"train": feature_store.SplitFeatures.of(x, codes)}, 3 * SR)
+        "icbhi", {"train": feature_store.SplitFeatures.of(x, codes)}, 3 * SR, frontend=frontend)
     config = make_config(augment__prob=1.0, augment__fill=fill)
     b = next(pipeline.train_batches(f, config, epoch=0, global_batch=n))
     order = np.random.default_rng([0, 0]).permutation(n)       # the epoch's shuffle
-    scaled = (x[order] - x.min()) / (x.max() - x.min())
-    clean = (scaled - MEAN) / STD
+    if frontend == "logmel":
+        mean, std = MEAN, STD
+        scaled = (x[order] - x.min()) / (x.max() - x.min())
+    else:  # normalised with BEATs' constants, masked after that
+        mean, std = 0.0, 1.0
+        scaled = (x[order] - features.BEATS_MEAN) / (2 * features.BEATS_STD)
+    clean = (scaled - mean) / std
     for v in ("view1", "view2"):
         masked = ~np.isclose(b[v], clean, atol=1e-4)
         assert masked.mean() > 0.1
-        value = 0.0 if fill == "min" else scaled.mean(axis=(1, 2))[:, None, None]
-        want = np.broadcast_to((value - MEAN) / STD, clean.shape)
+        value = scaled.min() if fill == "min" else scaled.mean(axis=(1, 2))[:, None, None]
+        want = np.broadcast_to((value - mean) / std, clean.shape)
         np.testing.assert_allclose(b[v][masked], want[masked], rtol=1e-4, atol=1e-3)
 
 

@@ -108,6 +108,32 @@ def test_the_runs_own_test_recordings_are_read_from_its_predictions_file(run, ti
     assert any(r["probabilities"] != f["probabilities"] for r, f in zip(rows, fresh))
 
 
+def test_a_run_recorded_before_the_preparation_fields_predicts_as_it_was_prepared(
+        trained_runs, recording, tmp_path, monkeypatch):
+    """A config.json without data.resampler / data.fade is a run prepared with soxr and
+    per-cycle fades: finished_run fills those in, and predict resamples and cuts with them."""
+    old = tmp_path / "old"
+    shutil.copytree(trained_runs["mscl"], old)
+    config = json.loads((old / "config.json").read_text())
+    del config["data"]["resampler"], config["data"]["fade"]
+    (old / "config.json").write_text(json.dumps(config))
+    run = finished_run.load(old)
+    assert (run.config.data.resampler, run.config.data.fade) == ("soxr", "cycle")
+    wav, txt = recording
+    seen = []
+    for name in ("load_any", "cycles"):
+        real = getattr(audio, name)
+        monkeypatch.setattr(audio, name, lambda *a, real=real, name=name, **kw: (
+            seen.append((name, a[2:], kw)), real(*a, **kw))[1])
+    rows = predict.predict(run, [str(wav)], [str(txt)], recompute=True)
+    assert seen == [("load_any", (), {"resampler": "soxr"}),
+                    ("cycles", ("cycle", audio.SAMPLE_RATE, audio.FADE), {})]
+    got = np.array([[r["probabilities"][c] for c in run.classes] for r in rows])
+    want = reference_probabilities(run, audio.load(wav, resampler="soxr"),
+                                   [(r["start"], r["end"]) for r in rows])
+    np.testing.assert_allclose(got, want, atol=2e-3)
+
+
 def test_sliding_windows_and_any_soundfile_format(run, recording, tmp_path):
     wav, _ = recording
     wave, rate = sf.read(wav, dtype="float32")

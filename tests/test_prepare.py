@@ -1,6 +1,7 @@
 """Prepared datasets (TFDS): cycles as the readers and `audio` define them, cache reuse and
 invalidation, removal of a root's older copies, bad audio, skipped items surviving the cache."""
 
+import json
 import logging
 import os
 import shutil
@@ -230,3 +231,30 @@ def test_clean_command_lists_then_removes_stale_copies(icbhi_root, fresh_root, t
     shutil.rmtree(fresh_root)
     prepare.load("icbhi", icbhi_root, data_dir=data_dir)
     assert prepared_copies.clean(data_dir, out=lambda line: None) == []
+
+
+def test_each_audio_preparation_is_a_copy_of_its_own(icbhi_root, tmp_path):
+    """data.resampler and data.fade are part of the key: another preparation of a root is
+    prepared beside the first (neither removes the other), as `audio` defines it; a copy made
+    before copies recorded their preparation is stale."""
+    data_dir = tmp_path / "tfds"
+    first = prepare.load("icbhi", icbhi_root, data_dir=data_dir)    # torchaudio, cycle fades
+    other = prepare.load("icbhi", icbhi_root, data_dir=data_dir, resampler="soxr",
+                         fade="recording")
+    copies = _copies_of(data_dir, icbhi_root)
+    assert sorted(c.preparation for c in copies) == ["soxr/recording", "torchaudio/cycle"]
+    _assert_same(first, prepare.load("icbhi", icbhi_root, data_dir=data_dir))  # still cached
+    assert prepared_copies.stale(data_dir)[0] == []
+    cycles = readers.read("icbhi", icbhi_root).split("train")
+    stem = cycles[0].wav_path
+    mine = [c for c in cycles if c.wav_path == stem]
+    want = audio.cycles(audio.load(stem, resampler="soxr"), [(c.start, c.end) for c in mine],
+                        "recording")
+    for got, w in zip(other["train"].audio, want):
+        np.testing.assert_array_equal(got, w)
+    meta = next(c for c in copies if c.preparation == "soxr/recording").path / "metadata.json"
+    recorded = json.loads(meta.read_text())
+    del recorded["audio"]
+    meta.write_text(json.dumps(recorded))
+    (old,) = prepared_copies.stale(data_dir)[0]
+    assert old.preparation is None and old.path == meta.parent

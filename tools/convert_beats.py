@@ -2,6 +2,8 @@
 (docs/method.md §10).
 
     python tools/convert_beats.py --checkpoint=BEATs_iter3_plus_AS2M.pt --output=DIR
+    python tools/convert_beats.py --checkpoint=BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt \
+        --output=DIR --drop_predictor
 
 The published layout, and nothing else: a torch file holding a dict with exactly the keys
 ``cfg`` (the BEATsConfig fields, e.g. encoder_layers, encoder_embed_dim, deep_norm) and
@@ -10,11 +12,16 @@ The published layout, and nothing else: a torch file holding a dict with exactly
 ``encoder.layer_norm.*``, ``encoder.layers.N.{self_attn.*,self_attn_layer_norm.*,fc1.*,fc2.*,
 final_layer_norm.*}``). The cfg is read as BEATsConfig reads it: the class's defaults, then
 the file's values; the sizes come from it and every tensor's shape is checked against them.
-A fine-tuned checkpoint (``finetuned_model``: an AudioSet predictor) is refused, as are
-missing, unknown, wrong-shaped or non-finite entries, a layer whose copy of the shared
-relative position bias differs from layer 0's, and cfg values the encoder does not implement
-(``layer_norm_first``, activations other than GELU); DIR is then not created. DIR is written
-atomically and read by ``resp_jax.models.beats.load_pretrained(DIR)``.
+A fine-tuned checkpoint (``finetuned_model`` true: the encoder fine-tuned on AudioSet with
+a Linear(width, predictor_class) predictor on top, ``predictor.weight`` and
+``predictor.bias``) is refused unless ``--drop_predictor`` is given: then its encoder is
+converted (as fine-tuned) and the AudioSet predictor, which resp_jax's heads replace, is
+left out, as the command prints and ``encoder.json`` records (``dropped``). Refused too:
+missing, unknown, wrong-shaped or non-finite entries (the predictor's included), a layer
+whose copy of the shared relative position bias differs from layer 0's, cfg values the
+encoder does not implement (``layer_norm_first``, activations other than GELU), and
+``--drop_predictor`` for a checkpoint without a predictor; DIR is then not created. DIR is
+written atomically and read by ``resp_jax.models.beats.load_pretrained(DIR)``.
 
 The weight-normalised position convolution keeps its two parameters (g and v), so fine-tuning
 trains what the reference trains. torch is imported here and in tests only (the ``torch``
@@ -51,6 +58,7 @@ REFERENCE_DEFAULTS = {
     "predictor_class": 527,
 }
 SHARED_BIAS = "self_attn.relative_attention_bias.weight"
+PREDICTOR = ("predictor.weight", "predictor.bias")  # a fine-tuned model's AudioSet classifier
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -77,12 +85,18 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             convert_ast.as_numpy(checkpoint["model"], path, EXPECTED))
 
 
-def architecture(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """The encoder fields (`beats.BEATsEncoder`) of a resolved cfg, checked."""
+def architecture(cfg: Mapping[str, Any], where: str,
+                 drop_predictor: bool = False) -> dict[str, Any]:
+    """The encoder fields (`beats.BEATsEncoder`) of a resolved cfg, checked; a fine-tuned
+    cfg only with ``drop_predictor``, which a cfg without a predictor refuses."""
     problems = []
-    if cfg["finetuned_model"]:
+    if cfg["finetuned_model"] and not drop_predictor:
         problems.append("finetuned_model is true (an AudioSet-fine-tuned model with a "
-                        "predictor); convert the self-supervised checkpoint")
+                        "predictor); convert the self-supervised checkpoint, or pass "
+                        "--drop_predictor to convert this one's encoder without its predictor")
+    if drop_predictor and not cfg["finetuned_model"]:
+        problems.append("--drop_predictor was given but finetuned_model is false: this "
+                        "checkpoint has no predictor to drop (convert it without the flag)")
     arch = {k: cfg[v] for k, v in beats.SIZE_FIELDS.items()}
     arch.update({k: cfg[k] for k in beats.CFG_FIELDS})
     ints = ("width", "depth", "heads", "input_patch_size", "embed_dim", "encoder_ffn_embed_dim",
@@ -187,27 +201,40 @@ def to_flax(state: Mapping[str, np.ndarray], arch: Mapping[str, Any]) -> dict[st
     return {"params": params}
 
 
-def convert(checkpoint: str | Path, output: str | Path, *, overwrite: bool = False) -> Path:
+def convert(checkpoint: str | Path, output: str | Path, *, overwrite: bool = False,
+            drop_predictor: bool = False, out=print) -> Path:
     """Checks ``checkpoint`` and writes the converted encoder to ``output``; nothing is
-    written unless every check passes, and ``output`` appears only when complete."""
+    written unless every check passes, and ``output`` appears only when complete.
+    ``drop_predictor``: a fine-tuned checkpoint's encoder, its AudioSet predictor (checked,
+    then left out) named through ``out``."""
     checkpoint, output = Path(checkpoint), Path(output)
     if output.exists() and not overwrite and not (output.is_dir() and not any(output.iterdir())):
         raise ConversionError(f"{output} already exists and is not empty "
                               "(choose another --output or pass --overwrite)")
     cfg, state = read_checkpoint(checkpoint)
-    arch = architecture(cfg, str(checkpoint))
+    arch = architecture(cfg, str(checkpoint), drop_predictor)
     where = (f"{checkpoint} is not a BEATs state dict matching its cfg (width {arch['width']}, "
              f"depth {arch['depth']})")
     copies = check_shared_bias(state, arch, where)
-    check_entries({k: v for k, v in state.items() if k not in copies}, expected_entries(arch),
-                  (), where)
+    expected = expected_entries(arch)
+    if drop_predictor:  # checked like every entry, then left out
+        classes = cfg["predictor_class"]
+        expected.update({PREDICTOR[0]: (classes, arch["width"]), PREDICTOR[1]: (classes,)})
+    check_entries({k: v for k, v in state.items() if k not in copies}, expected, (), where)
+    dropped = {k: list(state[k].shape) for k in PREDICTOR if drop_predictor}
     meta = {**arch, "cfg": cfg, "shared_bias_copies": len(copies),
             "source": {"layout": "beats", "converter": "tools/convert_beats.py",
-                       "checkpoint": checkpoint.name, "sha256": convert_ast._sha256(checkpoint)}}
+                       "checkpoint": checkpoint.name, "sha256": convert_ast._sha256(checkpoint)},
+            **({"dropped": dropped} if dropped else {})}
     try:
-        return beats.save_encoder(output, to_flax(state, arch), meta, overwrite=overwrite)
+        written = beats.save_encoder(output, to_flax(state, arch), meta, overwrite=overwrite)
     except (ValueError, FileExistsError) as e:
         raise ConversionError(str(e)) from e
+    if dropped:
+        out(f"dropped the AudioSet predictor ({cfg['predictor_class']} classes): "
+            + ", ".join(f"{k} {tuple(v)}" for k, v in dropped.items())
+            + "; the encoder is converted as fine-tuned on AudioSet")
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,9 +245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="directory to create for the converted encoder")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output directory")
+    parser.add_argument("--drop_predictor", action="store_true",
+                        help="for a fine-tuned checkpoint (finetuned_model true): convert its "
+                             "encoder and leave out its AudioSet predictor (predictor.weight, "
+                             "predictor.bias)")
     args = parser.parse_args(argv)
     return convert_ast.report(lambda: convert(args.checkpoint, args.output,
-                                              overwrite=args.overwrite))
+                                              overwrite=args.overwrite,
+                                              drop_predictor=args.drop_predictor))
 
 
 if __name__ == "__main__":

@@ -192,6 +192,10 @@ class HfLungSource(sources.Source):
     inspect_fields = ("device",)
     dropped_note = "label(s) left out by docs/method.md §1.4 (end <= start, repeated span)"
     synthetic, synthetic_default = "resp_jax.data.synthetic.hf_lung:write_hf_lung", 60
+    # Its classes are ICBHI's under other names (docs/method.md §13.2): CAS the continuous
+    # adventitious sounds (ICBHI's wheeze), DAS the crackles.
+    class_maps = {"icbhi": {"Normal": "normal", "CAS": "wheeze", "DAS": "crackle",
+                            "CAS & DAS": "both"}}
 
     def read(self, root, *, annotations_only=False, skip_bad=False, schema=None, dropped=None):
         return read(root, annotations_only=annotations_only, skip_bad=skip_bad,

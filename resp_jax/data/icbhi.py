@@ -358,7 +358,8 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False) -> rec
 
 
 class IcbhiSource(sources.Source):
-    """ICBHI 2017: the official split, cycles from the ``<stem>.txt`` annotations."""
+    """ICBHI 2017: the official split, cycles from the ``<stem>.txt`` annotations; or one
+    recording device held out (every recording of it tested, the other devices trained on)."""
     name, title = NAME, "ICBHI 2017"
     classes, vocabs, splits, test_split = CLASSES, VOCABS, SPLITS, "test"
     epochs, class_weighted = 400, True     # docs/method.md §4, §5
@@ -366,6 +367,8 @@ class IcbhiSource(sources.Source):
     inspect_fields = ("sex", "age_group", "device")
     synthetic, synthetic_default = "resp_jax.data.synthetic.icbhi:write_icbhi", 160
     prompt_words = PROMPT_WORDS
+    # leave-one-device-out (docs/method.md §13.1): data.held_out is one of the four devices
+    protocols = (sources.OFFICIAL, sources.LEAVE_DEVICE_OUT)
 
     def read(self, root, *, annotations_only=False, skip_bad=False, schema=None, dropped=None):
         return read(root, annotations_only=annotations_only, skip_bad=skip_bad)

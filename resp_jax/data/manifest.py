@@ -344,7 +344,9 @@ class ManifestSource(sources.Source):
         return read(root, schema=schema, classes=classes, normal_class=normal_class,
                     annotations_only=annotations_only, skip_bad=skip_bad)
 
-    def describe(self, root, classes=None, normal_class=None) -> tuple:
+    def describe(self, root, classes=None, normal_class=None,
+                 protocol=sources.OFFICIAL) -> tuple:
+        self.protocol(protocol)   # the official one only
         if not root:
             raise ValueError("config.data.root: data.name='manifest' needs the CSV, e.g. "
                              "--config.data.root=PATH/manifest.csv (README, \"Your own "

@@ -144,12 +144,13 @@ def _spec_masks(u, n_freq: int, n_time: int, freq_masks: int, freq_width: int,
             band(n_time, time_masks, float(time_width)))
 
 
-def _augment(x, fhit, thit, apply, policy: str, fill: str = "min"):
+def _augment(x, fhit, thit, apply, policy: str, fill: str = "min", floor=0.0):
     """One view of ``x`` [L, F, T] masked where ``apply`` [L].
 
-    'reference' fills every mask with 0 on the batch-min-maxed scale, i.e. the batch's
-    minimum (``fill='min'``, the SCL code: torchaudio's mask value 0 before the
-    standardisation), or with the example's mean (``fill='mean'``), so that a mask removes
+    'reference' fills every mask with the batch's minimum ``floor`` (``fill='min'``, the SCL
+    code: torchaudio's mask value 0 before the standardisation, i.e. 0 on the
+    batch-min-maxed log-mel scale; for fbank, never min-maxed, the batch's lowest normalised
+    value), or with the example's mean (``fill='mean'``), so that a mask removes
     what it covers without drawing an edge at the quietest level of the batch (on small sets
     the minimum fill makes SupCon learn the patients instead of the classes:
     docs/benchmarks.md, "Two-stage methods on small sets"). 'patchmix' fills the frequency
@@ -161,7 +162,7 @@ def _augment(x, fhit, thit, apply, policy: str, fill: str = "min"):
     fmask = fhit[:, :, None] & on
     tmask = thit[:, None, :] & on
     if policy != "patchmix":
-        value = 0.0 if fill == "min" else tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        value = floor if fill == "min" else tf.reduce_mean(x, axis=[1, 2], keepdims=True)
         return tf.where(fmask | tmask, value, x)
     x = tf.where(fmask, tf.reduce_mean(x, axis=[1, 2], keepdims=True), x)
     return tf.where(tmask, tf.reduce_mean(x, axis=[1, 2], keepdims=True), x)
@@ -194,10 +195,11 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
         safe = tf.maximum(r, 0)
         rl, real_l = safe[local], real[local]
         keep_row = tf.cast(real_l, tf.float32)[:, None, None]
+        mn = tf.reduce_min(tf.where(real, tf.gather(lo, safe), np.inf))  # the global batch's
         if fbank:  # AST, BEATs, HTS-AT: fixed constants, never min-maxed
-            x, late = standardise(tf.gather(xvar, rl)), False
+            x, late, floor = standardise(tf.gather(xvar, rl)), False, standardise(mn)
         else:      # min-max over the global batch, standardised after the masks
-            mn = tf.reduce_min(tf.where(real, tf.gather(lo, safe), np.inf))
+            floor = 0.0
             mx = tf.reduce_max(tf.where(real, tf.gather(hi, safe), -np.inf))
             x, late = (tf.gather(xvar, rl) - mn) * (1.0 / tf.maximum(mx - mn, 1e-12)), True
         out = {"mask": tf.cast(real_l, tf.float32)}
@@ -222,7 +224,7 @@ def _batches(feats: Features, split: str, rows: np.ndarray, *, names, table, mea
                                  int(augment.freq_width), int(augment.time_masks),
                                  int(augment.time_width), policy)  # [L, 2, F], [L, 2, T]
         for v in range(2):
-            view = _augment(x, fhit[:, v], thit[:, v], apply[:, v], policy, fill)
+            view = _augment(x, fhit[:, v], thit[:, v], apply[:, v], policy, fill, floor)
             out[f"view{v + 1}"] = (standardise(view) if late else view) * keep_row
         return out
 

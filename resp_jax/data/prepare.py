@@ -8,10 +8,12 @@ A second run reads the cache: no decoding, no resampling, no reader.
 
 The cache key is a fingerprint of the root's contents (`Source.fingerprint`: relative path,
 size and mtime of every file; a manifest: its CSV's content, its audio files' sizes and
-mtimes, and the classes and field values its codes follow) used as the builder config name,
+mtimes, and the classes and field values its codes follow) and of how the audio was
+prepared (`data.sample_rate`, `data.resampler`, `data.fade`), used as the builder config name,
 so changing, adding or removing a file makes a new prepared copy, and the root's older copies
-are then removed (`prepared_copies`). Items skipped on request (`skip_bad`) are stored in the
-builder's metadata, so a cached load reports them too.
+with the same preparation are then removed (`prepared_copies`); another preparation of the
+same root is a copy of its own, kept beside it. Items skipped on request (`skip_bad`) are
+stored in the builder's metadata, so a cached load reports them too.
 """
 
 from __future__ import annotations
@@ -83,12 +85,15 @@ class Prepared:
                            f"expected one of {sorted(self.splits)}") from None
 
 
-def _decode_recording(path: str, cycles: list, sr: int = audio.SAMPLE_RATE) -> list:
+def _decode_recording(path: str, cycles: list, sr: int = audio.SAMPLE_RATE,
+                      resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE) -> list:
     """All cycles of one recording from a single decode at ``sr`` Hz (in any format
-    soundfile reads when the dataset's `Source` allows it, else PCM WAV)."""
+    soundfile reads when the dataset's `Source` allows it, else PCM WAV), resampled with
+    ``resampler`` and faded as ``fade`` says (`audio.cycles`)."""
     any_format = cycles and sources.get(cycles[0].dataset).any_audio_format
-    wave = audio.load_any(path, sr) if any_format else audio.load(path, sr)
-    return [audio.cut(wave, c.start, c.end, sr, audio.fade_length(sr)) for c in cycles]
+    wave = (audio.load_any if any_format else audio.load)(path, sr, resampler=resampler)
+    return audio.cycles(wave, [(c.start, c.end) for c in cycles], fade, sr,
+                        audio.fade_length(sr))
 
 
 def _by_recording(cycles: list) -> list:
@@ -99,7 +104,8 @@ def _by_recording(cycles: list) -> list:
 
 
 def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int,
-             sr: int = audio.SAMPLE_RATE) -> Iterator:
+             sr: int = audio.SAMPLE_RATE, resampler: str = audio.RESAMPLER,
+             fade: str = audio.FADE_MODE) -> Iterator:
     """(position, cycle, wave) for every cycle, recordings decoded in parallel, in order.
 
     At most ``2 * workers`` recordings are decoded ahead of the consumer, bounding memory.
@@ -112,7 +118,8 @@ def _decoded(cycles: list, skip_bad: bool, skipped: list, workers: int,
         def submit(count):
             for path, items in itertools.islice(groups, count):
                 pending.append((items, pool.submit(_decode_recording, path,
-                                                   [c for _, c in items], sr)))
+                                                   [c for _, c in items], sr, resampler,
+                                                   fade)))
 
         submit(2 * workers)
         while pending:
@@ -153,9 +160,11 @@ def _builder_class(dataset: str):
         DATASET = dataset
 
         def __init__(self, *, root, schema, skip_bad: bool = False, workers: int = 0,
-                     sample_rate: int = audio.SAMPLE_RATE, **kw):
+                     sample_rate: int = audio.SAMPLE_RATE, resampler: str = audio.RESAMPLER,
+                     fade: str = audio.FADE_MODE, **kw):
             self._root, self._schema = Path(root), schema
             self._sample_rate = int(sample_rate)
+            self._resampler, self._fade = _preparation(resampler, fade)
             self._skip_bad = skip_bad
             self._workers = workers or max(1, min(4, os.cpu_count() or 1))
             super().__init__(**kw)
@@ -185,7 +194,7 @@ def _builder_class(dataset: str):
         def _split_generators(self, dl_manager):
             root = self._root   # a manifest's CSV; its folder is the manual dir
             source = sources.get(dataset)
-            result = source.read(root, skip_bad=self._skip_bad, schema=self._schema)
+            result = source.read_prepared(root, skip_bad=self._skip_bad, schema=self._schema)
             # Stored with the examples as JSON; extended while the splits are generated (TFDS
             # writes the metadata after the last split).
             skipped = [s.to_json() for s in result.skipped]
@@ -193,6 +202,8 @@ def _builder_class(dataset: str):
             self.info.metadata["skipped"] = skipped
             if self._sample_rate != audio.SAMPLE_RATE:
                 self.info.metadata["sample_rate"] = self._sample_rate
+            self.info.metadata["audio"] = prepared_copies.preparation_key(self._resampler,
+                                                                          self._fade)
             if source.schema_from_data:
                 self.info.metadata["schema"] = prepared_copies.schema_json(self._schema)
             return {split: self._generate_examples(result.split(split), skipped)
@@ -200,7 +211,7 @@ def _builder_class(dataset: str):
 
         def _generate_examples(self, cycles, skipped):
             for pos, c, wave in _decoded(cycles, self._skip_bad, skipped, self._workers,
-                                         self._sample_rate):
+                                         self._sample_rate, self._resampler, self._fade):
                 if len(wave) == 0:
                     msg = (f"cycle {c.index} ({c.start}-{c.end} s) holds no audio; expected "
                            "start < end inside the recording")
@@ -223,6 +234,14 @@ def _builder_class(dataset: str):
 _builder_classes: dict = {}
 
 
+def _preparation(resampler: str, fade: str) -> tuple:
+    if resampler not in audio.RESAMPLERS:
+        raise ValueError(f"resampler {resampler!r}; expected one of {audio.RESAMPLERS}")
+    if fade not in audio.FADE_MODES:
+        raise ValueError(f"fade {fade!r}; expected one of {audio.FADE_MODES}")
+    return resampler, fade
+
+
 def _schema(dataset: str, root, schema):
     """``schema`` or the dataset's own: fixed, or read from its data (a manifest's CSV)."""
     if schema is not None:
@@ -231,9 +250,11 @@ def _schema(dataset: str, root, schema):
 
 
 def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, workers: int = 0,
-            schema=None, sample_rate: int = audio.SAMPLE_RATE):
+            schema=None, sample_rate: int = audio.SAMPLE_RATE,
+            resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE):
     """The TFDS builder of ``dataset`` whose config name is the fingerprint of ``root`` (and
-    of ``sample_rate``, the rate its cycles are resampled to)."""
+    of the preparation: ``sample_rate``, the rate its cycles are resampled to with
+    ``resampler``, and ``fade``)."""
     import tensorflow_datasets as tfds
 
     sources.get(dataset)   # an unknown name fails here, naming the known ones
@@ -241,7 +262,9 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
     data_dir = prepared_copies.data_dir_path(data_dir)
     config = tfds.core.BuilderConfig(name=prepared_copies.config_name(
                                          dataset, root, data_dir, schema=schema,
-                                         sample_rate=sample_rate),
+                                         sample_rate=sample_rate,
+                                         preparation=prepared_copies.preparation_key(
+                                             *_preparation(resampler, fade))),
                                      version=FORMAT_VERSION,
                                      description=f"prepared from {root}")
     cls = _builder_class(dataset)
@@ -253,20 +276,26 @@ def builder(dataset: str, root, *, data_dir=None, skip_bad: bool = False, worker
     absl_logger.setLevel(logging.converter.absl_to_standard(logging.ERROR))
     try:
         return cls(data_dir=data_dir, config=config, root=root, schema=schema,
-                   skip_bad=skip_bad, workers=workers, sample_rate=sample_rate)
+                   skip_bad=skip_bad, workers=workers, sample_rate=sample_rate,
+                   resampler=resampler, fade=fade)
     finally:
         absl_logger.setLevel(level)
 
 
 def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
-         workers: int = 0, schema=None, sample_rate: int = audio.SAMPLE_RATE) -> Prepared:
+         workers: int = 0, schema=None, sample_rate: int = audio.SAMPLE_RATE,
+         resampler: str = audio.RESAMPLER, fade: str = audio.FADE_MODE,
+         splits=None) -> Prepared:
     """The prepared ``dataset`` of ``root``: built on first use, read from the cache after.
 
     ``sample_rate``: the rate the cycles are resampled to (``data.sample_rate``: 16 kHz, or
-    48 kHz for CLAP's front end), each rate a copy of its own.
+    48 kHz for CLAP's front end) with ``resampler`` (`audio.resample`), and ``fade``: where
+    their fades go (`audio.cycles`) (``data.resampler``, ``data.fade``); each preparation a
+    copy of its own.
 
     ``root``: a manifest's CSV. ``schema``: the classes and field values the codes follow
-    (the run's config, `metadata.schema`); default: the dataset's own.
+    (the run's config, `metadata.schema`); default: the dataset's own. ``splits``: the
+    prepared splits to read (a protocol's `Protocol.reads`); default: the dataset's splits.
 
     Bad items raise `DataError` naming the file unless ``skip_bad``; then they are listed in
     ``Prepared.skipped`` (also on cached loads). A cache built with skipping is not used
@@ -278,8 +307,9 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
     root = source.check_root(root)
     schema = _schema(dataset, root, schema)
     manual = source.manual_dir(root)
+    how = {"sample_rate": sample_rate, "resampler": resampler, "fade": fade}
     b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
-                schema=schema, sample_rate=sample_rate)
+                schema=schema, **how)
     if not b.is_prepared():
         logging.info("preparing %s from %s into %s (decoding and resampling once)", dataset,
                      root, b.data_dir)
@@ -291,13 +321,14 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
             # Another process (a second host on a shared data_dir) may have finished the
             # same copy first; TFDS then cannot move ours into place.
             if not builder(dataset, root, data_dir=data_dir, schema=schema,
-                           sample_rate=sample_rate).is_prepared():
+                           **how).is_prepared():
                 raise
         logging.info("prepared %s in %.1f s", dataset, time.perf_counter() - t)
         b = builder(dataset, root, data_dir=data_dir, skip_bad=skip_bad, workers=workers,
-                    schema=schema, sample_rate=sample_rate)
+                    schema=schema, **how)
         prepared_copies.remove_older(dataset, root, b.data_dir, data_dir,
-                                     b.info.metadata.get("schema"), sample_rate)
+                                     b.info.metadata.get("schema"), sample_rate,
+                                     b.info.metadata["audio"])
     else:
         logging.info("reading prepared %s from %s", dataset, b.data_dir)
     skipped = [records.Skipped(**s) for s in b.info.metadata.get("skipped", [])]
@@ -306,7 +337,7 @@ def load(dataset: str, root, *, data_dir=None, skip_bad: bool = False,
         raise records.DataError(
             first.path, f"{first.reason} ({len(skipped)} bad item(s) in {root}; set "
                         "data.skip_bad to skip them)", first.line)
-    names = source.splits or sorted(b.info.splits, key=lambda s: (s != "train", s))
+    names = splits or source.splits or sorted(b.info.splits, key=lambda s: (s != "train", s))
     splits = {s: _read_split(b, s, schema.stored_fields) for s in names}
     return Prepared(dataset=dataset, root=str(root), splits=splits, skipped=skipped,
                     schema=schema)

@@ -2,8 +2,10 @@
 and removal of the copies a newer key replaced.
 
 Every change under a data root makes a new copy (the key is a fingerprint of its files), so
-without housekeeping old copies pile up. A copy records its root in the TFDS metadata; only
-copies of the same dataset and root are ever removed, never another root's.
+without housekeeping old copies pile up. A copy records its root and its preparation (sample
+rate; resampler and fades, `preparation_key`) in the TFDS metadata; only copies of the same
+dataset, root and preparation are ever removed, never another root's, nor the same root's
+other preparation (two recipes on one root keep one copy each).
 """
 
 from __future__ import annotations
@@ -34,16 +36,24 @@ def schema_from_json(text: str, dataset: str):
     return sources.Schema.from_json(dataset, text)
 
 
+def preparation_key(resampler: str, fade: str) -> str:
+    """How a copy's audio was prepared (`audio.resample`'s resampler, `audio.cycles`' fades),
+    as its metadata records it and its key includes it."""
+    return f"{resampler}/{fade}"
+
+
 def fingerprint(dataset: str, root, exclude=None, schema=None,
-                sample_rate: int = audio.SAMPLE_RATE) -> str:
+                sample_rate: int = audio.SAMPLE_RATE, preparation: str = "") -> str:
     """A short hash of the dataset, the prepared format and what the dataset's `Source`
     keys its copy on (`Source.fingerprint`): by default every file under ``root`` (relative
     path, size, mtime), leaving out the directory ``exclude`` (a cache inside it); a
     manifest's: its CSV's content, the size and mtime of every audio file it names, and the
     ``schema`` (classes and field values) its codes follow. The cycles' ``sample_rate``
-    (and so their 1/16 s fade) is part of it: each rate is a copy of its own."""
+    (and so their 1/16 s fade) and their ``preparation`` (`preparation_key`) are
+    part of it: each is a copy of its own."""
     fade = audio.fade_length(sample_rate)
-    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{int(sample_rate)}|{fade}".encode())
+    h = hashlib.sha256(f"{dataset}|{FORMAT_VERSION}|{int(sample_rate)}|{fade}|"
+                       f"{preparation}".encode())
     sources.get(dataset).fingerprint(h, Path(root), exclude=exclude, schema=schema)
     return h.hexdigest()[:20]
 
@@ -53,10 +63,11 @@ def data_dir_path(data_dir=None) -> str:
 
 
 def config_name(dataset: str, root, data_dir=None, schema=None,
-                sample_rate: int = audio.SAMPLE_RATE) -> str:
-    """The builder config name (folder) of ``root``'s current copy at ``sample_rate``."""
+                sample_rate: int = audio.SAMPLE_RATE, preparation: str = "") -> str:
+    """The builder config name (folder) of ``root``'s current copy at ``sample_rate``,
+    prepared as ``preparation`` (`preparation_key`)."""
     return "r" + fingerprint(dataset, root, exclude=data_dir_path(data_dir), schema=schema,
-                             sample_rate=sample_rate)
+                             sample_rate=sample_rate, preparation=preparation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,7 @@ class Copy:
     size: int          # bytes
     schema: str | None = None  # its `schema_json`, when its schema comes from its data
     sample_rate: int = audio.SAMPLE_RATE  # of its cycles (recorded when not 16 kHz)
+    preparation: str | None = None  # its `preparation_key` (None: made before it was recorded)
 
     @property
     def config(self) -> str:
@@ -93,7 +105,8 @@ def copies(data_dir=None) -> list:
                 meta = {}
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             found.append(Copy(dataset, path, meta.get("root"), size, meta.get("schema"),
-                              int(meta.get("sample_rate", audio.SAMPLE_RATE))))
+                              int(meta.get("sample_rate", audio.SAMPLE_RATE)),
+                              meta.get("audio")))
     return found
 
 
@@ -115,14 +128,15 @@ def remove(copy: Copy) -> None:
 
 
 def remove_older(dataset: str, root, keep, data_dir=None, schema=None,
-                 sample_rate: int = audio.SAMPLE_RATE) -> list:
+                 sample_rate: int = audio.SAMPLE_RATE, preparation: str | None = None) -> list:
     """Removes the copies of ``dataset`` made from ``root`` (with the same ``schema``: the
-    `schema_json` of one read from the data, and ``sample_rate``) other than ``keep`` (the
-    copy just prepared), logging each with its size; returns them."""
+    `schema_json` of one read from the data, ``sample_rate``, and ``preparation`` or none
+    recorded) other than ``keep`` (the copy just prepared), logging each with its size;
+    returns them."""
     keep = os.path.realpath(keep)
     older = [c for c in copies(data_dir) if c.dataset == dataset and c.root == str(root)
              and c.schema == schema and c.sample_rate == int(sample_rate)
-             and os.path.realpath(c.path) != keep]
+             and c.preparation in (preparation, None) and os.path.realpath(c.path) != keep]
     for c in older:
         remove(c)
         logging.info("removed an older prepared copy of %s (%s): %s, %s", root, dataset,
@@ -131,8 +145,9 @@ def remove_older(dataset: str, root, keep, data_dir=None, schema=None,
 
 
 def stale(data_dir=None) -> tuple:
-    """(stale, kept): copies replaced by their root's current key (or an older format), and
-    the ones kept, each kept one with why: current, or its root cannot be checked."""
+    """(stale, kept): copies replaced by their root's current key (or an older format, or
+    made before copies recorded their preparation), and the ones kept, each kept one with
+    why: current, or its root cannot be checked."""
     old, kept = [], []
     current = {}
     for c in copies(data_dir):
@@ -142,12 +157,16 @@ def stale(data_dir=None) -> tuple:
         if not os.path.exists(c.root):
             kept.append((c, "root not found"))
             continue
-        key = (c.dataset, c.root, c.schema, c.sample_rate)
+        if c.preparation is None:
+            old.append(c)
+            continue
+        key = (c.dataset, c.root, c.schema, c.sample_rate, c.preparation)
         if key not in current:
             try:
                 current[key] = config_name(c.dataset, c.root, data_dir, schema=c.schema and
                                            schema_from_json(c.schema, c.dataset),
-                                           sample_rate=c.sample_rate)
+                                           sample_rate=c.sample_rate,
+                                           preparation=c.preparation)
             except records.DataError:
                 current[key] = None
         if current[key] is None:

@@ -2,7 +2,8 @@
 
 `load(config)` is what `train.train_and_evaluate` calls; the returned `RunData` hides split
 names (logical 'train', 'val', 'test' -> the dataset's splits, as the dataset's `Source`
-chooses them for the protocol: `Source.protocol_splits`) and process slicing.
+chooses them for the protocol, ``data.protocol``: `Source.protocol_splits`) and process
+slicing. `prepared_splits` is the same choice without features (`resp_jax.evaluate`).
 """
 
 from __future__ import annotations
@@ -76,24 +77,49 @@ class RunData:
         return parallel.prefetch(batches, mesh)
 
 
-def load(config) -> RunData:
-    """Reads (or makes) the dataset of a resolved ``config`` and computes its features."""
-    from resp_jax.data import feature_store, pipeline, prepare
+def prepared_splits(config, splits=None):
+    """The prepared dataset of a resolved ``config`` (made on first use; no ``data.root``:
+    the synthetic default) with the splits its protocol chooses (`Source.protocol_splits`:
+    ``data.protocol``, ``data.held_out``), or, given ``splits``, only those of them."""
+    from resp_jax.data import prepare
 
-    name = config.data.name
-    root = config.data.root
+    name, root = config.data.name, config.data.root
     if not root:  # the synthetic default (made once, cached; synthetic logs where)
         from resp_jax.data import synthetic
         root = str(synthetic.default_dataset(name))
+    source = sources.get(name)
+    protocol = source.protocol(config.data.get("protocol", sources.OFFICIAL))
+    held_out = config.data.get("held_out", "")
     schema = metadata.schema(config.data)   # classes and field values (configuration.resolve)
+    # The official splits asked for are all that is read (a dataset's test set alone).
+    only = tuple(splits) if splits is not None and protocol.name == sources.OFFICIAL else None
     prepared = prepare.load(name, root, data_dir=config.data.tfds_dir or None,
                             skip_bad=config.data.skip_bad, schema=schema,
-                            sample_rate=int(config.data.sample_rate))
-    test_split = config.data.test_split
-    # The protocol's logical splits (the official one: 'train' and data.test_split).
-    chosen = sources.get(name).protocol_splits(prepared.splits, sources.OFFICIAL, test_split)
-    prepared = dataclasses.replace(prepared, splits={**prepared.splits, "train": chosen["train"],
-                                                     test_split: chosen["test"]})
+                            sample_rate=int(config.data.sample_rate),
+                            resampler=config.data.resampler, fade=config.data.fade,
+                            splits=protocol.reads or only)
+    if only:
+        return prepared
+    chosen = source.protocol_splits(prepared.splits, protocol.name, config.data.test_split,
+                                    held_out)
+    if protocol.name != sources.OFFICIAL:
+        logging.info("protocol %s%s: %s", protocol.name,
+                     f" (held out: {held_out})" if held_out else "",
+                     ", ".join(f"{k} {len(v)} cycles of {len(set(v.patient))} patients"
+                               for k, v in chosen.items()))
+    if splits is not None:
+        chosen = {k: chosen[k] for k in splits}
+    return dataclasses.replace(prepared, splits=chosen)
+
+
+def load(config) -> RunData:
+    """Reads (or makes) the dataset of a resolved ``config`` and computes its features."""
+    from resp_jax.data import feature_store, pipeline
+
+    name = config.data.name
+    schema = metadata.schema(config.data)
+    prepared = prepared_splits(config)
+    root, test_split = prepared.root, config.data.test_split
     skipped = len(prepared.skipped)
     if skipped:
         logging.warning("%d item(s) skipped (data.skip_bad), e.g. %s", skipped,

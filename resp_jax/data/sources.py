@@ -13,11 +13,16 @@ dataset names (tests/test_sources.py fails if one does).
 The registry imports a dataset's module when it is first asked for, so this module imports
 none of them: a dataset module may import this one (for `Source`) without a cycle.
 
-A protocol is a choice of splits by the Source, never a second training loop:
-`Source.protocol_splits` returns the logical splits ('train', 'test') of a protocol name
-from the prepared splits. The official split (`OFFICIAL`) is the one every Source has; a
-later protocol (leave one device out, a challenge task, another dataset as the test set) is
-another name in ``protocols`` and another branch there.
+A protocol (``data.protocol``) is a choice of splits by the Source, never a second training
+loop: `Source.protocol` says what it changes (`Protocol`: its classes, the value it holds
+out, the prepared splits it reads) and `Source.protocol_splits` returns the splits a run of
+it sees, chosen (or subset, relabelled) from the prepared splits. The official split
+(`OFFICIAL`) is the one every Source has; ICBHI adds leaving one recording device out
+(`protocols.leave_one_out`, docs/method.md §13.1), SPRSound its challenge tasks (§13.3).
+
+Class maps between datasets (``class_maps``: one dataset's classes onto another's) are
+declared by the dataset whose classes are the finer ones (`declared_maps`); cross-dataset
+evaluation (`resp_jax.evaluate`, docs/method.md §13.2) finds them by the classes they map.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from pathlib import Path
 from typing import Optional
 
 from resp_jax.data import records
+# Protocols: the names, what one changes, and the choosing (the API here too).
+from resp_jax.data.protocols import (LEAVE_DEVICE_OUT, OFFICIAL, Protocol,  # noqa: F401
+                                     leave_one_out)
 
 # data.name -> the module that defines its SOURCE, imported on first use.
 REGISTRY = {
@@ -40,7 +48,6 @@ REGISTRY = {
     "hf_lung": "resp_jax.data.hf_lung",
 }
 NAMES = tuple(REGISTRY)
-OFFICIAL = "official"   # the protocol of the dataset's own published splits
 # The `Cycle` attributes a fixed-schema dataset fills, and the codes its prepared copy holds
 # (-1 where the dataset has no such field).
 BASE_FIELDS = ("label", "sex", "age_group", "device", "location", "mode", "diagnosis")
@@ -111,7 +118,8 @@ class Source:
     sprsound_score = False    # metrics report the SPRSound challenge score as well
     synthetic = ""            # 'module:function' writing a synthetic root in the real layout
     synthetic_default = 0     # recordings of the synthetic default dataset (0: none)
-    protocols = (OFFICIAL,)   # protocol names `protocol_splits` knows
+    protocols = (OFFICIAL,)   # protocol names `protocol` and `protocol_splits` know
+    class_maps: dict = {}     # {other dataset: {own class: its class}} (docs/method.md §13.2)
     # How metadata values read in a sentence (BTS's prompts, `resp_jax.bts`): ((field,
     # ((value, words), ...)), ...); a value not listed reads as itself.
     prompt_words: tuple = ()
@@ -128,6 +136,12 @@ class Source:
         reader leaves out by rule (not bad input), for `inspect`."""
         raise NotImplementedError
 
+    def read_prepared(self, root, *, skip_bad: bool = False,
+                      schema: Optional[Schema] = None) -> records.ReadResult:
+        """Everything the prepared copy holds: `read`, plus any units only a protocol uses
+        (in splits of their own that `Protocol.reads` names: SPRSound's whole recordings)."""
+        return self.read(root, skip_bad=skip_bad, schema=schema)
+
     def read_annotation(self, path) -> tuple:
         """``([(start s, end s, label)], [dropped records.Skipped])`` of one recording's
         annotation file (`predict --annotations`); labels index ``classes``."""
@@ -140,17 +154,21 @@ class Source:
         """Whether the classes and field values come from the data (a manifest's CSV)."""
         return not self.classes
 
-    def schema(self) -> Schema:
-        """The fixed schema (docs/method.md §1)."""
+    def schema(self, protocol: str = OFFICIAL) -> Schema:
+        """The fixed schema (docs/method.md §1), with ``protocol``'s classes if it has its
+        own (SPRSound's challenge tasks)."""
         if self.schema_from_data:
             raise ValueError(f"dataset {self.name!r} has no fixed classes (they come from its "
                              "data: resolve the config, or pass the schema)")
-        return Schema(self.name, self.classes, self.vocabs, stored=BASE_FIELDS)
+        classes = self.protocol(protocol).classes or self.classes
+        return Schema(self.name, classes, self.vocabs, stored=BASE_FIELDS)
 
-    def describe(self, root, classes=None, normal_class: Optional[str] = None) -> tuple:
+    def describe(self, root, classes=None, normal_class: Optional[str] = None,
+                 protocol: str = OFFICIAL) -> tuple:
         """``(Schema, splits, normal class)``: what `configuration.resolve` records in the
-        config. A fixed schema's ``classes`` and ``normal_class``, when given, must match."""
-        schema = self.schema()
+        config (the schema of ``protocol``). A fixed schema's ``classes`` and
+        ``normal_class``, when given, must match."""
+        schema = self.schema(protocol)
         if classes and tuple(classes) != schema.classes:
             raise ValueError(f"config.data.classes: {self.name}'s classes are fixed: "
                              f"{schema.classes}, got {tuple(classes)}")
@@ -167,23 +185,43 @@ class Source:
         """The split reported as 'test' when ``data.test_split`` is None."""
         return self.test_split
 
-    def protocol_splits(self, splits: dict, protocol: str = OFFICIAL,
-                        test_split: Optional[str] = None) -> dict:
-        """The logical splits of ``protocol`` chosen from ``splits`` (dataset split name ->
-        cycles: a prepared dataset's `prepare.Split`s, or lists of `Cycle`s):
-        ``{'train': ..., 'test': ...}``. The official protocol trains on 'train' and reports
-        ``test_split`` (default: `test_split_of` the splits). A new protocol is a name in ``protocols`` and
-        a branch here that selects (or, with `prepare.Split.take`, subsets) cycles: the loop,
-        the validation carve and the metrics stay as they are."""
-        if protocol not in self.protocols:
-            raise ValueError(f"{self.name} has no protocol {protocol!r}; expected one of "
+    def protocol(self, name: str = OFFICIAL) -> Protocol:
+        """What protocol ``name`` changes; ValueError naming the known ones. A dataset with
+        a 'device' field that lists `LEAVE_DEVICE_OUT` gets it from here."""
+        if name not in self.protocols:
+            raise ValueError(f"{self.name} has no protocol {name!r}; expected one of "
                              f"{self.protocols}")
+        if name == LEAVE_DEVICE_OUT:
+            return Protocol(name, held_out_field="device",
+                            held_out_values=tuple(dict(self.vocabs).get("device", ())))
+        return Protocol(name)
+
+    def protocol_split_names(self, splits: tuple, protocol: str = OFFICIAL,
+                             held_out: str = "") -> tuple:
+        """The split names a run of ``protocol`` sees ('train' first), of the dataset's
+        ``splits``: a leave-one-out protocol's 'train' and its held-out value's split."""
+        p = self.protocol(protocol)
+        return ("train", p.test_split(held_out)) if p.held_out_field else tuple(splits)
+
+    def protocol_splits(self, splits: dict, protocol: str = OFFICIAL,
+                        test_split: Optional[str] = None, held_out: str = "") -> dict:
+        """The splits a run of ``protocol`` sees, chosen from ``splits`` (dataset split name
+        -> cycles: a prepared dataset's `prepare.Split`s, or lists of `Cycle`s), 'train'
+        and the reported ``test_split`` among them. The official protocol keeps every split
+        and reports ``test_split`` (default: `test_split_of` the splits). A new protocol is
+        a name in ``protocols`` and a branch here (or in a subclass) that selects, subsets
+        (`protocols.take`) or relabels (`protocols.relabel`) cycles: the loop, the
+        validation carve and the metrics stay as they are."""
+        p = self.protocol(protocol)
+        if p.held_out_field:
+            chosen = leave_one_out(splits, p.held_out_field, held_out, p.held_out_values)
+            return {"train": chosen["train"], p.test_split(held_out): chosen["test"]}
         test = test_split or self.test_split_of(tuple(splits))
         for name in ("train", test):
             if name not in splits:
                 raise KeyError(f"{self.name} has no split {name!r}; expected one of "
                                f"{sorted(splits)}")
-        return {"train": splits["train"], "test": splits[test]}
+        return dict(splits)
 
     # -- the data root and its prepared copy ----------------------------------------------
 
@@ -236,6 +274,13 @@ def get(name: str) -> Source:
     if name not in REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
     return importlib.import_module(REGISTRY[name]).SOURCE
+
+
+def declared_maps() -> list:
+    """``[(dataset, other dataset, {class: other's class})]``: every class map a Source
+    declares (``class_maps``), for cross-dataset evaluation (docs/method.md §13.2)."""
+    return [(name, other, dict(table)) for name in NAMES
+            for other, table in get(name).class_maps.items()]
 
 
 def by_annotation(path) -> Source:

@@ -10,6 +10,12 @@ object whose ``event_annotation`` lists unsorted events with start/end as millis
 events are sorted by start and only those with end > start are kept (docs/method.md §1.2). The others
 are not bad input, so they are not errors: they are logged, and listed in ``dropped`` when the
 caller passes a list.
+
+The prepared copy also holds one unit per recording (the whole recording, labelled with the
+JSON's ``record_annotation``) in the splits ``<split>_records``, which only the record-level
+challenge tasks read; the challenge tasks (``data.protocol``: task 1-1 binary, 1-2 the seven
+event classes, 2-1 ternary and 2-2 the five record classes, docs/method.md §13.3) are
+choices and relabellings of these splits.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Optional
 from absl import logging
 
 from resp_jax.data import records, sources
+from resp_jax.data.protocols import OFFICIAL, Protocol, relabel
 from resp_jax.data.wav_checks import Problems, fit_to_recording
 
 NAME = "sprsound"
@@ -41,6 +48,32 @@ LAYOUTS = (
 )
 TEST_FOLDERS = {"inter_test_json": "inter_test", "intra_test_json": "intra_test"}
 EVENT_CLASSES = {name: i for i, name in enumerate(CLASSES)}
+# Record-level classes in the organisers' numbering of task 2-2 (their baseline's
+# task_22_dict: [sprs] scripts/train.py); a recording's unit is labelled with its
+# ``record_annotation`` (the repository README's example calls the key
+# ``recording_annotation``: both are read).
+RECORD_CLASSES = ("Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS")
+RECORD_KEYS = ("record_annotation", "recording_annotation")
+RECORDS = "_records"                   # suffix of the splits of whole recordings
+RECORD_SPLITS = tuple(s + RECORDS for s in SPLITS)
+# The challenge tasks (docs/method.md §13.3; [sprs] README "Main Tasks", scripts/train.py):
+# name -> (classes, the prepared splits read, stored label -> task label).
+TASKS = {
+    "task1_1": (("Normal", "Adventitious"), SPLITS, (0, 1, 1, 1, 1, 1, 1)),
+    "task1_2": (CLASSES, SPLITS, tuple(range(len(CLASSES)))),
+    "task2_1": (("Normal", "Poor Quality", "Adventitious"), RECORD_SPLITS, (0, 1, 2, 2, 2)),
+    "task2_2": (RECORD_CLASSES, RECORD_SPLITS, tuple(range(len(RECORD_CLASSES)))),
+}
+# SPRSound's event classes on ICBHI's and HF_Lung_V1's (docs/method.md §13.2): rhonchi and
+# stridor are continuous adventitious sounds like wheezes (CAS), both crackles discontinuous
+# (DAS), and Wheeze+Crackle is ICBHI's "both".
+CLASS_MAPS = {
+    "icbhi": {"Normal": "normal", "Rhonchi": "wheeze", "Wheeze": "wheeze", "Stridor": "wheeze",
+              "Coarse Crackle": "crackle", "Fine Crackle": "crackle",
+              "Wheeze+Crackle": "both"},
+    "hf_lung": {"Normal": "Normal", "Rhonchi": "CAS", "Wheeze": "CAS", "Stridor": "CAS",
+                "Coarse Crackle": "DAS", "Fine Crackle": "DAS", "Wheeze+Crackle": "CAS & DAS"},
+}
 BABY_AGE = 5.0     # baby if age < 5, kid otherwise (docs/method.md §1.2)
 _GENDER = {"0": "M", "1": "F"}
 _STEM_FORMAT = "PATIENT_AGE_GENDER_LOCATION_REC (e.g. 65109516_0.2_0_p1_3659)"
@@ -130,8 +163,8 @@ def _ms(value) -> float:
     return ms
 
 
-def _read_events(path: Path, problems: Problems, dropped: list) -> Optional[list]:
-    """(event number, start s, end s, label) sorted by start; None when the file is unusable."""
+def _load(path: Path, problems: Problems) -> Optional[dict]:
+    """The JSON object of one annotation file; None (reported) when it is unusable."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as e:
@@ -145,6 +178,11 @@ def _read_events(path: Path, problems: Problems, dropped: list) -> Optional[list
         found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         problems.bad(path, f"no 'event_annotation' list (found {found}); {_JSON_FORMAT}")
         return None
+    return obj
+
+
+def _events(obj: dict, path: Path, problems: Problems, dropped: list) -> list:
+    """(event number, start s, end s, label) of a loaded file, sorted by start."""
     events = []
     for k, ev in enumerate(obj["event_annotation"]):
         missing = [key for key in ("start", "end", "type")
@@ -172,6 +210,27 @@ def _read_events(path: Path, problems: Problems, dropped: list) -> Optional[list
     return events
 
 
+def _read_events(path: Path, problems: Problems, dropped: list) -> Optional[list]:
+    """(event number, start s, end s, label) sorted by start; None when the file is unusable."""
+    obj = _load(path, problems)
+    return None if obj is None else _events(obj, path, problems, dropped)
+
+
+def _record_label(obj: dict, path: Path, problems: Problems, dropped: list) -> Optional[int]:
+    """The index in `RECORD_CLASSES` of the file's record annotation; None (a file without
+    one is listed in ``dropped``: no record-level unit) when there is none."""
+    key = next((k for k in RECORD_KEYS if k in obj), None)
+    if key is None:
+        dropped.append(records.Skipped(str(path), "no record_annotation: the recording has no "
+                                                  "record-level unit (docs/method.md §13.3)"))
+        return None
+    value = obj[key].strip() if isinstance(obj[key], str) else obj[key]
+    if value not in RECORD_CLASSES:
+        problems.bad(path, f"{key} {obj[key]!r} is not one of {RECORD_CLASSES}")
+        return None
+    return RECORD_CLASSES.index(value)
+
+
 def read_event_file(path) -> tuple:
     """``([(start s, end s, label)] sorted by start, [dropped events])`` of one event JSON;
     `DataError` naming the file for anything malformed. Dropped events (end <= start, which
@@ -182,14 +241,23 @@ def read_event_file(path) -> tuple:
 
 
 def recording_cycles(path: Path, split: str, info: dict, problems: Problems, dropped: list, *,
-                     wavs: Optional[dict], wav_folder: Path, dataset: str = NAME) -> list:
+                     wavs: Optional[dict], wav_folder: Path, dataset: str = NAME,
+                     whole: bool = False) -> list:
     """The `Cycle`s of one event JSON (``info``: its parsed stem): its events sorted by
     start, clamped to its recording ``wavs[stem]`` (in ``wav_folder``; ``wavs`` None:
-    annotations only, no clamping, ``wav_path`` '')."""
-    events = _read_events(path, problems, dropped)
-    if events is None:
+    annotations only, no clamping, ``wav_path`` ''); ``whole``: and, in the split
+    ``<split>_records``, one unit of the whole recording labelled with its record
+    annotation (`RECORD_CLASSES`)."""
+    obj = _load(path, problems)
+    if obj is None:
         return []
-    units = [(None, f"event {k}", start, end, label) for k, start, end, label in events]
+    units = [(None, f"event {k}", start, end, (split, label))
+             for k, start, end, label in _events(obj, path, problems, dropped)]
+    record = _record_label(obj, path, problems, dropped) if whole else None
+    what = "event"
+    if record is not None:   # until the end of the audio (clamped below)
+        units.append((None, "the recording", 0.0, math.inf, (split + RECORDS, record)))
+        what = "unit"   # events and the recording's own
     wav_path = ""
     if wavs is not None and units:
         wav = wavs.get(path.stem)
@@ -197,28 +265,42 @@ def recording_cycles(path: Path, split: str, info: dict, problems: Problems, dro
             problems.error(records.DataError(
                 wav_folder / f"{path.stem}.wav",
                 f"file not found; expected the recording of {path.name}"),
-                f"{len(units)} event(s) of {path.stem} skipped")
+                f"{len(units)} {what}(s) of {path.stem} skipped")
             return []
-        fitted = fit_to_recording(wav, units, problems, path, "event")
+        fitted = fit_to_recording(wav, units, problems, path, what)
         if fitted is None:
             return []
         wav_path, units = fitted
-    return [records.Cycle(
-        dataset=dataset, split=split, stem=path.stem, wav_path=wav_path, index=index,
-        patient=info["patient"], start=start, end=end, label=label, label_name=CLASSES[label],
-        sex=info["sex"], age=info["age"], age_group=age_group(info["age"]),
-        location=info["location"]) for index, (_, _, start, end, label) in enumerate(units)]
+    out, events = [], 0
+    for _, _, start, end, (unit_split, label) in units:
+        whole_recording = unit_split != split
+        out.append(records.Cycle(
+            dataset=dataset, split=unit_split, stem=path.stem, wav_path=wav_path,
+            index=0 if whole_recording else events, patient=info["patient"], start=start,
+            end=end, label=label,
+            label_name=(RECORD_CLASSES if whole_recording else CLASSES)[label],
+            sex=info["sex"], age=info["age"], age_group=age_group(info["age"]),
+            location=info["location"]))
+        events += not whole_recording
+    return out
 
 
 def warn_dropped(dropped: list) -> None:
-    if dropped:
-        logging.warning("SPRSound: %d event(s) with end <= start left out (docs/method.md "
-                        "§1.2), e.g. %s: %s", len(dropped), dropped[0].path, dropped[0].reason)
+    """Logs what the reader left out by rule: events with end <= start, recordings without
+    a record annotation (no record-level unit)."""
+    events = [d for d in dropped if d.reason.startswith("event ")]
+    whole = [d for d in dropped if not d.reason.startswith("event ")]
+    for found, what in ((events, "event(s) with end <= start left out (docs/method.md §1.2)"),
+                        (whole, "recording(s) without a record annotation")):
+        if found:
+            logging.warning("SPRSound: %d %s, e.g. %s: %s", len(found), what, found[0].path,
+                            found[0].reason)
 
 
 def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
-         dropped: Optional[list] = None) -> records.ReadResult:
-    """All events of an SPRSound 2022 root: train, then inter_test, then intra_test files.
+         dropped: Optional[list] = None, whole: bool = False) -> records.ReadResult:
+    """All events of an SPRSound 2022 root: train, then inter_test, then intra_test files;
+    ``whole``: then one unit per recording in `RECORD_SPLITS` (`recording_cycles`).
 
     ``annotations_only`` leaves the WAV files alone (no clamping, ``wav_path`` ''). Bad input
     raises `DataError` naming the file; with ``skip_bad`` the bad event or file is left out and
@@ -251,13 +333,14 @@ def read(root, *, annotations_only: bool = False, skip_bad: bool = False,
         group = "train" if split == "train" else "test"
         by_split[split] += recording_cycles(
             path, split, info, problems, dropped_here, wavs=wavs.get(group),
-            wav_folder=folders[f"{group}_wav"])
+            wav_folder=folders[f"{group}_wav"], whole=whole)
 
     warn_dropped(dropped_here)
     if dropped is not None:
         dropped.extend(dropped_here)
-    cycles = [c for s in SPLITS for c in by_split[s]]
-    return records.ReadResult(cycles=cycles, skipped=problems.skipped, splits=SPLITS,
+    splits = SPLITS + (RECORD_SPLITS if whole else ())
+    cycles = [c for s in splits for c in by_split[s.removesuffix(RECORDS)] if c.split == s]
+    return records.ReadResult(cycles=cycles, skipped=problems.skipped, splits=splits,
                               classes=CLASSES)
 
 
@@ -274,12 +357,40 @@ class SprsoundSource(sources.Source):
     prompt_words = (("sex", (("M", "male"), ("F", "female"))),)  # BTS's sentences
     synthetic, synthetic_default = "resp_jax.data.synthetic.sprsound:write_sprsound", 60
 
+    protocols = (OFFICIAL,) + tuple(TASKS)
+    class_maps = CLASS_MAPS
+
     def read(self, root, *, annotations_only=False, skip_bad=False, schema=None, dropped=None):
         return read(root, annotations_only=annotations_only, skip_bad=skip_bad,
                     dropped=dropped)
 
+    def read_prepared(self, root, *, skip_bad=False, schema=None):
+        """The events and, for the record-level tasks, every whole recording."""
+        return read(root, skip_bad=skip_bad, whole=True)
+
+    def fingerprint(self, h, root, exclude=None, schema=None) -> None:
+        h.update(b"events and whole recordings\n")  # copies before record units lack them
+        super().fingerprint(h, root, exclude=exclude, schema=schema)
+
     def read_annotation(self, path) -> tuple:
         return read_event_file(path)
+
+    def protocol(self, name: str = OFFICIAL) -> Protocol:
+        if name in TASKS:
+            classes, reads, _ = TASKS[name]
+            return Protocol(name, classes=classes, reads=reads)
+        return super().protocol(name)
+
+    def protocol_splits(self, splits: dict, protocol: str = OFFICIAL,
+                        test_split: Optional[str] = None, held_out: str = "") -> dict:
+        """A task's splits under the dataset's split names: the events (tasks 1-x) or the
+        whole recordings (2-x) of each split, relabelled to the task's classes."""
+        if protocol not in TASKS:
+            return super().protocol_splits(splits, protocol, test_split, held_out)
+        _, reads, table = TASKS[protocol]
+        chosen = {name.removesuffix(RECORDS): relabel(splits[name], table)
+                  for name in reads if name in splits}
+        return super().protocol_splits(chosen, OFFICIAL, test_split)
 
 
 SOURCE = SprsoundSource()
