@@ -35,8 +35,8 @@ def get_config(arg=None):
     # Two-stage (pretrain, then a linear classifier on frozen features): 'scl' (SupCon on the
     # heads of loss.heads; with a metadata head it is the paper's "SCL w/ metadata"), 'simclr'
     # (NT-Xent: head 'instance'), 'mscl' (one projector per head, weighted sum),
-    # 'linear_probe' (no first stage: the linear classifier on the frozen model.init_from
-    # encoder, OPERA's benchmark protocol; docs/method.md §12).
+    # 'linear_probe' (no first stage: the linear classifier on the frozen encoder of
+    # model.init_from or model.init_run, OPERA's benchmark protocol; docs/method.md §12).
     config.method = "ce"
 
     config.data = data = config_dict.ConfigDict()
@@ -128,6 +128,9 @@ def get_config(arg=None):
     model.init_from = ""           # converted encoder dir (tools/convert_panns.py for CNN6,
                                    # tools/convert_ast.py for AST, tools/convert_beats.py for
                                    # BEATs); '' = train from scratch
+    model.init_run = ""            # a finished resp_jax run (its --workdir): its selected
+                                   # encoder starts this run, its model.* placeholders fill
+                                   # ours (e.g. probe an opera_mscl run); '' = none
     # Transformers (AST and BEATs; CNN6 ignores them). DeiT-base and BEATs: 768, 12, 12.
     model.width = 768              # token width = feature width
     model.depth = 12               # Transformer blocks
@@ -190,7 +193,8 @@ def get_config(arg=None):
     train.epochs = placeholder(int)   # None = the dataset's Source (ICBHI 400, SPRSound and
                                       # HF_Lung 200)
     train.batch_size = 128            # global batch, split over all devices (and hosts)
-    train.lr = placeholder(float)     # None = 1e-4 with model.init_from, 1e-3 from scratch
+    train.lr = placeholder(float)     # None = 1e-4 with model.init_from or init_run, 1e-3
+                                      # from scratch
     train.weight_decay = 1e-4         # L2 added to the gradient before Adam (PyTorch Adam)
     train.b1 = 0.9                    # Adam betas
     train.b2 = 0.999

@@ -1,6 +1,7 @@
 """The HTS-AT recipes shared by configs/clap_*.py and configs/opera_*.py (not a config itself):
-CLAP's audio tower fine-tuned as BTS does it, OPERA-CT fine-tuned or probed as OPERA's
-benchmark does it, and `htsat_quick`, their tiny from-scratch preset (docs/method.md §12).
+CLAP's audio tower fine-tuned as BTS does it, BTS itself (CLAP's two towers, the metadata as
+text), OPERA-CT fine-tuned or probed as OPERA's benchmark does it, and `htsat_quick`, their
+tiny from-scratch preset (docs/method.md §12, §14).
 
 Each function takes a config from configs/base.py and the config argument string; the
 configs load this file with runpy, as they load base.py.
@@ -66,6 +67,50 @@ def clap_recipe(config, arg=None):
     config.sweep_seeds = 5  # BTS's 5 seeds
     if _quick(arg):
         htsat_quick(config)
+    return config
+
+
+def bts_recipe(config, arg=None):
+    """BTS ([bts] scripts/icbhi_bts_meta_all.sh:8-30, main.py:180-233, models/clap.py:20-37,
+    util/icbhi_util.py:129-243, util/icbhi_dataset.py:185-197): `clap_recipe` with CLAP's text
+    tower beside the audio tower (a ClapModel, --model_type ClapModel): each cycle's age
+    group, sex, chest location and device written as BTS's sentence (--meta_mode all),
+    tokenised to 64 tokens, both towers' projections L2-normalised and concatenated (text
+    first: 1024-d), one Linear classifier on them, unweighted CE (no contrastive term: BTS
+    never asks ClapModel for its loss), everything trained (both towers, the classifier);
+    the text tower's dropout 0.1 (ClapTextConfig's). Pass the converted weights with
+    --config.model.init_from (tools/convert_clap.py writes the text tower to DIR/text)."""
+    clap_recipe(config, arg)
+    config.method = "bts"
+    config.loss.heads = ()
+    config.model.text = config_dict.ConfigDict({
+        "init_from": ph(str),       # converted text tower; None = <model.init_from>/text
+                                    # (tools/convert_clap.py), or from scratch without
+                                    # model.init_from; '' = from scratch (word tokenizer)
+        "vocab_size": ph(int),      # tokens (50265; from scratch: the sentences' words + 4)
+        "hidden_size": ph(int),     # RoBERTa-base: 768
+        "num_hidden_layers": ph(int),    # 12
+        "num_attention_heads": ph(int),  # 12
+        "intermediate_size": ph(int),    # 3072
+        "max_position_embeddings": ph(int),  # 514 (pad_token_id + 1 + the longest input)
+        "type_vocab_size": ph(int),  # 1
+        "layer_norm_eps": ph(float),  # 1e-12
+        "projection_dim": ph(int),  # CLAP's text projection (512)
+        "pad_token_id": ph(int),    # 1 (RoBERTa's <pad>)
+        "dropout": ph(float),       # after the embeddings, attention output and MLP; None =
+                                    # the converted tower's hidden_dropout_prob (0.1)
+        "attention_dropout": ph(float),  # on the attention weights; None = the tower's (0.1)
+    })
+    config.bts = config_dict.ConfigDict({
+        "fields": ("age_group", "sex", "location", "device"),  # what the sentence says
+                                    # (BTS's --meta_mode: a subset of these four)
+        "max_length": 64,           # tokens per sentence, padded (BTS's tokenizer call)
+    })
+    if _quick(arg):  # the audio tower: a finished clap_ce:quick run's (model.init_run;
+        # configs/clap_bts.py): from scratch it does not learn in 20 epochs
+        config.model.text.update(init_from="", hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64,
+                                 max_position_embeddings=66, projection_dim=64)
     return config
 
 

@@ -1,15 +1,20 @@
 """OPERA-CT as OPERA's benchmark evaluates it: a linear probe of the frozen encoder (method
 'linear_probe': no first stage; `htsat_recipes.opera_probe`: features of 8 s clips computed
 once, a Linear head, Adam 1e-4 x 0.97 per epoch, batch 32, 64 epochs, gradient clipped to 1,
-L2 1e-5 on the head, the best validation epoch; docs/method.md §12). It needs converted
-weights: a probe of a random encoder measures the random features.
+L2 1e-5 on the head, the best validation epoch; docs/method.md §12). It probes a trained
+encoder: converted weights (model.init_from) or the selected encoder of a finished resp_jax
+run of any HTS-AT config (model.init_run, whose architecture it takes).
 
     python -m resp_jax.main --config=configs/opera_probe.py --config.data.root=ICBHI \
         --config.model.init_from=weights/opera_ct --workdir=runs/opera-probe
+    python -m resp_jax.main --config=configs/opera_probe.py --config.data.root=ICBHI \
+        --config.model.init_run=runs/opera-mscl --workdir=runs/opera-mscl-probe
 
-`:quick`: the probe of a tiny random HTS-AT on the synthetic default
-(`htsat_recipes.htsat_quick`): it checks the plumbing and that random features carry the
-synthetic set's classes.
+`:quick`: the probe of a finished tiny run on the synthetic default (lr 1e-3, 30 epochs):
+
+    python -m resp_jax.main --config=configs/opera_mscl.py:quick --workdir=runs/mscl-quick
+    python -m resp_jax.main --config=configs/opera_probe.py:quick \
+        --config.model.init_run=runs/mscl-quick --workdir=runs/probe-quick
 """
 
 import pathlib

@@ -38,7 +38,9 @@ def method_label(config) -> str:
     name = names.get(key, f"{config.method} [{', '.join(heads)}]")
     if config.model.get("name", "cnn6") != "cnn6":
         name += f" ({config.model.name.upper()})"
-    return f"{name}, {'AudioSet' if config.model.init_from else 'scratch'}"
+    start = ("AudioSet" if config.model.init_from else
+             "from a run" if config.model.get("init_run") else "scratch")
+    return f"{name}, {start}"
 
 
 def md_table(header: list, rows: list) -> list:

@@ -17,7 +17,8 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from resp_jax import evaluation, linear_eval, logging_utils, losses, models, optim, selection
+from resp_jax import (bts, evaluation, linear_eval, logging_utils, losses, models, optim,
+                      selection)
 from resp_jax.data import audio, feature_store, features, metadata, pipeline, sources
 
 # What differs between datasets (docs/method.md §4, §5: epochs, class weighting) is each
@@ -26,9 +27,11 @@ from resp_jax.data import audio, feature_store, features, metadata, pipeline, so
 LR_PRETRAINED = 1e-4   # fine-tuning AudioSet weights
 LR_SCRATCH = 1e-3
 
-ONE_STAGE = ("ce", "hybrid", "patchmix_cl", "pafa")
+ONE_STAGE = ("ce", "hybrid", "patchmix_cl", "pafa", "bts")
 TWO_STAGE = ("scl", "simclr", "mscl", "linear_probe")
-NO_HEADS = ("ce", "linear_probe")  # methods without contrastive heads
+NO_HEADS = ("ce", "linear_probe", "bts")  # methods without contrastive heads
+# 'bts': CE on the audio encoder's and a text tower's outputs, the text each cycle's
+# metadata as a sentence (BTS, docs/method.md §14; resp_jax.bts).
 # 'linear_probe': no first stage; the second stage's linear classifier sits on the frozen
 # encoder of model.init_from (OPERA's benchmark protocol, docs/method.md §12).
 METHODS = ONE_STAGE + TWO_STAGE
@@ -50,10 +53,13 @@ heads = losses.heads  # the contrastive heads of a config, checked
 
 
 def fields(config) -> tuple[str, ...]:
-    """Metadata fields the pipeline must deliver per example (the heads' fields, but 'label'
-    always and 'instance' never)."""
+    """Metadata fields the pipeline must deliver per example (the heads' fields, BTS's
+    sentence fields, 'label' always and 'instance' never)."""
     out = ["label"]
-    for f, _ in heads(config):
+    wanted = [f for f, _ in heads(config)]
+    if config.method == "bts":
+        wanted += list(config.bts.fields)
+    for f in wanted:
         if f != INSTANCE and f not in out:
             out.append(f)
     return tuple(out)
@@ -99,6 +105,13 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"config.data.wave_scale must be > 0, got {config.data.wave_scale!r}")
     if config.model.get("proj_bn") and config.model.get("proj_ln"):
         raise ValueError("config.model.proj_bn and proj_ln: a projector has one norm, not both")
+    if config.model.get("init_run"):
+        inherit_encoder(config)
+    if config.method == "linear_probe" and not (config.model.init_from
+                                                or config.model.get("init_run")):
+        raise ValueError("method 'linear_probe' measures a trained encoder: pass converted "
+                         "weights (--config.model.init_from=DIR) or a finished run "
+                         "(--config.model.init_run=WORKDIR, e.g. of configs/opera_mscl.py:quick)")
     hook = getattr(models.backbone(config.model.name), "resolve", None)
     if hook is not None:  # the backbone's own placeholders (AST: model.layer_norm_eps)
         hook(config)
@@ -115,7 +128,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.loss.class_weighted is None:
         config.loss.class_weighted = source.class_weighted
     if config.train.lr is None:
-        config.train.lr = LR_PRETRAINED if config.model.init_from else LR_SCRATCH
+        pretrained = config.model.init_from or config.model.get("init_run")
+        config.train.lr = LR_PRETRAINED if pretrained else LR_SCRATCH
     # The protocol (docs/method.md §13): a choice of splits, its held-out value, its classes.
     try:
         protocol = source.protocol(config.data.protocol)
@@ -182,6 +196,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.method == "patchmix_cl":
         _check_patchmix(config, names)
     _check_pafa(config, names)
+    if config.method == "bts":
+        bts.resolve(config)
     if config.method == "hybrid" and INSTANCE in names:
         raise ValueError("method 'hybrid' combines CE with supervised heads; 'instance' "
                          "belongs to 'simclr'")
@@ -190,6 +206,47 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     except KeyError as e:
         raise ValueError(f"config.loss.heads: {e.args[0]}") from None
     return config
+
+
+# What the encoder of model.init_run was trained on must be what this run feeds it.
+SAME_AS_INIT_RUN = ("model.name", "data.frontend", "data.sample_rate")
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _fill(ours: ml_collections.ConfigDict, theirs) -> None:
+    """Every placeholder (None) of ``ours`` takes ``theirs``' value (nested sections too)."""
+    for key, value in ours.items():
+        if key not in theirs:
+            continue
+        if isinstance(value, ml_collections.ConfigDict):
+            _fill(value, theirs[key])
+        elif value is None and theirs[key] is not None:
+            ours[key] = _tuples(theirs[key])
+
+
+def inherit_encoder(config) -> None:
+    """``model.init_run``: a finished run whose selected encoder starts this run. It must
+    have this run's backbone and front end (`SAME_AS_INIT_RUN`); every ``model.*``
+    placeholder left None takes the run's resolved value (its architecture), so the probe of
+    a run needs no architecture flags. Not with ``model.init_from``."""
+    from resp_jax import finished_run
+
+    m = config.model
+    if m.init_from:
+        raise ValueError(f"config.model.init_from ({m.init_from}) and model.init_run "
+                         f"({m.init_run}) both name a starting encoder; set one")
+    run = finished_run.run_config(m.init_run)
+    for key in SAME_AS_INIT_RUN:
+        section, field = key.split(".")
+        theirs, ours = run[section].get(field), config[section][field]
+        if theirs is not None and theirs != ours:  # (runs before data.frontend: log-mel)
+            raise ValueError(f"config.model.init_run={m.init_run}: that run's {key} is "
+                             f"{theirs!r}, this config's {ours!r}: its encoder reads other "
+                             "inputs")
+    _fill(m, run.model)
 
 
 def _check_patchmix(config, names) -> None:
@@ -241,7 +298,8 @@ ADDED_SINCE = ("data.classes", "data.normal_class", "data.fields", "data.fronten
                "loss.pafa_pcsl", "loss.pafa_gpal", "train.warmup_epochs",
                "model.fstride", "model.tstride", "model.pool", "train.lr_decay",
                "train.clip_norm", "train.head_weight_decay", "linear_eval.lr_decay",
-               "linear_eval.clip_norm", "data.protocol", "data.held_out")
+               "linear_eval.clip_norm", "model.init_run", "data.protocol",
+               "data.held_out")
 # Fields added since whose default changed what a run computes: a run recorded without one
 # resumes only with the value it ran with.
 ADDED_WITH = {"data.resampler": "soxr", "data.fade": "cycle"}

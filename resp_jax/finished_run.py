@@ -53,25 +53,35 @@ class TrainedRun:
     def _forward(self):
         model = self.model
 
-        def forward(variables, x):
-            feats = model.apply(variables, x, False, method="encode")
+        def forward(variables, x, extra):
+            feats = model.apply(variables, x, False, method="encode", **extra)
             logits = model.apply({"params": variables["params"]}, feats, method="classify")
             return feats, jax.nn.softmax(logits, axis=-1)
 
         return jax.jit(forward)
 
+    @property
+    def fields(self) -> tuple:
+        """The fields a batch carries for this run (`configuration.fields`)."""
+        from resp_jax import configuration
+        return configuration.fields(self.config)
+
     def outputs(self, batches: Iterable[dict]) -> dict:
         """Encoder features [n, D], class probabilities [n, C], predictions [n] and labels
-        [n] of evaluation batches (``x``, ``label``, ``mask``), padding rows dropped."""
+        [n] of evaluation batches (``x``, ``label``, ``mask``; a BTS run's sentence fields),
+        padding rows dropped."""
+        from resp_jax.models.heads import inputs
+
         feats, probs, labels = [], [], []
         for b in batches:
             keep = np.asarray(b["mask"]) > 0
             rows = inference_rows(int(keep.sum()), len(keep))
-            f, p = self._forward(self.variables, jnp.asarray(b["x"][:rows]))
+            b = {k: np.asarray(v)[:rows] for k, v in b.items()}  # padding rows come last
+            f, p = self._forward(self.variables, jnp.asarray(b["x"]), inputs(self.model, b))
             keep = keep[:rows]
             feats.append(np.asarray(f)[keep])
             probs.append(np.asarray(p)[keep])
-            labels.append(np.asarray(b["label"])[:rows][keep])
+            labels.append(b["label"][keep])
         width = int(self.variables["params"]["classifier"]["linear"]["kernel"].shape[0])
         feats = np.concatenate(feats) if feats else np.zeros((0, width), np.float32)
         probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
@@ -93,26 +103,34 @@ class TrainedRun:
             config.data.norm_mean, config.data.norm_std = (float(v) for v in norm)
         return config
 
-    def classify_waves(self, waves: Sequence[np.ndarray], labels=None, source: str = "") -> dict:
+    def classify_waves(self, waves: Sequence[np.ndarray], labels=None, source: str = "",
+                       codes: dict | None = None) -> dict:
         """`outputs` for cycles at the run's ``data.sample_rate`` from any recording (e.g. cut
         with `audio.cut`), fitted
         to the run's duration and batched ``eval.batch_size`` at a time in the given order.
-        ``labels`` (int, -1 unknown) are passed through; ``source`` (the recording) names the
-        cycles in warnings."""
-        return self.outputs(self.wave_batches(waves, labels, source))
+        ``labels`` (int, -1 unknown) are passed through; ``codes``: base field -> one code
+        for every cycle (a BTS run's metadata; a field not given is unknown, -1);
+        ``source`` (the recording) names the cycles in warnings."""
+        return self.outputs(self.wave_batches(waves, labels, source, codes))
 
-    def wave_batches(self, waves: Sequence[np.ndarray], labels=None, source: str = ""):
-        """The evaluation batches (``x``, ``label``, ``mask``) `classify_waves` classifies."""
+    def wave_batches(self, waves: Sequence[np.ndarray], labels=None, source: str = "",
+                     codes: dict | None = None):
+        """The evaluation batches (``x``, ``label``, ``mask``, the run's fields)
+        `classify_waves` classifies."""
         from resp_jax.data import feature_store, pipeline, prepare
 
         n = len(waves)
         labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
-        split = prepare.Split(audio=list(waves), codes={"label": labels}, stem=[source] * n,
-                              patient=[""] * n, index=np.arange(n, dtype=np.int32))
+        given = {f: np.full(n, (codes or {}).get(f, -1), np.int32)
+                 for f in self.schema.stored_fields if f != "label"}
+        split = prepare.Split(audio=list(waves), codes={**given, "label": labels},
+                              stem=[source] * n, patient=[""] * n,
+                              index=np.arange(n, dtype=np.int32))
         config = self.inference_config()
         feats = feature_store.Features(
             prepare.Prepared(self.dataset, "", {"new": split}, [], self.schema), config)
-        return pipeline.eval_batches(feats, config, "new", global_batch=config.eval.batch_size)
+        return pipeline.eval_batches(feats, config, "new", fields=self.fields,
+                                     global_batch=config.eval.batch_size)
 
     def split_outputs(self, data, split: str) -> dict:
         """`outputs` of a split of the run's dataset (``data`` from `run_data.load`), with
@@ -125,6 +143,7 @@ class TrainedRun:
             raise ValueError(f"split {split!r} not in this {self.dataset} run; expected one of "
                              f"{sorted(set(data.features.splits) | {'test'})}")
         out = self.outputs(pipeline.eval_batches(data.features, self.config, name,
+                                                 fields=self.fields,
                                                  global_batch=self.config.eval.batch_size))
         s = data.features[name]
         out.update(split=name, stem=np.asarray(s.stem), patient=np.asarray(s.patient),
@@ -154,6 +173,25 @@ def read_json(path: Path, what: str) -> dict:
         raise ValueError(f"{path}: not readable JSON ({e})") from e
 
 
+def run_config(workdir) -> ml_collections.ConfigDict:
+    """The resolved config a finished run recorded (its config.json, with results.json beside
+    it: the run ended)."""
+    workdir = Path(workdir)
+    config = read_json(workdir / CONFIG_FILE, "its config")
+    read_json(workdir / RESULTS_FILE, "the results of the finished run")
+    return ml_collections.ConfigDict(config)
+
+
+def selected_encoder(workdir) -> dict:
+    """``{'params'[, 'batch_stats']}`` of the encoder of a finished run's selected model
+    (``model.init_run``: another run starts from it, or probes it)."""
+    variables = load(workdir).variables
+    out = {"params": variables["params"]["encoder"]}
+    if variables.get("batch_stats", {}).get("encoder"):
+        out["batch_stats"] = variables["batch_stats"]["encoder"]
+    return out
+
+
 def load(workdir) -> TrainedRun:
     """The selected model of the finished run in ``workdir`` (see the module docstring)."""
     from resp_jax import checkpoint, configuration
@@ -167,7 +205,11 @@ def load(workdir) -> TrainedRun:
         if name not in config[section]:
             config[section][name] = value
     results = read_json(workdir / RESULTS_FILE, "the results of the finished run")
-    model = build_model(config, len(metadata.schema(config.data).classes))
+    prompts = None
+    if config.method == "bts":  # the sentences' token ids it was trained with: no tokenizer
+        from resp_jax import bts
+        prompts = bts.read_prompts(workdir)
+    model = build_model(config, len(metadata.schema(config.data).classes), prompts=prompts)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
                             jax.ShapeDtypeStruct((1,) + features.input_shape(config),
                                                  jnp.float32))

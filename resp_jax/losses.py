@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from resp_jax import pafa, patchmix
+from resp_jax.models.heads import inputs as model_inputs
 
 DENOMINATORS = ("all", "negatives")  # loss.denominator: the code's | the paper's eq. 2
 INSTANCE = "instance"  # pseudo-field of a head: each example its own class (NT-Xent)
@@ -313,8 +314,9 @@ def batch_loss(model, config, heads, class_weights=None):
         if method == "pafa":
             return pafa_step(params, batch_stats, batch, rng)
         rng1, rng2 = jax.random.split(rng)
-        if method == "ce":
-            feats, batch_stats = encode(params, batch_stats, batch["view1"], mask, rng1)
+        if method in ("ce", "bts"):  # bts: the text of each row's metadata beside the audio
+            feats, batch_stats = encode(params, batch_stats, batch["view1"], mask, rng1,
+                                        **model_inputs(model, batch))
             logits = model.apply({"params": params}, feats, method="classify")
             ce = cross_entropy(logits, label, mask, cw)
             return ce, (batch_stats, {"loss/ce": ce})

@@ -10,6 +10,10 @@ without, the recording is cut into windows of ``--window`` seconds (default and 
 run's ``data.duration``, the clip length the model sees) every ``--hop`` seconds (default:
 half a window), the last one ending at the end of the recording.
 Several recordings: repeat ``--wav`` (and ``--annotations``, in the same order).
+A BTS run (method 'bts') also reads each cycle's metadata: ``--metadata=field=value``
+(repeated: ``--metadata=sex=F --metadata=device=Meditron``, the values as the run's
+config.json lists them under data.fields) for every recording given; a field not given is
+unknown, and its sentence says so (docs/method.md §14).
 
 The annotated cycles of one of the run's own test recordings (same stem, cycle starts, ends
 and classes) are not classified again: their predictions are read from the run's
@@ -103,9 +107,34 @@ def from_run(predictions, wav: str, rows: list):
     return predictions.probabilities[found], predictions.predicted[found]
 
 
+def metadata_codes(run, pairs) -> dict:
+    """``--metadata`` ('field=value' strings) as base-field codes of the run's schema; only
+    a BTS run reads them."""
+    from resp_jax.data import metadata
+
+    pairs = list(pairs or ())
+    if pairs and run.config.method != "bts":
+        raise ValueError(f"--metadata: this run (method {run.config.method!r}) does not read "
+                         "metadata; only BTS runs (method 'bts') do")
+    codes = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or field not in run.schema.fields[1:]:
+            raise ValueError(f"--metadata={pair}: expected FIELD=VALUE with FIELD one of "
+                             f"{list(run.schema.fields[1:])}")
+        codes[field] = metadata.encode_base(run.schema, field, value)
+    if run.config.method == "bts":
+        unknown = [f for f in run.config.bts.fields if f not in codes]
+        if unknown:
+            logging.warning("BTS run: %s unknown for these recordings (--metadata); their "
+                            "sentence says so", ", ".join(unknown))
+    return codes
+
+
 def predict(run, wavs: list, annotations: list | None = None, window: float | None = None,
-            hop: float | None = None, recompute: bool = False) -> list:
-    """One dict per cycle or window of every recording (see the module docstring)."""
+            hop: float | None = None, recompute: bool = False, meta=None) -> list:
+    """One dict per cycle or window of every recording (see the module docstring); ``meta``:
+    ``--metadata`` ('field=value', a BTS run's)."""
     from resp_jax import evaluation
     from resp_jax.data import audio
 
@@ -123,6 +152,7 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
                          f"run was trained on (data.duration); the model would see only the "
                          f"first {clip:g} s of each window: use --window <= {clip:g}")
     hop = float(hop or window / 2)
+    codes = metadata_codes(run, meta)
     path = run.workdir / evaluation.PREDICTIONS_FILE
     own = None if recompute or not path.is_file() else evaluation.read(path, run.dataset)
     out = []
@@ -140,7 +170,7 @@ def predict(run, wavs: list, annotations: list | None = None, window: float | No
             cuts = audio.cycles(wave, [(r["start"], r["end"]) for r in rows],
                                 run.config.data.fade, sr, audio.fade_length(sr))
             probabilities = run.classify_waves(cuts, [r.get("label", -1) for r in rows],
-                                               source=str(wav))["probabilities"]
+                                               source=str(wav), codes=codes)["probabilities"]
             predicted = probabilities.argmax(axis=-1)
         for k, (row, p, choice) in enumerate(zip(rows, probabilities, predicted)):
             record = {"wav": wav, "index": k, "start": round(row["start"], 4),
@@ -212,7 +242,7 @@ def main(argv):
             check_writable(FLAGS.csv)
         run = finished_run.load(FLAGS.workdir)
         records = predict(run, FLAGS.wav, FLAGS.annotations, FLAGS.window, FLAGS.hop,
-                          FLAGS.recompute)
+                          FLAGS.recompute, FLAGS.metadata)
         if FLAGS.csv:
             write_csv(FLAGS.csv, records, run.classes)
     except (DataError, FileNotFoundError, ValueError) as e:
@@ -242,6 +272,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("csv", None, "Also write the predictions to this CSV file.")
     flags.DEFINE_bool("recompute", False, "Classify the annotated cycles of the run's own test "
                       "recordings anew instead of reading them from its predictions.csv.")
+    flags.DEFINE_multi_string(
+        "metadata", None, "BTS runs: FIELD=VALUE of the recordings' metadata (repeat the "
+        "flag: sex=F, age_group=adult, location=Tc, device=Meditron); others unknown.")
     flags.mark_flags_as_required(["workdir", "wav"])
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from resp_jax import losses, metrics, parallel, patchmix
+from resp_jax.models.heads import inputs as model_inputs
 
 
 def train_step_fn(model, tx, config, class_weights, learning_rate: Callable) -> Callable:
@@ -73,7 +74,8 @@ def eval_step_fn(model, class_weights) -> Callable:
     """Pure ``step(variables, batch) -> predictions`` in inference mode (BatchNorm running
     statistics, no dropout, no augmentation)."""
     def eval_step(variables, batch):
-        logits = model.apply(variables, batch["x"], False)["logits"]
+        logits = model.apply(variables, batch["x"], False,
+                             **model_inputs(model, batch))["logits"]
         return predictions(logits, batch["label"], batch["mask"], class_weights)
 
     return eval_step

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from resp_jax import (checkpoint, configuration, evaluation, logging_utils, optim, parallel,
-                      selection, steps)
+from resp_jax import (bts, checkpoint, configuration, evaluation, logging_utils, optim,
+                      parallel, selection, steps)
 from resp_jax.data import run_data
 from resp_jax.linear_eval import linear_evaluation
 from resp_jax.models import build_model
@@ -168,7 +168,8 @@ def train_and_evaluate(config, workdir) -> dict:
     steps_per_epoch = data.num_batches("train", config.train.batch_size)
 
     # --- model
-    model = build_model(config, data.num_classes)
+    prompts = bts.prompts(config, workdir, write=False) if config.method == "bts" else None
+    model = build_model(config, data.num_classes, prompts=prompts)
     learning_rate = optim.schedule(config, steps_per_epoch)
     tx = optim.make_optimizer(config, steps_per_epoch)
     train_step = steps.make_train_step(model, tx, config, data.class_weights, mesh,
@@ -180,6 +181,8 @@ def train_and_evaluate(config, workdir) -> dict:
     target = create_train_state(config, model, tx, data.input_shape, mesh, abstract=True)
     restored = ckpts.restore(checkpoint.LAST, target)
     configuration.check_resume(workdir, config, restored is not None)
+    if prompts is not None and jax.process_index() == 0:
+        bts.write_prompts(workdir, prompts)  # what predict and a resumed run read back
     if restored is None:
         state = create_train_state(config, model, tx, data.input_shape, mesh)
         meta = {"epoch": 0, "batch": 0, "lines": 0, "acc": None,
@@ -240,7 +243,8 @@ def train_and_evaluate(config, workdir) -> dict:
     results = {"method": config.method, "dataset": data.name, "seed": config.train.seed,
                "selection": selector.protocol, "stage": "linear" if two_stage else "train",
                "epoch": best["epoch"], "test": best["test"], "test_split": data.test_split,
-               "init_from": config.model.init_from or None, "cycles": data.sizes,
+               "init_from": config.model.init_from or None,
+               "init_run": config.model.get("init_run") or None, "cycles": data.sizes,
                "skipped": data.skipped,
                # what standardised the inputs (resp_jax.predict reuses it on new recordings)
                "norm": list(data.norm)}

@@ -41,7 +41,7 @@ def create_train_state(config, model, tx, input_shape: tuple, mesh, *,
     init_key, state_key = jax.random.split(jax.random.key(config.train.seed))
     input_shape = tuple(int(d) for d in input_shape)
 
-    def init(encoder_vars):
+    def init(encoder_vars, text_vars=None):
         x = jnp.zeros((2,) + input_shape, jnp.float32)
         variables = model.init({"params": init_key, "dropout": init_key}, x, train=False)
         params = dict(variables["params"])
@@ -52,6 +52,8 @@ def create_train_state(config, model, tx, input_shape: tuple, mesh, *,
             params["encoder"] = encoder_vars["params"]
             if "batch_stats" in encoder_vars:
                 batch_stats["encoder"] = encoder_vars["batch_stats"]
+        if text_vars is not None:  # BTS: the converted text tower (resp_jax.bts)
+            params["text"] = {"tower": text_vars["params"]}
         return TrainState(params=params, batch_stats=batch_stats, opt_state=tx.init(params),
                           step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_key))
 
@@ -61,9 +63,14 @@ def create_train_state(config, model, tx, input_shape: tuple, mesh, *,
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, sharding)
     if isinstance(pretrained, str) and pretrained == "load":
-        encoder_vars = backbone(config.model.name).pretrained(config, input_shape)
+        if config.model.get("init_run"):
+            from resp_jax import finished_run
+            encoder_vars = finished_run.selected_encoder(config.model.init_run)
+        else:
+            encoder_vars = backbone(config.model.name).pretrained(config, input_shape)
         if encoder_vars is not None:
-            logging.info("Encoder initialised from %s", config.model.init_from)
+            logging.info("Encoder initialised from %s",
+                         config.model.init_from or config.model.init_run)
     else:
         encoder_vars = pretrained
     if encoder_vars is not None:
@@ -73,5 +80,13 @@ def create_train_state(config, model, tx, input_shape: tuple, mesh, *,
         want = jax.tree.map(lambda s: s.shape, want)
         got = jax.tree.map(jnp.shape, dict(encoder_vars))
         if want != got:
-            raise ValueError(f"pretrained encoder shapes {got} do not fit the model {want}")
-    return jax.jit(init, out_shardings=sharding)(encoder_vars)
+            where = config.model.init_from or config.model.get("init_run") or "the encoder given"
+            raise ValueError(f"{where}: pretrained encoder shapes {got} do not fit the model "
+                             f"{want} (compare config.model with that run's or encoder's)")
+    text_vars = None
+    if config.method == "bts" and isinstance(pretrained, str) and pretrained == "load":
+        from resp_jax import bts
+        text_vars = bts.pretrained_text(config)
+        if text_vars is not None:
+            logging.info("Text tower initialised from %s", config.model.text.init_from)
+    return jax.jit(init, out_shardings=sharding)(encoder_vars, text_vars)

@@ -4,7 +4,10 @@ JAX is given two CPU devices for the whole session so the data-parallel tests ca
 device with two; single-device tests use a one-device mesh.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,13 @@ import train_helpers
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never touch a GPU
+# One persistent compilation cache for the session: many tests (and the runs they start as
+# child processes) compile the same tiny programs. Made once, by the process that is imported
+# first (pytest-xdist's controller, or a plain run); its workers and children inherit the
+# variable. A cache the caller names is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="resp_jax_tests_xla_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 
 import resp_jax  # noqa: E402,F401  (sets XLA's CPU flags before JAX starts a backend)
 import jax  # noqa: E402

@@ -102,14 +102,35 @@ def test_configs_resolve_with_their_front_ends_and_rates():
     assert features.input_shape(opera) == (64, 256)  # 8.18 s, as OPERA fine-tunes
     assert (opera.train.schedule, opera.train.clip_norm, opera.model.drop_path) == \
         ("exponential", 1.0, 0.1)
-    probe = configuration.resolve(_config("opera_probe"))
-    assert probe.method == "linear_probe" and probe.train.epochs == 0
+    with pytest.raises(ValueError, match="model.init_run=WORKDIR"):  # a probe of nothing
+        configuration.resolve(_config("opera_probe"))
     bad = _config("clap_ce")
     bad.data.sample_rate = 16000
     with pytest.raises(ValueError, match="data.sample_rate=48000"):
         configuration.resolve(bad)
     with pytest.raises(ValueError, match="at most 10 s"):
         htsat_frontends.shape("clap", 48000 * 11)
+
+
+def test_probe_of_a_finished_run_takes_its_architecture(tmp_path):
+    """model.init_run: every model.htsat placeholder of configs/opera_probe.py takes the
+    architecture a finished opera_mscl:quick run recorded; another front end is refused."""
+    run = configuration.resolve(_config("opera_mscl", "quick"))
+    (tmp_path / "config.json").write_text(run.to_json())
+    (tmp_path / "results.json").write_text("{}")
+    probe = _config("opera_probe")
+    probe.model.init_run = str(tmp_path)
+    probe = configuration.resolve(probe)
+    assert probe.method == "linear_probe" and probe.train.epochs == 0
+    assert htsat.encoder(probe) == htsat.encoder(run)
+    assert probe.model.htsat.depths == (2, 2)
+    other = _config("clap_ce")
+    other.model.init_run = str(tmp_path)
+    with pytest.raises(ValueError, match="data.frontend is 'opera'"):
+        configuration.resolve(other)
+    with pytest.raises(FileNotFoundError, match="results.json not found"):
+        (tmp_path / "results.json").unlink()
+        configuration.resolve(probe)
 
 
 def test_prepared_copies_are_keyed_by_sample_rate(tmp_path):

@@ -117,6 +117,36 @@ def test_encoder_starts_from_converted_weights(mesh, tmp_path):
                model__channels=(4, 8, 8, 32))
 
 
+@pytest.mark.slow  # two state inits and a run restored: ~10 s under load
+def test_encoder_starts_from_a_finished_runs_selected_model(mesh, tmp_path):
+    """model.init_run: the selected encoder (ckpt/best) of a finished run, not its
+    classifier; linear_probe needs a starting encoder; init_from and init_run exclude each
+    other."""
+    config, model, state, _ = _setup("ce", mesh)
+    run = tmp_path / "run"
+    with checkpoint.Checkpoints(run) as ckpts:
+        ckpts.save(checkpoint.BEST, 3, {"params": state.params,
+                                        "batch_stats": state.batch_stats}, {"epoch": 3})
+    (run / "config.json").write_text(config.to_json())
+    (run / "results.json").write_text("{}")
+    probe = tiny_config("ce", model__init_run=str(run))
+    probe.method, probe.loss.heads = "linear_probe", ()
+    probe = configuration.resolve(probe)
+    started = create_train_state(probe, build_model(probe, 4), optim.make_optimizer(probe, 10),
+                                 (64, FRAMES), mesh)
+    assert set(started.params) == {"encoder"} and probe.train.lr == 1e-4
+    for a, b in zip(jax.tree.leaves((state.params["encoder"], state.batch_stats["encoder"])),
+                    jax.tree.leaves((started.params["encoder"],
+                                     started.batch_stats["encoder"]))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    probe.model.init_run = ""
+    with pytest.raises(ValueError, match="'linear_probe' measures a trained encoder"):
+        configuration.resolve(probe)
+    with pytest.raises(ValueError, match="both name a starting encoder"):
+        configuration.resolve(tiny_config("ce", model__init_run=str(run),
+                                          model__init_from=str(run)))
+
+
 MANY_HEADS = (("label", 0.4), ("mode", 0.3), ("diagnosis", 0.2), ("sex", 0.1))
 
 

@@ -1,5 +1,5 @@
-"""Converts CLAP's audio tower (Hugging Face layout) into a resp_jax HTS-AT encoder directory
-(docs/method.md §12).
+"""Converts CLAP (Hugging Face layout) into a resp_jax HTS-AT encoder directory, with CLAP's
+text tower beside it (docs/method.md §12, §14).
 
     python tools/convert_clap.py --checkpoint=clap-htsat-unfused/ --output=DIR
 
@@ -8,17 +8,21 @@ holding ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin`` of ``
 (model_type 'clap': the audio and text towers, e.g. the hub's ``laion/clap-htsat-unfused``)
 or ``ClapAudioModelWithProjection`` (model_type 'clap_audio_model'). The audio tower
 (``audio_model.audio_encoder.*``: bn0, patch embedding, Swin stages, final LayerNorm) and its
-projection (``audio_projection.linear{1,2}``: BTS classifies its output) are converted; q, k
-and v are fused into one qkv kernel. The text tower (``text_model.*``, ``text_projection.*``)
-and the logit scales of a ClapModel are left out and listed under ``dropped`` in
-encoder.json, as are the buffers the encoder recomputes (``relative_position_index``, checked
-against resp_jax's, ``num_batches_tracked``). config.json fills what the file does not say
-with ClapAudioConfig's defaults (transformers/models/clap/configuration_clap.py:114-140).
-Refused, naming the entry or field: a fused model (``enable_fusion``: resp_jax implements
-the unfused tower), activations other than exact GELU / ReLU, a non-square or overlapping
-patch, missing, unknown, wrong-shaped or non-finite entries. A ``preprocessor_config.json``
-beside it is checked against resp_jax's CLAP front end (``data.frontend='clap'``) and refused
-if it differs. DIR is written atomically and read by ``resp_jax.models.htsat.load_pretrained``.
+projection (``audio_projection.linear{1,2}``: BTS classifies its output) go to DIR; q, k and
+v are fused into one qkv kernel. A ClapModel's text tower (``text_model.*``: RoBERTa), its
+projection (``text_projection.*``), the logit scales and the tokenizer beside config.json go
+to DIR/text (`tools/clap_text_conversion.py`; read by
+``resp_jax.models.clap_text.load_pretrained``; BTS reads it). The buffers the towers
+recompute (``relative_position_index``, ``num_batches_tracked``, the text ``position_ids``
+and ``token_type_ids``) are checked against resp_jax's and listed under ``dropped``.
+config.json fills what the file does not say with ClapAudioConfig's / ClapTextConfig's
+defaults (transformers/models/clap/configuration_clap.py:47-63, 114-140). Refused, naming
+the entry or field: a fused model (``enable_fusion``: resp_jax implements the unfused tower),
+activations other than exact GELU / ReLU, a non-square or overlapping patch, a ClapModel
+without its tokenizer, missing, unknown, wrong-shaped or non-finite entries. A
+``preprocessor_config.json`` beside it is checked against resp_jax's CLAP front end
+(``data.frontend='clap'``) and refused if it differs. DIR (with DIR/text) is written
+atomically and read by ``resp_jax.models.htsat.load_pretrained``.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import clap_text_conversion as text_side  # noqa: E402  (the text tower, tokenizer, scales)
 import convert_ast  # noqa: E402  (state-dict reading and checks, converted-directory helpers)
 from convert_ast import ConversionError, check_entries  # noqa: E402,F401
 
 from resp_jax.data import htsat_frontends  # noqa: E402
-from resp_jax.models import htsat  # noqa: E402
+from resp_jax.models import clap_text, htsat  # noqa: E402
 from resp_jax.models.htsat_layers import relative_position_index  # noqa: E402
 
 ENCODER = "audio_model.audio_encoder."
@@ -54,14 +59,14 @@ AUDIO_DEFAULTS = {
     "attention_probs_dropout_prob": 0.0, "qkv_bias": True, "mlp_ratio": 4.0,
     "projection_hidden_act": "relu", "layer_norm_eps": 1e-5,
 }
-DROPPED = ("text_model.", "text_projection.", "logit_scale_a", "logit_scale_t")
 INT_BUFFERS = re.compile(r"^(audio_model\.audio_encoder\..*(relative_position_index|"
                          r"num_batches_tracked)|text_model\.embeddings\.(position_ids|"
                          r"token_type_ids))$")
 
 
-def read_config(path: Path) -> tuple[dict[str, Any], str]:
-    """(the audio config with ClapAudioConfig's defaults filled in, model_type)."""
+def read_config(path: Path) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+    """(the audio config with ClapAudioConfig's defaults filled in, model_type, a ClapModel's
+    text config with ClapTextConfig's, or None)."""
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -70,7 +75,7 @@ def read_config(path: Path) -> tuple[dict[str, Any], str]:
     if kind == "clap":
         audio = dict(config.get("audio_config") or {})
         # ClapConfig copies its own projection settings into the audio config.
-        for key in ("projection_dim", "projection_hidden_act"):
+        for key in ("projection_dim", "projection_hidden_act", "transformers_version"):
             if key in config:
                 audio[key] = config[key]
     elif kind == "clap_audio_model":
@@ -78,7 +83,8 @@ def read_config(path: Path) -> tuple[dict[str, Any], str]:
     else:
         raise ConversionError(f"{path}: model_type {kind!r}; expected 'clap' (ClapModel) or "
                               f"'clap_audio_model' (ClapAudioModelWithProjection); {EXPECTED}")
-    return {**AUDIO_DEFAULTS, **audio}, kind
+    text = text_side.text_config(config) if kind == "clap" else None
+    return {**AUDIO_DEFAULTS, **audio}, kind, text
 
 
 def architecture(audio: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -268,28 +274,43 @@ def convert(checkpoint: str | Path, output: str | Path, *, overwrite: bool = Fal
         found = sorted(p.name for p in directory.iterdir())[:20]
         raise ConversionError(f"{checkpoint}: needs config.json and one of "
                               f"{list(convert_ast.HUB_WEIGHTS)}; found {found}; {EXPECTED}")
-    audio, kind = read_config(config_path)
+    audio, kind, text = read_config(config_path)
     arch = architecture(audio, str(config_path))
+    text_arch = None if text is None else text_side.architecture(text, str(config_path))
     preprocessor = check_preprocessor(directory)
+    tokenizer = None if text is None else text_side.tokenizer(directory, text_arch)
     state, buffers = read_state_dict(weights[0])
     where = (f"{weights[0]} is not a CLAP {'ClapModel' if kind == 'clap' else 'audio model'} "
              f"matching {config_path.name} (depths {list(arch['depths'])}, embed "
              f"{arch['embed_dim']})")
     check_recomputed(buffers, arch, where)
-    dropped = check_entries(state, expected_entries(arch), DROPPED, where)
-    dropped.update({k: list(v.shape) for k, v in buffers.items()})
+    expected = expected_entries(arch)
+    if text_arch is not None:
+        text_side.check_buffers(buffers, text_arch, where)
+        expected.update(text_side.expected_entries(text_arch))
+    check_entries(state, expected, (), where)
+    dropped = {k: list(v.shape) for k, v in buffers.items()}
     source = {"layout": "hub", "class": "ClapModel" if kind == "clap" else
               "ClapAudioModelWithProjection", "converter": "tools/convert_clap.py",
               "checkpoint": weights[0].name, "sha256": convert_ast._sha256(weights[0]),
               "config_sha256": convert_ast._sha256(config_path),
               "transformers_version": audio.get("transformers_version")}
-    meta = {**arch, "source": source, "dropped": dropped,
-            "regularisation": {k: audio[k] for k in ("hidden_dropout_prob",
-                                                     "attention_probs_dropout_prob",
-                                                     "drop_path_rate")},
-            "preprocessor": preprocessor}
+    dropout = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+    meta = {**arch, "source": source, "preprocessor": preprocessor,
+            "dropped": {k: v for k, v in dropped.items() if k.startswith(ENCODER)},
+            "regularisation": {k: audio[k] for k in dropout + ("drop_path_rate",)},
+            "text": None if text is None else "text"}
+    extra = None
+    if text_arch is not None:
+        text_meta = {**text_arch, "source": source, "tokenizer": tokenizer[1],
+                     "dropped": {k: v for k, v in dropped.items() if not k.startswith(ENCODER)},
+                     "regularisation": {k: text[k] for k in dropout},
+                     **{k: float(state[k]) for k in text_side.LOGIT_SCALES}}
+        extra = lambda tmp: clap_text.save_encoder(  # noqa: E731
+            tmp / "text", text_side.to_flax(state, text_arch), text_meta, tokenizer[0])
     try:
-        return htsat.save_encoder(output, to_flax(state, arch), meta, overwrite=overwrite)
+        return htsat.save_encoder(output, to_flax(state, arch), meta, overwrite=overwrite,
+                                  extra=extra)
     except (ValueError, FileExistsError) as e:
         raise ConversionError(str(e)) from e
 

@@ -129,6 +129,7 @@ def one_model(bench, args, name: str, wav: Path, workdir: Path) -> dict:
 
     from resp_jax import finished_run, predict
     from resp_jax.data import audio
+    from resp_jax.models.heads import inputs
 
     run = random_run(bench, name, workdir, args.quick)
     sr = int(run.config.data.sample_rate)
@@ -140,7 +141,10 @@ def one_model(bench, args, name: str, wav: Path, workdir: Path) -> dict:
     used = finished_run.inference_rows(n, len(first["mask"]))
     x = np.array(first["x"][:used])  # a writable copy, for torch.from_numpy
     xj, one = jnp.asarray(x), jnp.asarray(x[:1])
-    forward = run._forward  # what predict runs on each batch
+    extra = inputs(run.model, {k: np.asarray(v)[:used] for k, v in first.items()})
+
+    def forward(variables, x):  # what predict runs on each batch
+        return run._forward(variables, x, extra)
     ref = TorchForward(name, run.config, x, args.reference)
     runners = {"predict": (lambda: predict.predict(run, [str(wav)]), lambda out: None),
                "forward": (lambda: forward(run.variables, xj), jax.block_until_ready),

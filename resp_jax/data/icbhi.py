@@ -40,6 +40,19 @@ VOCABS = (
                    "Bronchiolitis")),
 )
 _VOCAB = dict(VOCABS)
+# How BTS writes these values in its sentences ([bts] util/icbhi_util.py:136-171,
+# meta_description.py:40-46; docs/method.md §14): the AKG C417L is a microphone, the others
+# stethoscopes; locations in words.
+PROMPT_WORDS = (
+    ("sex", (("M", "male"), ("F", "female"))),
+    ("age_group", (("adult", "adult"), ("child", "pediatric"))),
+    ("device", tuple((d, f"{d} {'microphone' if d == 'AKGC417L' else 'stethoscope'}")
+                     for d in _VOCAB["device"])),
+    ("location", (("Tc", "trachea"), ("Al", "left anterior chest"),
+                  ("Ar", "right anterior chest"), ("Pl", "left posterior chest"),
+                  ("Pr", "right posterior chest"), ("Ll", "left lateral chest"),
+                  ("Lr", "right lateral chest"))),
+)
 
 AUDIO_DIR = "ICBHI_final_database"
 SPLIT_FILE = "ICBHI_challenge_train_test.txt"
@@ -353,6 +366,7 @@ class IcbhiSource(sources.Source):
     annotation_suffix = ".txt"
     inspect_fields = ("sex", "age_group", "device")
     synthetic, synthetic_default = "resp_jax.data.synthetic.icbhi:write_icbhi", 160
+    prompt_words = PROMPT_WORDS
     # leave-one-device-out (docs/method.md §13.1): data.held_out is one of the four devices
     protocols = (sources.OFFICIAL, sources.LEAVE_DEVICE_OUT)
 

@@ -120,6 +120,9 @@ class Source:
     synthetic_default = 0     # recordings of the synthetic default dataset (0: none)
     protocols = (OFFICIAL,)   # protocol names `protocol` and `protocol_splits` know
     class_maps: dict = {}     # {other dataset: {own class: its class}} (docs/method.md §13.2)
+    # How metadata values read in a sentence (BTS's prompts, `resp_jax.bts`): ((field,
+    # ((value, words), ...)), ...); a value not listed reads as itself.
+    prompt_words: tuple = ()
 
     # -- reading ------------------------------------------------------------------------
 

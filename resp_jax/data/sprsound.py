@@ -354,6 +354,7 @@ class SprsoundSource(sources.Source):
     inspect_fields = ("sex", "age_group", "location")
     dropped_note = "event(s) with end <= start left out as docs/method.md §1.2 says"
     sprsound_score = True
+    prompt_words = (("sex", (("M", "male"), ("F", "female"))),)  # BTS's sentences
     synthetic, synthetic_default = "resp_jax.data.synthetic.sprsound:write_sprsound", 60
 
     protocols = (OFFICIAL,) + tuple(TASKS)

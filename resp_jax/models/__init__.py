@@ -29,14 +29,21 @@ def backbone(name: str) -> ModuleType:
                          f"got {name!r}") from None
 
 
-def build_model(config, num_classes: int, head_names=None) -> heads.Model:
+def build_model(config, num_classes: int, head_names=None, prompts=None) -> heads.Model:
     """The unbound model of ``config``: its backbone's encoder, the classifier and one
     projector per contrastive head (``head_names``; default: the fields of loss.heads, none
-    for 'ce')."""
+    for 'ce'); method 'bts' adds the text tower reading ``prompts`` (`resp_jax.bts`)."""
     if head_names is None:
-        head_names = (() if config.method in ("ce", "linear_probe")
+        head_names = (() if config.method in ("ce", "linear_probe", "bts")
                       else tuple(f for f, _ in config.loss.heads))
-    return heads.Model(encoder=backbone(config.model.name).encoder(config),
+    text = None
+    if config.method == "bts":
+        from resp_jax import bts
+        if prompts is None:
+            raise ValueError("method 'bts' builds its text side from the run's prompts "
+                             "(resp_jax.bts.prompts)")
+        text = bts.PromptText(tower=bts.text_tower(config), prompts=prompts)
+    return heads.Model(encoder=backbone(config.model.name).encoder(config), text=text,
                        num_classes=num_classes, heads=tuple(head_names),
                        proj_hidden=config.model.proj_hidden, proj_out=config.model.proj_out,
                        dtype=jnp.dtype(config.model.dtype),

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -57,12 +57,14 @@ def check_variables(expected: Mapping[str, Any], got: Mapping[str, Any], what: s
 
 
 def write(directory: str | os.PathLike, variables: Mapping[str, Any],
-          record: Mapping[str, Any], *, overwrite: bool = False) -> Path:
+          record: Mapping[str, Any], *, overwrite: bool = False,
+          extra: Callable[[Path], Any] | None = None) -> Path:
     """Writes ``variables`` (as float32) and the JSON ``record`` atomically to ``directory``.
 
     Everything goes to a temporary directory beside ``directory`` that is renamed into place,
     so a failure leaves nothing behind. An existing non-empty ``directory`` is an error unless
-    ``overwrite``. The record is serialised before anything is written.
+    ``overwrite``. The record is serialised before anything is written. ``extra(tmp)`` writes
+    what else belongs in the directory (a tokenizer, a second tower) into the temporary one.
     """
     from resp_jax import checkpoint
 
@@ -81,6 +83,8 @@ def write(directory: str | os.PathLike, variables: Mapping[str, Any],
     try:
         checkpoint.save_arrays(tmp / STATE_DIR, state)
         (tmp / META_FILE).write_text(text)
+        if extra is not None:
+            extra(tmp)
         if directory.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
             os.rename(directory, old / directory.name)

@@ -110,10 +110,26 @@ class Classifier(nn.Module):
         return logits.astype(jnp.float32)
 
 
+def _unit(z: jax.Array) -> jax.Array:
+    """z / ||z|| per row (F.normalize's eps)."""
+    return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+
+
+def inputs(model: "Model", batch) -> dict:
+    """What a model reads from a batch besides ``x``: a BTS model's ``meta`` (the codes of
+    its sentence fields, [B, F]); nothing for the others."""
+    if model.text is None:
+        return {}
+    return {"meta": jnp.stack([jnp.asarray(batch[f], jnp.int32) for f in model.text.fields],
+                              axis=-1)}
+
+
 class Model(nn.Module):
     """Encoder + linear classifier + one projector per contrastive head (M-SCL has several).
 
     ``encoder`` is any module ``(x, train, mask) -> [batch, D]`` (see `resp_jax.models`).
+    ``text`` (BTS, `resp_jax.bts.PromptText`): the features are then [text ; audio], each
+    L2-normalised, the text read from each row's ``meta`` codes (`inputs`).
     Submodules: ``encoder``, ``classifier``, ``proj_<head>`` with '+' in the head name
     replaced by '_' (head 'sex+age_group' -> ``proj_sex_age_group``). Outputs are keyed by the
     head names as given, and are float32 whatever ``dtype`` the computation uses.
@@ -131,6 +147,7 @@ class Model(nn.Module):
     classifier_norm: bool = False
     proj_ln: bool = False
     proj_pool: str = "mean"
+    text: nn.Module | None = None
 
     def setup(self):
         names = [head_module_name(h) for h in self.heads]
@@ -147,8 +164,16 @@ class Model(nn.Module):
                      for h in self.heads}
 
     def encode(self, x: jax.Array, train: bool, mask: jax.Array | None = None,
-               **kw: Any) -> jax.Array:
-        return self.encoder(x, train, mask, **kw)
+               meta: jax.Array | None = None, **kw: Any) -> jax.Array:
+        features = self.encoder(x, train, mask, **kw)
+        if self.text is None:
+            return features
+        if meta is None:
+            if not self.is_initializing():
+                raise ValueError("this model reads each cycle's metadata sentence: pass the "
+                                 "codes of its fields (heads.inputs(model, batch))")
+            meta = -jnp.ones((x.shape[0], len(self.text.fields)), jnp.int32)
+        return jnp.concatenate([_unit(self.text(meta, train)), _unit(features)], axis=-1)
 
     def classify(self, features: jax.Array) -> jax.Array:
         return self.classifier(features)
@@ -160,12 +185,12 @@ class Model(nn.Module):
             raise KeyError(f"no projector for head {head!r}; heads are {tuple(self.heads)!r}")
         return self.proj[key](features, train, mask)
 
-    def __call__(self, x: jax.Array, train: bool,
-                 mask: jax.Array | None = None) -> dict[str, Any]:
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None,
+                 meta: jax.Array | None = None) -> dict[str, Any]:
         if self.proj_pool == "attention":
             features, tokens = self.encode(x, train, mask, tokens=True)
         else:
-            features = tokens = self.encode(x, train, mask)
+            features = tokens = self.encode(x, train, mask, meta)
         return {
             "features": features,
             "logits": self.classify(features),

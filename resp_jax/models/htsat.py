@@ -329,9 +329,10 @@ def _check_meta(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
-                 meta: Mapping[str, Any], *, overwrite: bool = False) -> Path:
+                 meta: Mapping[str, Any], *, overwrite: bool = False, extra=None) -> Path:
     """Writes encoder ``variables`` ({'params', 'batch_stats'}) and ``meta`` (every
-    `ARCH_FIELDS` entry, anything else JSON-serialisable as provenance) atomically."""
+    `ARCH_FIELDS` entry, anything else JSON-serialisable as provenance) atomically;
+    ``extra(tmp)`` adds to the directory (CLAP's text tower: `converted.write`)."""
     meta = _check_meta(meta, "meta")
     arch = {k: meta[k] for k in ARCH_FIELDS}
     variables = {k: variables[k] for k in variables}
@@ -339,7 +340,7 @@ def save_encoder(directory: str | os.PathLike, variables: Mapping[str, Any],
                               f"variables do not fit an HTS-AT encoder {arch}")
     record = {**meta, "depths": list(arch["depths"]), "heads": list(arch["heads"]),
               "architecture": "htsat"}
-    return converted.write(directory, variables, record, overwrite=overwrite)
+    return converted.write(directory, variables, record, overwrite=overwrite, extra=extra)
 
 
 def encoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
