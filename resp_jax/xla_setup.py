@@ -1,12 +1,12 @@
 """XLA flags resp_jax sets before JAX starts a backend (imported by ``resp_jax/__init__``).
 
 On CPU, XLA compiles convolutions into YNNPACK fusions by default (jaxlib 0.10). Their weight
-gradients are slow for CNN6's shapes: block 2's (64 -> 128 channels, 32 x 125) ran at 49
-GFLOP/s on the 2-core benchmark machine, against 168 GFLOP/s for XLA's Eigen convolution
-and 182 for PyTorch (oneDNN), and it alone took a third of a training step. Turning that one
-fusion kind off (YNNPACK keeps the dots, reductions and elementwise fusions) took the SupCon
-step (batch 32) from 8.29 to 5.63 s (docs/benchmarks.md). GPUs are unaffected: the flag is
-read by the CPU backend only.
+gradients are slow for CNN6's shapes: block 2's (64 -> 128 channels, 32 x 125) ran at 35
+GFLOP/s on the 2-core benchmark machine, against 178 GFLOP/s for XLA's Eigen convolution
+and 180 for PyTorch (oneDNN). Turning that one fusion kind off (YNNPACK keeps the dots,
+reductions and elementwise fusions) took the SupCon step (batch 32) from 7.9 to 5.7 s,
+from 0.72 to 1.02 times PyTorch's speed (docs/benchmarks.md). GPUs are unaffected: the flag
+is read by the CPU backend only.
 
 The flag is appended to ``XLA_FLAGS`` unless the user already chose a YNNPACK setting there,
 ``RESP_JAX_XLA_CPU_TUNING=0`` is set, or the installed jaxlib is not a version the flag was
