@@ -5,7 +5,7 @@ gradients are slow for CNN6's shapes: block 2's (64 -> 128 channels, 32 x 125) r
 GFLOP/s on the 2-core benchmark machine, against 178 GFLOP/s for XLA's Eigen convolution
 and 180 for PyTorch (oneDNN). Turning that one fusion kind off (YNNPACK keeps the dots,
 reductions and elementwise fusions) took the SupCon step (batch 32) from 7.9 to 5.7 s,
-from 0.72 to 1.02 times PyTorch's speed (docs/benchmarks.md). GPUs are unaffected: the flag
+from 0.72 to 1.03 times PyTorch's speed (docs/benchmarks.md). GPUs are unaffected: the flag
 is read by the CPU backend only.
 
 The flag is appended to ``XLA_FLAGS`` unless the user already chose a YNNPACK setting there,
