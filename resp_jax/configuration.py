@@ -232,13 +232,13 @@ def inherit_encoder(config) -> None:
     have this run's backbone and front end (`SAME_AS_INIT_RUN`); every ``model.*``
     placeholder left None takes the run's resolved value (its architecture), so the probe of
     a run needs no architecture flags. Not with ``model.init_from``."""
-    from resp_jax import finished_run
+    from resp_jax import run_files
 
     m = config.model
     if m.init_from:
         raise ValueError(f"config.model.init_from ({m.init_from}) and model.init_run "
                          f"({m.init_run}) both name a starting encoder; set one")
-    run = finished_run.run_config(m.init_run)
+    run = run_files.run_config(m.init_run)
     for key in SAME_AS_INIT_RUN:
         section, field = key.split(".")
         theirs, ours = run[section].get(field), config[section][field]

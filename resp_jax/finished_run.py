@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -22,10 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+# What a finished run recorded (also read by configuration for model.init_run).
 from resp_jax.data import metadata
-
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
+from resp_jax.run_files import CONFIG_FILE, RESULTS_FILE, read_json  # noqa: F401
 
 
 @dataclasses.dataclass
@@ -159,27 +157,6 @@ def inference_rows(real: int, batch: int) -> int:
     Padding rows take no part in the batch min-max and the models classify rows independently
     at inference (BatchNorm uses its running statistics), so the outputs are the same."""
     return min(batch, 1 << max(real - 1, 0).bit_length())
-
-
-def read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {path.parent} is not a finished resp_jax run ({what} is "
-            f"missing). Train first with python -m resp_jax.main --workdir={path.parent}; "
-            "the same command finishes an interrupted run")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e})") from e
-
-
-def run_config(workdir) -> ml_collections.ConfigDict:
-    """The resolved config a finished run recorded (its config.json, with results.json beside
-    it: the run ended)."""
-    workdir = Path(workdir)
-    config = read_json(workdir / CONFIG_FILE, "its config")
-    read_json(workdir / RESULTS_FILE, "the results of the finished run")
-    return ml_collections.ConfigDict(config)
 
 
 def selected_encoder(workdir) -> dict:
