@@ -85,10 +85,9 @@ class TorchASTStep:
 def run(bench, args) -> dict:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from resp_jax import configuration, optim, parallel, steps
-    from resp_jax.data import features, metadata
+    from resp_jax import configuration, optim, steps
+    from resp_jax.data import features
 
     if args.vs_torch and args.method != "ce":
         raise SystemExit("--vs-torch with --model=ast compares the fine-tuning (ce) step with "
@@ -98,15 +97,7 @@ def run(bench, args) -> dict:
     assert shape == (128, args.frames), shape
     mesh, model, state, step, eval_step = bench.step_setup(config, shape)
 
-    rng = np.random.default_rng(0)
-    host = {"view1": rng.standard_normal((args.batch,) + shape, np.float32),
-            "view2": rng.standard_normal((args.batch,) + shape, np.float32),
-            "mask": np.ones(args.batch, np.float32)}
-    for field in configuration.fields(config):
-        host[field] = rng.integers(0, metadata.num_values("icbhi", field), args.batch)
-    batch = parallel.to_global(host, mesh)
-    eval_batch = parallel.to_global({"x": host["view1"], "label": host["label"],
-                                     "mask": host["mask"]}, mesh)
+    batch, eval_batch, host = bench.random_batches(config, mesh, args.batch, shape)
     compiled = step.lower(state, batch).compile()
     # XLA counts a loop body once: the FLOPs are those of the unrolled step, before optimisation.
     flat = model.clone(encoder=model.encoder.clone(scan=False, remat="none"))

@@ -48,7 +48,31 @@ def reference_cfg(config) -> dict:
             "finetuned_model": False}
 
 
-class TorchBEATsStep:
+class AveragedCEStep:
+    """A PyTorch CE step on a fixed batch whose weights are then averaged 0.5 / 0.5 with their
+    values before it (PAFA's and BTS's --ma_update --ma_beta 0.5). Subclasses set torch,
+    device, params, optimizer, x, y, autocast and define `logits`."""
+
+    def __call__(self):
+        torch = self.torch
+        before = [p.detach().clone() for p in self.params]
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.logits()
+        loss = torch.nn.functional.cross_entropy(logits.float(), self.y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():  # --ma_update --ma_beta 0.5
+            for p, old in zip(self.params, before):
+                p.mul_(0.5).add_(old, alpha=0.5)
+        return loss
+
+    def sync(self, _=None):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+
+class TorchBEATsStep(AveragedCEStep):
     """PAFA's beats_ce fine-tuning step with the reference BEATs on a fixed fbank batch."""
 
     def __init__(self, reference: str, cfg: dict, batch: int, frames: int, dtype: str):
@@ -69,24 +93,9 @@ class TorchBEATsStep:
         self.y = torch.randint(0, 4, (batch,), device=self.device)
         self.autocast = dtype == "bfloat16"
 
-    def __call__(self):
-        torch = self.torch
-        before = [p.detach().clone() for p in self.params]
-        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
-            tokens, _ = self.model.extract_features(self.x)
-            logits = self.classifier(tokens).mean(dim=1)
-        loss = torch.nn.functional.cross_entropy(logits.float(), self.y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        with torch.no_grad():  # --ma_update --ma_beta 0.5
-            for p, old in zip(self.params, before):
-                p.mul_(0.5).add_(old, alpha=0.5)
-        return loss
-
-    def sync(self, _=None):
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
+    def logits(self):
+        tokens, _ = self.model.extract_features(self.x)
+        return self.classifier(tokens).mean(dim=1)
 
 
 def run(bench, args) -> dict:

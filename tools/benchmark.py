@@ -59,7 +59,6 @@ import argparse
 import functools
 import importlib.util
 import json
-import os
 import statistics
 import sys
 import time
@@ -161,6 +160,24 @@ def step_setup(config, shape: tuple, class_weights=None) -> tuple:
     step = steps.make_train_step(model, tx, config, class_weights, mesh,
                                  optim.schedule(config, 100))
     return mesh, model, state, step, steps.make_eval_step(model, None, mesh)
+
+
+def random_batches(config, mesh, batch: int, shape: tuple) -> tuple:
+    """(train batch, eval batch, host arrays) of random inputs [batch, *shape]: two views, and
+    every field the resolved ``config``'s method reads, drawn in ICBHI's value ranges."""
+    import numpy as np
+
+    from resp_jax import configuration, parallel
+    from resp_jax.data import metadata
+
+    rng = np.random.default_rng(0)
+    host = {"view1": rng.standard_normal((batch,) + tuple(shape), np.float32),
+            "view2": rng.standard_normal((batch,) + tuple(shape), np.float32),
+            "mask": np.ones(batch, np.float32)}
+    for field in configuration.fields(config):
+        host[field] = rng.integers(0, metadata.num_values("icbhi", field), batch)
+    eval_batch = {"x": host["view1"], "label": host["label"], "mask": host["mask"]}
+    return parallel.to_global(host, mesh), parallel.to_global(eval_batch, mesh), host
 
 
 def time_steps(step, state, batch, others: dict, args, warmup: int = 1) -> dict:

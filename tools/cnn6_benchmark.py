@@ -29,8 +29,7 @@ def run(bench, args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from resp_jax import configuration, parallel
-    from resp_jax.data import metadata
+    from resp_jax import configuration
     from resp_jax.models import heads
 
     if args.method in ("patchmix_cl", "pafa"):
@@ -47,15 +46,8 @@ def run(bench, args) -> dict:
     mesh, model, state, step, eval_step = bench.step_setup(config, (64, args.frames),
                                                            np.full(4, 0.25, np.float32))
 
-    rng = np.random.default_rng(0)
-    host = {"view1": rng.standard_normal((args.batch, 64, args.frames), np.float32),
-            "view2": rng.standard_normal((args.batch, 64, args.frames), np.float32),
-            "mask": np.ones(args.batch, np.float32)}
-    for field in configuration.fields(config):
-        host[field] = rng.integers(0, metadata.num_values("icbhi", field), args.batch)
-    batch = parallel.to_global(host, mesh)
-    eval_batch = parallel.to_global({"x": host["view1"], "label": host["label"],
-                                     "mask": host["mask"]}, mesh)
+    batch, eval_batch, host = bench.random_batches(config, mesh, args.batch,
+                                                   (64, args.frames))
     flops = step.lower(state, batch).compile().cost_analysis().get("flops")
 
     # Inference variables for the forward pass: copies, since every step donates `state`.

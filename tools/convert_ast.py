@@ -97,6 +97,21 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     return as_numpy(state, path, EXPECTED_LAYOUTS)
 
 
+def torch_load(path: Path, expected: str) -> Any:
+    """``torch.load(weights_only=True)`` on CPU of a whole checkpoint (BEATs', OPERA's), with
+    a ConversionError that names the file and says what was ``expected``."""
+    import torch
+
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError... on other files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConversionError(f"{path}: not a file torch.load(weights_only=True) can read "
+                              f"({type(e).__name__}: {first}); {expected}") from e
+
+
 def as_numpy(state: Any, path: Path, expected: str) -> dict[str, np.ndarray]:
     """A state dict of floating-point tensors as float32 numpy arrays; anything else is
     refused (``expected`` names the accepted layouts in the message)."""

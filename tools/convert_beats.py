@@ -63,16 +63,7 @@ PREDICTOR = ("predictor.weight", "predictor.bias")  # a fine-tuned model's Audio
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(the cfg as BEATsConfig resolves it, the state dict as float32 numpy arrays)."""
-    import torch
-
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError, EOFError... on other files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConversionError(f"{path}: not a file torch.load(weights_only=True) can read "
-                              f"({type(e).__name__}: {first}); {EXPECTED}") from e
+    checkpoint = convert_ast.torch_load(path, EXPECTED)
     if not isinstance(checkpoint, Mapping) or set(checkpoint) != {"cfg", "model"}:
         keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, Mapping) else None
         shown = f" with keys {keys[:8]}{' ...' if len(keys) > 8 else ''}" if keys else ""

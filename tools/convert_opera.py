@@ -52,14 +52,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.nda
     """(float entries, the buffers the encoder recomputes, hyper_parameters)."""
     import torch
 
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError, EOFError... on other files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConversionError(f"{path}: not a file torch.load(weights_only=True) can read "
-                              f"({type(e).__name__}: {first}); {EXPECTED}") from e
+    checkpoint = convert_ast.torch_load(path, EXPECTED)
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"),
                                                              Mapping):
         keys = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else None

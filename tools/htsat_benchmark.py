@@ -21,6 +21,8 @@ and XLA uses every core: compare on an idle machine only).
 
 from __future__ import annotations
 
+from beats_benchmark import AveragedCEStep  # BTS's step averages its weights as PAFA's does
+
 ICBHI_TRAIN, ICBHI_TEST, BTS_EPOCHS = 4142, 2756, 50
 
 
@@ -31,7 +33,7 @@ def _config(bench, args):
     return config
 
 
-class TorchClapStep:
+class TorchClapStep(AveragedCEStep):
     """BTS's audio-CLAP CE step with transformers' ClapAudioModelWithProjection."""
 
     def __init__(self, m, batch: int, frames: int, dtype: str):
@@ -57,23 +59,8 @@ class TorchClapStep:
         self.y = torch.randint(0, 4, (batch,), device=self.device)
         self.autocast = dtype == "bfloat16"
 
-    def __call__(self):
-        torch = self.torch
-        before = [p.detach().clone() for p in self.params]
-        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.classifier(self.model(input_features=self.x).audio_embeds)
-        loss = torch.nn.functional.cross_entropy(logits.float(), self.y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        with torch.no_grad():  # --ma_update --ma_beta 0.5
-            for p, old in zip(self.params, before):
-                p.mul_(0.5).add_(old, alpha=0.5)
-        return loss
-
-    def sync(self, _=None):
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
+    def logits(self):
+        return self.classifier(self.model(input_features=self.x).audio_embeds)
 
 
 def run(bench, args) -> dict:
